@@ -1,0 +1,93 @@
+"""Bits per byte and friends over files, overall and per file type."""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from omnibyte.data import Document, SkipLog, file_kind, iter_documents
+from omnibyte.models.base import ByteModel
+from omnibyte.scoring import ByteScores, score_bytes
+
+
+@dataclasses.dataclass
+class ScoreStats:
+    """Aggregates over scored bytes."""
+
+    num_bytes: int = 0
+    total_bits: float = 0.0
+    num_correct: int = 0
+    prob_sum: float = 0.0
+    min_prob: float = 1.0
+    max_prob: float = 0.0
+
+    def add(self, scores: ByteScores) -> None:
+        if len(scores.log2_probs) == 0:
+            return
+        probs = np.exp2(scores.log2_probs)
+        self.num_bytes += len(probs)
+        self.total_bits += float(-scores.log2_probs.sum())
+        self.num_correct += int(scores.correct.sum())
+        self.prob_sum += float(probs.sum())
+        self.min_prob = min(self.min_prob, float(probs.min()))
+        self.max_prob = max(self.max_prob, float(probs.max()))
+
+    def to_dict(self) -> dict:
+        n = max(self.num_bytes, 1)
+        bits_per_byte = self.total_bits / n
+        return {
+            "bytes": self.num_bytes,
+            "bits_per_byte": bits_per_byte,
+            "perplexity": float(2 ** bits_per_byte),
+            "accuracy": self.num_correct / n,
+            "mean_true_byte_prob": self.prob_sum / n,
+            "min_true_byte_prob": self.min_prob if self.num_bytes else None,
+            "max_true_byte_prob": self.max_prob if self.num_bytes else None,
+        }
+
+
+@dataclasses.dataclass
+class EvalReport:
+    overall: ScoreStats
+    by_type: dict[str, ScoreStats]
+    by_file: dict[str, ScoreStats]
+    skipped: SkipLog
+
+    def to_dict(self, per_file: bool = False) -> dict:
+        report = {**self.overall.to_dict(),
+                  "files": len(self.by_file),
+                  "by_type": {kind: stats.to_dict() for kind, stats in sorted(self.by_type.items())},
+                  "skipped": self.skipped.summary()}
+        if per_file:
+            report["by_file"] = {name: stats.to_dict() for name, stats in self.by_file.items()}
+        return report
+
+
+def evaluate_documents(
+    model: ByteModel,
+    documents: Iterable[Document],
+    context: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    skipped: SkipLog | None = None,
+) -> EvalReport:
+    overall, by_type, by_file = ScoreStats(), defaultdict(ScoreStats), {}
+    bar = tqdm(documents, disable=not progress, unit="file", desc="eval", dynamic_ncols=True)
+    for document in bar:
+        scores = score_bytes(model, document.data, context=context, batch_size=batch_size)
+        file_stats = ScoreStats()
+        for stats in (overall, by_type[file_kind(document.name)], file_stats):
+            stats.add(scores)
+        by_file[document.name] = file_stats
+        bar.set_postfix(bpb=f"{overall.to_dict()['bits_per_byte']:.3f}")
+    return EvalReport(overall, dict(by_type), by_file, skipped or SkipLog())
+
+
+def evaluate_paths(model: ByteModel, paths: Sequence[str | Path], **options) -> EvalReport:
+    skipped = SkipLog()
+    documents = iter_documents(paths, skipped=skipped)
+    return evaluate_documents(model, documents, skipped=skipped, **options)
