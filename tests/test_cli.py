@@ -110,3 +110,18 @@ def test_invalid_config_and_options(tmp_path):
     assert_one_line_error(run_cli("train", str(data), "--out", str(tmp_path / "r"), "--steps", "0"), "steps")
     assert_one_line_error(run_cli("train", str(data), "--out", str(tmp_path / "r"), "--seq-len", "4096"),
                           "context")
+
+
+def test_demo_trains_reports_and_samples(tmp_path, capsys):
+    assert main(["demo", "--minutes", "0.05", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    output = capsys.readouterr().out
+    assert "held-out bits/byte" in output and "sample" in output
+    assert (tmp_path / "demo" / "model.safetensors").exists()
+
+
+def test_ci_runs_the_readme_test_command():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert command in (root / "README.md").read_text()

@@ -283,7 +283,7 @@ def run_demo(args: argparse.Namespace) -> int:
     shutil.rmtree(args.out, ignore_errors=True)
     torch.manual_seed(0)
     result = Trainer(model, train_corpus, config, args.out, val_corpus).fit()
-    held_out = [val_corpus.document(i) for i in range(min(val_corpus.num_documents, 20))]
+    held_out = [val_corpus.document(i) for i in range(min(val_corpus.num_documents, 8))]
     report = evaluate_documents(model, held_out, context=256, progress=False).to_dict()
     print(f"\ntrained {result.step} steps in <= {args.minutes:g} min; model saved to {args.out}")
     print(f"held-out bits/byte: {report['bits_per_byte']:.3f} "

@@ -125,6 +125,7 @@ def iter_documents(
             for file_name in expand_path(str(argument), local_skips):
                 if _already_seen(file_name, seen_files):
                     local_skips.add("duplicate", file_name)
+                    found_any = True  # its documents were already read for an earlier input
                     continue
                 for document in documents_of_file(file_name, local_skips):
                     found_any = True
