@@ -127,7 +127,7 @@ def test_flops_per_byte_counts_matmuls_and_attention():
     model = tiny()
     non_embedding = model.config.stack().num_parameters() + 64 * 256
     assert model.flops_per_byte(0) == 6 * non_embedding
-    assert model.flops_per_byte(1024) - model.flops_per_byte(0) == 6 * 2 * 64 * 1024
+    assert model.flops_per_byte(1024) - model.flops_per_byte(0) == 12 * 2 * 64 * 1024  # PaLM: 12*L*d*T
 
 
 def test_generate_is_seeded_and_respects_context():

@@ -52,6 +52,10 @@ FORMATS: dict[str, FormatInfo] = {info.kind: info for info in (
     FormatInfo("bmp", ".bmp", "image/bmp", "BMP image"),
     FormatInfo("tiff", ".tiff", "image/tiff", "TIFF image"),
     FormatInfo("webp", ".webp", "image/webp", "WebP image"),
+    FormatInfo("pnm", ".pnm", "image/x-portable-anymap", "Netpbm image"),
+    FormatInfo("ras", ".ras", "image/x-sun-raster", "Sun raster image"),
+    FormatInfo("sgi", ".sgi", "image/sgi", "SGI image"),
+    FormatInfo("exr", ".exr", "image/x-exr", "OpenEXR image"),
     FormatInfo("wav", ".wav", "audio/wav", "WAV audio"),
     FormatInfo("aiff", ".aiff", "audio/aiff", "AIFF audio"),
     FormatInfo("au", ".au", "audio/basic", "Sun AU audio"),
@@ -76,12 +80,17 @@ class HeaderMatch:
     extension: str
     signature: "Signature" = dataclasses.field(repr=False, compare=False)
 
-    def measure(self, data: bytes) -> int | None:
-        """Length of the file starting at ``offset`` if its structure ends inside ``data``."""
+    def declared_length(self, data: bytes) -> int | None:
+        """Length the structure claims, even past the end of ``data`` (None: unknown)."""
         try:
             length = self.signature.measure(data, self.offset)
-        except (InvalidHeader, IndexError):
+        except (InvalidHeader, IndexError, ValueError):
             return None
+        return length if length is not None and length > 0 else None
+
+    def measure(self, data: bytes) -> int | None:
+        """Length of the file starting at ``offset`` if its structure ends inside ``data``."""
+        length = self.declared_length(data)
         if length is None or self.offset + length > len(data):
             return None
         return length
@@ -262,6 +271,139 @@ def _check_tiff(data: bytes, offset: int):
     return "tiff", (f"TIFF header ({'little' if endian == '<' else 'big'}-endian), IFD with {entries} entries",), None
 
 
+TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+TIFF_STRIP_TAGS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), (TileOffsets, TileByteCounts)
+
+
+def _tiff_values(data: bytes, offset: int, endian: str, entry: int) -> list[int]:
+    """The integer values of one IFD entry (inline or at their offset)."""
+    value_type, count = _unpack(endian + "HI", data, entry + 2)
+    size = TIFF_TYPE_SIZES.get(value_type, 1)
+    _require(count < 1 << 20, "TIFF entry with an implausible count")
+    where = entry + 8 if size * count <= 4 else offset + _unpack(endian + "I", data, entry + 8)[0]
+    code = {1: "B", 3: "H", 4: "I"}.get(value_type)
+    return list(_unpack(f"{endian}{count}{code}", data, where)) if code else []
+
+
+def _measure_tiff(data: bytes, offset: int) -> int | None:
+    """Largest end among the IFDs, their out-of-line values and the strips/tiles they point to."""
+    endian = "<" if data[offset] == 0x49 else ">"
+    (ifd,) = _unpack(endian + "I", data, offset + 4)
+    end, seen = 8, set()
+    while ifd and ifd not in seen and len(seen) < 64:
+        seen.add(ifd)
+        (entries,) = _unpack(endian + "H", data, offset + ifd)
+        end = max(end, ifd + 2 + 12 * entries + 4)
+        tags = {}
+        for index in range(entries):
+            entry = offset + ifd + 2 + 12 * index
+            tag, value_type, count = _unpack(endian + "HHI", data, entry)
+            size = TIFF_TYPE_SIZES.get(value_type, 1) * count
+            if size > 4:
+                end = max(end, _unpack(endian + "I", data, entry + 8)[0] + size)
+            tags[tag] = entry
+        for offsets_tag, counts_tag in TIFF_STRIP_TAGS:
+            if offsets_tag in tags and counts_tag in tags:
+                starts = _tiff_values(data, offset, endian, tags[offsets_tag])
+                counts = _tiff_values(data, offset, endian, tags[counts_tag])
+                end = max([end] + [start + count for start, count in zip(starts, counts)])
+        (ifd,) = _unpack(endian + "I", data, offset + ifd + 2 + 12 * entries)
+    return end
+
+
+PNM_HEADER = re.compile(rb"P([1-6])(?:\s|#[^\n]*\n)+(\d+)(?:\s|#[^\n]*\n)+(\d+)")
+PNM_MAXVAL = re.compile(rb"(?:\s|#[^\n]*\n)+(\d+)")
+PNM_NAMES = {1: ("PBM", ".pbm"), 2: ("PGM", ".pgm"), 3: ("PPM", ".ppm"),
+             4: ("PBM", ".pbm"), 5: ("PGM", ".pgm"), 6: ("PPM", ".ppm")}
+
+
+def _pnm_header(data: bytes, offset: int) -> tuple[int, int, int, int, int]:
+    """(variant, width, height, maxval, offset of the first sample) of a Netpbm header."""
+    header = PNM_HEADER.match(data, offset)
+    _require(header is not None, "P1..P6 without width and height")
+    variant, width, height = (int(group) for group in header.groups())
+    position, maxval = header.end(), 1
+    if variant not in (1, 4):
+        found = PNM_MAXVAL.match(data, position)
+        _require(found is not None, "Netpbm header without maxval")
+        position, maxval = found.end(), int(found.group(1))
+    _require(0 < width < 1 << 16 and 0 < height < 1 << 16 and 0 < maxval < 1 << 16,
+             "Netpbm header with implausible width/height/maxval")
+    _require(position < len(data) and data[position] in b" \t\r\n", "Netpbm header not ended by whitespace")
+    return variant, width, height, maxval, position + 1
+
+
+def _check_pnm(data: bytes, offset: int):
+    variant, width, height, maxval, _ = _pnm_header(data, offset)
+    name, extension = PNM_NAMES[variant]
+    encoding = "ASCII" if variant <= 3 else "binary"
+    return "pnm", (f"Netpbm {name} ({encoding}) {width}x{height}, maxval {maxval}",), extension
+
+
+PNM_ASCII_SAMPLE = {1: re.compile(rb"\s*[01]"), 2: re.compile(rb"\s*\d+"), 3: re.compile(rb"\s*\d+")}
+
+
+def _measure_pnm(data: bytes, offset: int) -> int | None:
+    variant, width, height, maxval, position = _pnm_header(data, offset)
+    channels = 3 if variant in (3, 6) else 1
+    if variant == 4:
+        return position + (width + 7) // 8 * height - offset
+    if variant >= 5:
+        return position + width * height * channels * (2 if maxval > 255 else 1) - offset
+    sample = PNM_ASCII_SAMPLE[variant]
+    for _ in range(width * height * channels):  # ASCII: walk the samples
+        found = sample.match(data, position)
+        if found is None:
+            return None
+        position = found.end()
+    if data[position:position + 1] == b"\n":
+        position += 1
+    return position - offset
+
+
+def _check_ras(data: bytes, offset: int):
+    width, height, depth, length, raster_type, map_type, map_length = _unpack(">7I", data, offset + 4)
+    _require(width > 0 and height > 0, "Sun raster with zero width or height")
+    _require(depth in (1, 8, 24, 32), f"Sun raster with invalid depth {depth}")
+    _require(raster_type <= 5 and map_type <= 2, "Sun raster with unknown type or colour-map type")
+    _require(map_type != 0 or map_length == 0, "Sun raster with a colour map of type none")
+    return "ras", (f"Sun raster {width}x{height}, {depth}-bit, type {raster_type}",), None
+
+
+def _measure_ras(data: bytes, offset: int) -> int:
+    width, height, depth, length, raster_type, _, map_length = _unpack(">7I", data, offset + 4)
+    if length == 0 and raster_type != 2:  # old files leave the length out; rows pad to 16 bits
+        length = (width * depth + 15) // 16 * 2 * height
+    return 32 + map_length + length
+
+
+def _check_sgi(data: bytes, offset: int):
+    storage, bytes_per_channel, dimension, width, height, channels = _unpack(">BBHHHH", data, offset + 2)
+    _require(storage in (0, 1) and bytes_per_channel in (1, 2), "SGI with invalid storage or sample size")
+    _require(dimension in (1, 2, 3) and width > 0 and height > 0 and channels > 0,
+             "SGI with invalid dimension or size")
+    _require(len(data) >= offset + 512, "truncated header")
+    compression = "RLE" if storage else "uncompressed"
+    return "sgi", (f"SGI image {width}x{height}x{channels} ({compression})",), None
+
+
+def _measure_sgi(data: bytes, offset: int) -> int:
+    storage, bytes_per_channel, _, width, height, channels = _unpack(">BBHHHH", data, offset + 2)
+    if storage == 0:
+        return 512 + width * height * channels * bytes_per_channel
+    rows = height * channels  # RLE: tables of row starts and lengths follow the header
+    starts = _unpack(f">{rows}I", data, offset + 512)
+    lengths = _unpack(f">{rows}I", data, offset + 512 + 4 * rows)
+    return max([512 + 8 * rows] + [start + length for start, length in zip(starts, lengths)])
+
+
+def _check_exr(data: bytes, offset: int):
+    version, flags = data[offset + 4], data[offset + 5]
+    _require(version == 2 and flags & 0xE1 == 0, "OpenEXR with unknown version or flags")
+    _require(data[offset + 8:offset + 16].rstrip(b"\0").isalpha(), "OpenEXR without a header attribute")
+    return "exr", ("OpenEXR version 2 header",), None
+
+
 def _measure_unknown(data: bytes, offset: int) -> None:
     """The format has no cheap way to find its end."""
     return None
@@ -374,6 +516,7 @@ def _check_gzip(data: bytes, offset: int):
     _require(method == 8, "gzip with a compression method other than deflate")
     _require(flags & 0xE0 == 0, "gzip with reserved flag bits set")
     _require(data[offset + 8] in (0, 2, 4), "gzip with invalid extra flags")
+    _require(data[offset + 9] <= 13 or data[offset + 9] == 255, "gzip with unknown operating system byte")
     evidence = ["gzip header (deflate)"]
     extension = None
     if flags & 0x08:  # FNAME: a zero-terminated original file name (after FEXTRA, if any)
@@ -420,7 +563,18 @@ def _check_xz(data: bytes, offset: int):
     (crc,) = _unpack("<I", data, offset + 8)
     _require(len(flags) == 2 and flags[0] == 0 and flags[1] & 0xF0 == 0, "xz with invalid stream flags")
     _require(zlib.crc32(flags) == crc, "xz stream-flags CRC mismatch")
+    if _xz_holds_tar(data, offset):
+        return "xz", ("xz stream header with valid CRC", "contains a tar archive"), ".tar.xz"
     return "xz", ("xz stream header with valid CRC",), None
+
+
+def _xz_holds_tar(data: bytes, offset: int) -> bool:
+    try:
+        head = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(
+            data[offset:offset + DECOMPRESS_INPUT_CHUNK], TAR_BLOCK)
+    except lzma.LZMAError:
+        return False
+    return _is_tar_header(head, 0)
 
 
 def _measure_xz(data: bytes, offset: int) -> int | None:
@@ -614,10 +768,17 @@ PDF_END = re.compile(rb"%%EOF[ \t]*(\r\n|\r|\n)?")
 PDF_UPDATE_FOLLOWS = re.compile(rb"\s*(\d+\s+\d+\s+obj\b|xref\b)")
 
 
+PDF_FIRST_OBJECT = re.compile(rb"\d+\s+\d+\s+obj\b")
+PDF_HEAD_SPAN = 4096  # a real PDF's first indirect object follows its header closely
+
+
 def _check_pdf(data: bytes, offset: int):
     version = PDF_VERSION.match(data, offset)
     _require(version is not None, "%PDF- without a version number")
-    return "pdf", (f"%PDF-{version.group(1).decode()} header",), None
+    # "%PDF-1.7" also occurs in prose about PDF; a real file has objects right after it
+    _require(PDF_FIRST_OBJECT.search(data, version.end(), version.end() + PDF_HEAD_SPAN) is not None,
+             "%PDF- header without an indirect object after it")
+    return "pdf", (f"%PDF-{version.group(1).decode()} header followed by objects",), None
 
 
 def _measure_pdf(data: bytes, offset: int) -> int | None:
@@ -640,8 +801,12 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("GIF87a", b"GIF87a", _check_gif, _measure_gif),
     Signature("GIF89a", b"GIF89a", _check_gif, _measure_gif),
     Signature("BMP", b"BM", _check_bmp, _measure_bmp),
-    Signature("TIFF", b"II*\0", _check_tiff, _measure_unknown),
-    Signature("TIFF", b"MM\0*", _check_tiff, _measure_unknown),
+    Signature("TIFF", b"II*\0", _check_tiff, _measure_tiff),
+    Signature("TIFF", b"MM\0*", _check_tiff, _measure_tiff),
+    *(Signature("Netpbm", b"P" + bytes([digit]), _check_pnm, _measure_pnm) for digit in b"123456"),
+    Signature("Sun raster", b"\x59\xa6\x6a\x95", _check_ras, _measure_ras),
+    Signature("SGI", b"\x01\xda", _check_sgi, _measure_sgi),
+    Signature("OpenEXR", b"v/1\x01", _check_exr, _measure_unknown),
     Signature("RIFF", b"RIFF", _check_riff, _measure_riff),
     Signature("IFF", b"FORM", _check_form, _measure_form),
     Signature("AU", b".snd", _check_au, _measure_au),

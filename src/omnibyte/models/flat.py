@@ -95,6 +95,15 @@ class BytePredictor(ByteModel):
     def prefill(self, tokens: torch.Tensor, state: KVCache) -> torch.Tensor:
         return self(tokens, state)[:, -1]
 
+    def decoder(self, batch_size: int, max_len: int, fast: bool = False):
+        """``fast``: a ``decode.FastDecoder`` (CUDA graph of a static-shape step on CUDA)."""
+        if not fast:
+            return super().decoder(batch_size, max_len)
+        from omnibyte.models.decode import FastDecoder
+
+        # a cache length that is a multiple of 64 keeps the attention mask aligned for the kernels
+        return FastDecoder(self, batch_size, max_len=min(-(-max_len // 64) * 64, self.max_seq_len))
+
     def flops_per_byte(self, seq_len: int) -> float:
         head = 6 * self.config.hidden_size * self.config.vocab_size
         return self.config.stack().flops_per_token(seq_len) + head

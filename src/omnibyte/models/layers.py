@@ -49,9 +49,10 @@ class StackConfig:
         return self.num_layers * (attention + mlp)
 
     def flops_per_token(self, context: int) -> float:
-        """Training FLOPs per token: 6 per matmul weight plus causal attention
-        (QK^T and AV, each 2*context*d per token forward, halved by causality, x3 for backward)."""
-        attention = 6 * self.num_layers * self.hidden_size * context
+        """Training FLOPs per token, PaLM's MFU convention: 6 per matmul weight plus
+        12 * layers * hidden * context for attention (QK^T and AV, 2*context*d each forward,
+        x3 for backward, counted without halving for causality, as PaLM and nanoGPT do)."""
+        attention = 12 * self.num_layers * self.hidden_size * context
         return 6 * self.num_parameters() + attention
 
 
@@ -118,6 +119,10 @@ class KVCache:
     @property
     def capacity(self) -> int:
         return self.keys.shape[3]
+
+    def reset(self) -> None:
+        """Forget every cached token (stale entries are never read: attention stops at ``length``)."""
+        self.length = 0
 
     def nbytes(self) -> int:
         return self.keys.numel() * self.keys.element_size() * 2

@@ -1,0 +1,106 @@
+"""Helpers shared by the bench scripts: environment description, CUDA-synchronised timing,
+peak memory, a table printer and a JSON writer.
+
+Bench scripts are run as files (``python bench/bench_x.py``), so they import this module with
+``sys.path.insert(0, str(Path(__file__).resolve().parent))`` followed by ``from common import ...``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+H100_BF16_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100 SXM
+
+
+def describe_environment(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Date, host, Python/torch versions and the accelerator used."""
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda" and torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(device)
+        info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    else:
+        info.update(gpu=None, cpu=platform.processor() or platform.machine(),
+                    threads=torch.get_num_threads())
+    return info
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for queued GPU work (a no-op on CPU)."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 1, warmup: int = 0,
+              device: torch.device | str | None = None) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` untimed calls, GPU work included."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - started) / max(repeats, 1)
+
+
+def reset_peak_memory(device: torch.device | str | None = None) -> None:
+    if torch.device(device or "cpu").type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device | str | None = None) -> float | None:
+    """Peak CUDA memory allocated since the last reset, in GiB (None off CUDA)."""
+    if torch.device(device or "cpu").type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e6:
+            return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+        return f"{value:.3e}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+    """Print ``rows`` (dicts) as an aligned text table of ``columns``."""
+    cells = [[format_value(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(column.rjust(width) for column, width in zip(columns, widths)))
+    print("  ".join("-" * width for width in widths))
+    for line in cells:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+
+
+def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON (atomically); ``None`` writes nothing."""
+    if not path:
+        return
+    from omnibyte.train.checkpoint import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    print(f"wrote {path}")

@@ -1,0 +1,505 @@
+"""Lossless compression with any omnibyte model: range coding of its next-byte probabilities.
+
+The input is cut into chunks of ``chunk_size`` bytes; each chunk is coded on its own, starting
+from BOS. Chunks are coded ``batch_size`` at a time as the rows of one batch ("a group"): at
+every step the model consumes one token per row through its incremental interface
+(``init_state``/``step``, or the family's fast decoder), the next-byte distributions are
+quantized to integer frequencies, and the group's byte at that step of every still-active
+row is range-coded (``constriction``) into the group's stream, rows interleaved step by step.
+The decoder runs the very same computation (same batch shape, device type, dtype, path) and
+recovers each byte before feeding it back, so it sees bit-identical frequencies.
+
+Container format: ``omnibyte.apps.container``; spec and limits: docs/compression.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from omnibyte.apps import container
+from omnibyte.apps.container import CodingSettings, Container
+from omnibyte.errors import OmnibyteError
+from omnibyte.models.base import BOS, NUM_BYTES, ByteModel
+
+PRECISION = 24  # constriction's range coder codes with 24-bit frequencies
+DEFAULT_CHUNK_SIZE = 64 * 1024  # clamped to the model's context
+DEFAULT_BATCH_SIZE = 256
+MAX_BATCH_SIZE = 1 << 16
+SUFFIX = ".omb"
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# progress(bytes coded by this step, compressed bits so far or None when unknown)
+Progress = Callable[[int, "int | None"], None]
+
+
+# ---- model identity and numerics --------------------------------------------------
+
+def model_fingerprint(model: ByteModel) -> bytes:
+    """SHA-256 over the model's architecture, config and every weight (name, dtype, shape, bytes)."""
+    from omnibyte.train.checkpoint import config_document
+
+    model = getattr(model, "_orig_mod", model)
+    hasher = hashlib.sha256(json.dumps(config_document(model), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
+        hasher.update(f"\n{name} {tensor.dtype} {tensor.numel()}\n".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes())
+    return hasher.digest()
+
+
+def quantized_frequencies(logits: torch.Tensor, precision: int = PRECISION) -> torch.Tensor:
+    """Integer-valued float32 weights [B, 256], each row summing to exactly 2**precision - 256.
+
+    constriction adds 1 to every weight (so every byte keeps non-zero mass) and, since the
+    sum is exact, codes byte ``i`` with frequency ``weight[i] + 1`` out of ``2**precision``.
+    Every intermediate is an integer below 2**24, hence exact in float32 in any summation order.
+    """
+    total = float(2**precision - NUM_BYTES)
+    weights = torch.floor(torch.softmax(logits.float(), dim=-1) * total)
+    remainder = total - weights.sum(dim=-1, keepdim=True)  # in [-few, 256]: give it to the top byte
+    return weights.scatter_add_(-1, weights.argmax(dim=-1, keepdim=True), remainder)
+
+
+def default_dtype(device: torch.device) -> str:
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+@contextlib.contextmanager
+def numerics(settings: CodingSettings) -> Iterator[None]:
+    """Autocast to the coding dtype; plain float32 without TF32 (its rounding is a global switch)."""
+    if settings.dtype != "float32":
+        # no weight-cast cache: a captured CUDA graph must not keep casts that autocast frees on exit
+        with torch.autocast(settings.device, dtype=_TORCH_DTYPES[settings.dtype], cache_enabled=False):
+            yield
+        return
+    if settings.device != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class _BatchStepper:
+    """Steps ``rows`` chunks through the model; ``restart`` gives every row a fresh context."""
+
+    def __init__(self, model: ByteModel, rows: int, max_len: int, fast: bool):
+        self.model, self.rows, self.max_len, self.fast = model, rows, max_len, fast
+        self.decoder = None
+        self.state = None
+
+    def restart(self) -> None:
+        if not self.fast:
+            self.state = self.model.init_state(self.rows, self.model.device)
+        elif self.decoder is not None and hasattr(self.decoder, "reset"):
+            self.decoder.reset()  # reuse the captured CUDA graph
+        else:
+            self.decoder = self.model.decoder(self.rows, self.max_len, fast=True)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return self.decoder.step(tokens)
+        return self.model.step(tokens, self.state)
+
+
+# ---- the coding plan --------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    member: int
+    start: int
+    length: int
+
+
+def plan_chunks(member_sizes: Sequence[int], chunk_size: int) -> list[Chunk]:
+    """All chunks, longest first (stable), so the rows still coding are always a prefix."""
+    chunks = [Chunk(index, start, min(chunk_size, size - start))
+              for index, size in enumerate(member_sizes) for start in range(0, size, chunk_size)]
+    return sorted(chunks, key=lambda chunk: -chunk.length)
+
+
+def count_chunks(member_sizes: Sequence[int], chunk_size: int) -> int:
+    return sum(-(-size // chunk_size) for size in member_sizes)
+
+
+def _groups(chunks: list[Chunk], rows: int) -> list[list[Chunk]]:
+    return [chunks[first : first + rows] for first in range(0, len(chunks), rows)]
+
+
+def _run_group(
+    step: _BatchStepper,
+    lengths: np.ndarray,
+    code_step: Callable[[int, np.ndarray], np.ndarray],
+    progress: Progress | None,
+    bits: Callable[[], int | None],
+) -> None:
+    """Step one group; ``code_step(t, frequencies of the active rows)`` codes position ``t`` and
+    returns every row's byte at ``t`` (0 past a row's end: the dummy token), fed back next step."""
+    device = step.model.device
+    descending = -lengths
+    tokens = torch.full((step.rows,), BOS, dtype=torch.long, device=device)
+    step.restart()
+    for t in range(int(lengths[0])):
+        logits = step(tokens)
+        active = int(np.searchsorted(descending, -t, side="left"))  # rows with length > t
+        frequencies = quantized_frequencies(logits[:active]).cpu().numpy()
+        column = code_step(t, frequencies)
+        tokens = torch.from_numpy(column.astype(np.int64)).to(device)
+        if progress is not None:
+            progress(active, bits())
+
+
+def _group_lengths(group: list[Chunk], rows: int) -> np.ndarray:
+    lengths = np.zeros(rows, dtype=np.int64)  # padding rows have length 0 and only step dummies
+    lengths[: len(group)] = [chunk.length for chunk in group]
+    return lengths
+
+
+# ---- settings -----------------------------------------------------------------------
+
+def resolve_chunk_size(model: ByteModel, chunk_size: int | None) -> int:
+    """Default: 64 KiB clamped to the model's context; an explicit size must fit the context
+    (a chunk of n bytes takes n steps: BOS and its first n - 1 bytes)."""
+    context = model.max_seq_len
+    if chunk_size is None:
+        return min(DEFAULT_CHUNK_SIZE, context)
+    if not 1 <= chunk_size <= context:
+        raise OmnibyteError(f"chunk size must be between 1 and the model's context of {context:,} bytes, "
+                            f"got {chunk_size:,}")
+    return chunk_size
+
+
+def coding_settings(
+    model: ByteModel,
+    member_sizes: Sequence[int],
+    chunk_size: int | None,
+    batch_size: int,
+    dtype: str,
+    fast: bool | None,
+) -> CodingSettings:
+    """Resolve and check the options against the model and where it lives."""
+    device = model.device
+    chunk_size = resolve_chunk_size(model, chunk_size)
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise OmnibyteError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
+    dtype = default_dtype(device) if dtype == "auto" else dtype
+    if dtype not in _TORCH_DTYPES:
+        raise OmnibyteError(f"unknown dtype {dtype!r} (use auto, {', '.join(_TORCH_DTYPES)})")
+    if device.type not in container.DEVICES:
+        raise OmnibyteError(f"cannot code on device {device.type!r} (use cpu or cuda)")
+    if device.type == "cpu" and dtype != "float32":
+        raise OmnibyteError("on the CPU compression runs in float32 only")
+    if fast is None:
+        fast = device.type == "cuda" and hasattr(model, "decoder")
+    if fast and not hasattr(model, "decoder"):
+        raise OmnibyteError(f"the {model.arch} model has no fast decoder")
+    rows = max(1, min(batch_size, count_chunks(member_sizes, chunk_size)))
+    return CodingSettings(device.type, dtype, chunk_size, rows, PRECISION, fast)
+
+
+def _family():
+    import constriction
+
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+# ---- compress -----------------------------------------------------------------------
+
+@torch.inference_mode()
+def compress_members(
+    members: Sequence[bytes],
+    model: ByteModel,
+    chunk_size: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dtype: str = "auto",
+    fast: bool | None = None,
+    progress: Progress | None = None,
+    fingerprint: bytes | None = None,
+) -> bytes:
+    """Compress several byte strings into one container; each is coded independently (own chunks,
+    each from BOS), only the header and the batch are shared. ``decompress_members`` inverts it."""
+    import constriction
+
+    members = [bytes(member) for member in members]
+    sizes = [len(member) for member in members]
+    settings = coding_settings(model, sizes, chunk_size, batch_size, dtype, fast)
+    chunks = plan_chunks(sizes, settings.chunk_size)
+    family = _family()
+    streams: list[bytes] = []
+    done_bits = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with numerics(settings):
+            stepper = _BatchStepper(model, settings.batch_size, settings.chunk_size, settings.fast)
+            for group in _groups(chunks, settings.batch_size):
+                lengths = _group_lengths(group, settings.batch_size)
+                matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)  # [t, row]
+                for row, chunk in enumerate(group):
+                    matrix[: chunk.length, row] = np.frombuffer(
+                        members[chunk.member], np.uint8, chunk.length, chunk.start)
+                encoder = constriction.stream.queue.RangeEncoder()
+
+                def encode_step(t: int, frequencies: np.ndarray) -> np.ndarray:
+                    symbols = matrix[t, : len(frequencies)].astype(np.int32)
+                    encoder.encode(symbols, family, frequencies)
+                    return matrix[t]
+
+                _run_group(stepper, lengths, encode_step, progress, lambda: done_bits + encoder.num_bits())
+                streams.append(encoder.get_compressed().astype("<u4").tobytes())
+                done_bits += 8 * len(streams[-1])
+    finally:
+        model.train(was_training)
+    return container.pack(Container(
+        fingerprint=fingerprint or model_fingerprint(model), settings=settings,
+        member_sizes=tuple(sizes), original_digest=container.digest(members), streams=tuple(streams)))
+
+
+def compress(data: bytes, model: ByteModel, chunk_size: int | None = None,
+             batch_size: int = DEFAULT_BATCH_SIZE, **options) -> bytes:
+    """Compress ``data`` with ``model`` (on the device it lives on); see ``compress_members``."""
+    return compress_members([data], model, chunk_size, batch_size, **options)
+
+
+# ---- decompress ---------------------------------------------------------------------
+
+def check_compatible(header: Container, model: ByteModel, fingerprint: bytes | None = None) -> None:
+    """Refuse a stream this model (as loaded) cannot decode, before doing any work."""
+    settings = header.settings
+    if settings.precision != PRECISION:
+        raise OmnibyteError(f"unsupported coding precision {settings.precision} bits (this build codes with {PRECISION})")
+    fingerprint = fingerprint or model_fingerprint(model)
+    if header.fingerprint != fingerprint[: container.FINGERPRINT_BYTES]:
+        raise OmnibyteError("wrong model: the stream was compressed with a different model "
+                            f"(stream fingerprint {header.fingerprint.hex()[:12]}, model {fingerprint.hex()[:12]})")
+    if model.device.type != settings.device:
+        raise OmnibyteError(f"the stream was made on {settings.device} ({settings.dtype}) and decodes only "
+                            f"there; the model is on {model.device.type}")
+    if settings.fast and not hasattr(model, "decoder"):
+        raise OmnibyteError("the stream was made with a fast decoder this model does not have")
+    if settings.chunk_size > model.max_seq_len:
+        raise OmnibyteError("corrupted stream (chunk size exceeds the model's context)")
+    chunks = count_chunks(header.member_sizes, settings.chunk_size)
+    rows = max(1, min(settings.batch_size, chunks))
+    if rows != settings.batch_size or len(header.streams) != -(-chunks // rows):
+        raise OmnibyteError("corrupted stream (chunk and stream tables disagree)")
+    if any(len(stream) % 4 for stream in header.streams):
+        raise OmnibyteError("corrupted stream (a coded stream is not a whole number of words)")
+
+
+@torch.inference_mode()
+def decompress_members(
+    blob: bytes,
+    model: ByteModel,
+    progress: Progress | None = None,
+    fingerprint: bytes | None = None,
+) -> list[bytes]:
+    """Inverse of ``compress_members``; checks the model, the settings and the end-to-end digest."""
+    import constriction
+
+    header = container.unpack(blob)
+    check_compatible(header, model, fingerprint)
+    settings = header.settings
+    chunks = plan_chunks(header.member_sizes, settings.chunk_size)
+    members = [bytearray(size) for size in header.member_sizes]
+    family = _family()
+    was_training = model.training
+    model.eval()
+    try:
+        with numerics(settings):
+            stepper = _BatchStepper(model, settings.batch_size, settings.chunk_size, settings.fast)
+            for group, stream in zip(_groups(chunks, settings.batch_size), header.streams):
+                lengths = _group_lengths(group, settings.batch_size)
+                matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)
+                decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, "<u4").astype(np.uint32))
+
+                def decode_step(t: int, frequencies: np.ndarray) -> np.ndarray:
+                    matrix[t, : len(frequencies)] = decoder.decode(family, frequencies)
+                    return matrix[t]
+
+                _run_group(stepper, lengths, decode_step, progress, lambda: None)
+                for row, chunk in enumerate(group):
+                    members[chunk.member][chunk.start : chunk.start + chunk.length] = matrix[: chunk.length, row].tobytes()
+    finally:
+        model.train(was_training)
+    members = [bytes(member) for member in members]
+    if container.digest(members) != header.original_digest:
+        raise OmnibyteError(
+            f"decoded data fails its checksum: the stream is corrupted, or it was made on another kind of "
+            f"{settings.device} or software version ({settings.device}/{settings.dtype}) whose arithmetic "
+            f"differs; nothing was written")
+    return members
+
+
+def decompress(blob: bytes, model: ByteModel, **options) -> bytes:
+    """Inverse of ``compress``."""
+    members = decompress_members(blob, model, **options)
+    if len(members) != 1:
+        raise OmnibyteError(f"the stream holds {len(members)} members; use decompress_members")
+    return members[0]
+
+
+# ---- command line -----------------------------------------------------------------
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    compress_parser = subparsers.add_parser("compress", help="compress files losslessly with a model")
+    _add_common(compress_parser)
+    compress_parser.add_argument("--chunk-size", type=int, default=None,
+                                 help="bytes per independently coded chunk (default: 64 KiB or the model's context)")
+    compress_parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                                 help="chunks coded together as one batch (more is faster on a GPU)")
+    compress_parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA), float32, bfloat16, float16")
+    compress_parser.add_argument("--portable", action="store_true",
+                                 help="code on the CPU in float32, so any CPU machine can decode (slow)")
+    compress_parser.set_defaults(handler=run_compress)
+    decompress_parser = subparsers.add_parser("decompress", help="restore files made by omnibyte compress")
+    _add_common(decompress_parser)
+    decompress_parser.set_defaults(handler=run_decompress)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="input files; - reads stdin")
+    parser.add_argument("--model", required=True, type=Path, help="model directory")
+    parser.add_argument("-o", "--output", default=None,
+                        help="output file (- for stdout); a folder when there are several inputs")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as error:
+        raise OmnibyteError(f"cannot read {name}: {error.strerror or error}") from None
+
+
+def _output_for(name: str, args: argparse.Namespace, compressing: bool) -> str:
+    """Where the result for input ``name`` goes ('-' is stdout)."""
+    if args.output is not None and len(args.files) == 1:
+        return args.output
+    if name == "-":
+        if args.output is not None and args.output != "-":
+            return str(Path(args.output) / ("stdin" + (SUFFIX if compressing else "")))
+        return "-"
+    path = Path(name)
+    if compressing:
+        target = path.with_name(path.name + SUFFIX)
+    elif path.suffix == SUFFIX:
+        target = path.with_suffix("")
+    else:
+        raise OmnibyteError(f"{name} does not end in {SUFFIX}; name the output with -o")
+    if args.output is not None:
+        if args.output == "-":
+            raise OmnibyteError("several inputs cannot all go to stdout")
+        target = Path(args.output) / target.name
+    return str(target)
+
+
+def _write_output(target: str, data: bytes, args: argparse.Namespace, source: str) -> None:
+    from omnibyte.train.checkpoint import atomic_write_bytes
+
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(target)
+    if source != "-" and path.exists() and path.resolve() == Path(source).resolve():
+        raise OmnibyteError(f"output {target} would overwrite its input")
+    if path.exists() and not args.force:
+        raise OmnibyteError(f"{target} exists (use --force to overwrite)")
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        raise OmnibyteError(f"cannot write {target}: {error.strerror or error}") from None
+
+
+def _progress_bar(args: argparse.Namespace, name: str, total: int, ratio_of: Callable[[int, int | None], str]):
+    """tqdm bar in KB/s with the running ratio; off for --quiet and when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False,
+               disable=True if args.quiet else None, file=sys.stderr)
+    done = 0
+
+    def update(step_bytes: int, bits: int | None) -> None:
+        nonlocal done
+        done += step_bytes
+        bar.update(step_bytes)
+        if not bar.disable:
+            bar.set_postfix_str(ratio_of(done, bits), refresh=False)
+
+    return bar, update
+
+
+def _load_model(args: argparse.Namespace, device: str) -> tuple[ByteModel, bytes]:
+    from omnibyte.devices import resolve_device
+    from omnibyte.train import checkpoint
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OmnibyteError("this needs a CUDA GPU (streams made on cuda decode only on one; "
+                            "compress with --portable for CPU decoding)")
+    model = checkpoint.load_model(args.model, resolve_device(device))
+    return model, model_fingerprint(model)
+
+
+def _summary(args: argparse.Namespace, name: str, original: int, compressed: int, seconds: float) -> None:
+    if args.quiet:
+        return
+    ratio = original / compressed if compressed else float("inf")
+    bits = 8 * compressed / original if original else 0.0
+    print(f"{name}: {original:,} -> {compressed:,} bytes ({ratio:.2f}x, {bits:.3f} bits/byte) "
+          f"in {seconds:.1f} s ({original / 1024 / max(seconds, 1e-9):.1f} KB/s)", file=sys.stderr)
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    device = "cpu" if args.portable else (args.device or "auto")
+    if args.portable and args.device not in (None, "cpu"):
+        raise OmnibyteError("--portable codes on the CPU; drop --device")
+    dtype = "float32" if args.portable else args.dtype
+    model, fingerprint = _load_model(args, device)
+    for name in args.files:
+        target = _output_for(name, args, compressing=True)
+        data = _read_input(name)
+        bar, update = _progress_bar(args, name, len(data),
+                                    lambda done, bits: f"ratio {8 * done / max(bits or 1, 1):.2f}x")
+        start = time.perf_counter()
+        with bar:
+            blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype,
+                            progress=update, fingerprint=fingerprint)
+        _write_output(target, blob, args, name)
+        _summary(args, name, len(data), len(blob), time.perf_counter() - start)
+    return 0
+
+
+def run_decompress(args: argparse.Namespace) -> int:
+    blobs = [(name, _read_input(name)) for name in args.files]
+    headers = [container.unpack(blob) for _, blob in blobs]  # reject bad streams before loading anything
+    devices = {header.settings.device for header in headers}
+    device = args.device or (devices.pop() if len(devices) == 1 else "auto")
+    model, fingerprint = _load_model(args, device)
+    for (name, blob), header in zip(blobs, headers):
+        target = _output_for(name, args, compressing=False)
+        ratio = f"ratio {header.original_size / max(len(blob), 1):.2f}x"
+        bar, update = _progress_bar(args, name, header.original_size, lambda done, bits: ratio)
+        start = time.perf_counter()
+        with bar:
+            data = decompress(blob, model, progress=update, fingerprint=fingerprint)
+        _write_output(target, data, args, name)
+        _summary(args, name, len(data), len(blob), time.perf_counter() - start)
+    return 0

@@ -1,0 +1,409 @@
+"""The multiscale byte model (MEGABYTE / MBLM): N stages from coarse patches down to bytes.
+
+Stage ``i`` has a patch length ``P_i``; the context is ``P_0 * P_1 * ... * P_{N-1}`` bytes.
+An element of stage ``i`` is a *unit* of ``U_i = P_{i+1} * ... * P_{N-1}`` tokens (bytes at the
+last stage, ``U_{N-1} = 1``). Stage 0 runs over the units of the whole sequence; stage ``i > 0``
+runs over the ``P_i`` sub-units of one stage-``i-1`` unit (its *parent*), with the parent's
+output projected into ``P_i`` positions and added to its inputs.
+
+Causality with the shared token convention (``tokens[t]`` is byte ``t-1``, logits at ``t`` may
+use ``tokens[<= t]``): every stage above the bytes sees its units shifted by one (a learned
+start vector, then units ``0..P-2``), so a parent's output depends only on tokens before the
+parent; the byte stage sees its own tokens unshifted. Sequences are padded with id 256 (BOS
+doubles as pad) to whole coarsest units and the padded logits are dropped.
+
+A unit's embedding is a linear map of its sub-units: the stage just above bytes sums
+per-position byte embeddings (= a linear map of the ``P x 257`` one-hot patch), higher
+stages project the concatenated embeddings of their sub-units.
+
+Incremental decoding advances a stage only when one of its units completes, so a byte costs
+one step of the byte stage plus, every ``U_i`` bytes, one step of stage ``i``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from omnibyte.models.base import BOS, INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel
+from omnibyte.models.layers import StackConfig, TransformerStack, default_intermediate_size, init_weights
+
+BLOCK_TYPES = ("transformer", "mamba")
+PAD = BOS  # input id that fills the last patch
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """One stage: its patch length and the shape of its stack."""
+
+    patch_size: int
+    hidden_size: int
+    num_layers: int
+    num_query_heads: int = 4
+    num_key_value_heads: int = 4
+    intermediate_size: int = 0  # 0: SwiGLU default for hidden_size
+    block: str = "transformer"  # or "mamba"
+
+    def __post_init__(self):
+        if self.intermediate_size == 0:
+            self.intermediate_size = default_intermediate_size(self.hidden_size)
+
+    def stack(self, rope_theta: float, norm_eps: float, qk_norm: bool) -> StackConfig:
+        return StackConfig(self.hidden_size, self.num_layers, self.num_query_heads,
+                           self.num_key_value_heads, self.intermediate_size, self.patch_size,
+                           rope_theta, norm_eps, qk_norm)
+
+
+@dataclasses.dataclass
+class MultiscaleConfig(BaseConfig):
+    """Stages from coarsest to finest; the last stage's patch is the bytes of its unit."""
+
+    stages: list[StageConfig] = dataclasses.field(default_factory=lambda: [  # megabyte-8k
+        StageConfig(1024, 768, 12, 12, 12), StageConfig(8, 384, 3, 6, 6)])
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    qk_norm: bool = True
+    # training memory: inner stages run in gradient-checkpointed chunks of at most this many
+    # of their positions (0: off), and stage 0 checkpoints each of its layers
+    checkpoint_tokens: int = 0
+    checkpoint_layers: bool = False
+
+    def __post_init__(self):
+        self.stages = [StageConfig(**s) if isinstance(s, dict) else s for s in self.stages]
+
+    @property
+    def context(self) -> int:
+        return math.prod(stage.patch_size for stage in self.stages)
+
+    def unit_sizes(self) -> list[int]:
+        """Tokens per element of each stage."""
+        return [math.prod(s.patch_size for s in self.stages[i + 1:]) for i in range(len(self.stages))]
+
+    def validate(self) -> None:
+        if len(self.stages) < 2:
+            raise ValueError("a multiscale model needs at least 2 stages")
+        for index, stage in enumerate(self.stages):
+            if stage.block not in BLOCK_TYPES:
+                raise ValueError(f"stage {index}: block must be one of {BLOCK_TYPES}, got {stage.block!r}")
+            if stage.patch_size < 1:
+                raise ValueError(f"stage {index}: patch_size must be positive")
+            if stage.block == "transformer":
+                stage.stack(self.rope_theta, self.norm_eps, self.qk_norm).validate()
+            elif stage.hidden_size < 1 or stage.num_layers < 1:
+                raise ValueError(f"stage {index}: hidden_size and num_layers must be positive")
+        if self.checkpoint_tokens < 0:
+            raise ValueError("checkpoint_tokens must not be negative")
+
+
+def _stage(patch_size, hidden_size, num_layers, heads, kv_heads, block="transformer") -> dict:
+    return dict(patch_size=patch_size, hidden_size=hidden_size, num_layers=num_layers,
+                num_query_heads=heads, num_key_value_heads=kv_heads, block=block)
+
+
+MULTISCALE_PRESETS: dict[str, dict] = {
+    "tiny": dict(stages=[_stage(256, 64, 2, 4, 2), _stage(4, 32, 1, 2, 1)]),
+    "tiny-3": dict(stages=[_stage(32, 64, 2, 4, 2), _stage(4, 48, 1, 4, 2), _stage(4, 32, 1, 2, 1)]),
+    "tiny-mamba": dict(stages=[_stage(64, 64, 2, 4, 2, "mamba"), _stage(4, 32, 1, 2, 1)]),
+    # the benchmark's matched configuration (MEGABYTE-pytorch / mblm): 8 KB context
+    "megabyte-8k": dict(stages=[_stage(1024, 768, 12, 12, 12), _stage(8, 384, 3, 6, 6)]),
+    # 16,777,216 bytes: mblm's 3-stage shape (1024 wide, 9/8/8 layers, patches x/32/8). The top
+    # stage is a transformer: 65,536 positions are cheap for SDPA flash attention, while a Mamba
+    # top would need the optional mamba-ssm kernels to be fast. Inner stages run in checkpointed
+    # chunks of 16,384 positions and loss() never holds all logits, so what stays alive is
+    # about the stage outputs (the byte stage's parents: 2M x 1024) plus one chunk's activations.
+    "long-context": dict(stages=[_stage(65536, 1024, 9, 16, 16), _stage(32, 1024, 8, 16, 16),
+                                 _stage(8, 1024, 8, 16, 16)],
+                         checkpoint_tokens=16384, checkpoint_layers=True),
+}
+
+
+def build_stack(stage: StageConfig, config: MultiscaleConfig) -> nn.Module:
+    """The sequence model of one stage: ``forward(x, cache)``, ``new_cache(...)``."""
+    if stage.block == "mamba":
+        from omnibyte.models.mamba import MambaStack  # optional family member, imported on use
+
+        return MambaStack(hidden_size=stage.hidden_size, num_layers=stage.num_layers)
+    stack = TransformerStack(stage.stack(config.rope_theta, config.norm_eps, config.qk_norm))
+    init_weights(stack, num_layers=stage.num_layers)
+    return stack
+
+
+class PatchEmbedding(nn.Module):
+    """Linear map of a one-hot ``P x 257`` patch, as a sum of per-position byte embeddings."""
+
+    def __init__(self, patch_size: int, hidden_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(patch_size * INPUT_VOCAB, hidden_size) * 0.02)
+        self.register_buffer("offsets", torch.arange(patch_size) * INPUT_VOCAB, persistent=False)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:  # [..., P] -> [..., D]
+        rows = (patches + self.offsets).reshape(-1, patches.shape[-1])
+        summed = F.embedding_bag(rows, self.weight, mode="sum")  # never materializes [.., P, D]
+        return summed.view(*patches.shape[:-1], self.weight.shape[1])
+
+
+@dataclasses.dataclass
+class MultiscaleState:
+    """Decoding state: per-stage caches, the parent context of the current unit per stage,
+    the tokens of the current coarsest unit and the number of tokens consumed."""
+
+    caches: list[Any]
+    contexts: list[torch.Tensor | None]
+    unit_tokens: torch.Tensor
+    position: int = 0
+
+
+class MultiscaleCore(nn.Module):
+    """Weights and computation of an N-stage model (used by the multiscale and patch families)."""
+
+    def __init__(self, config: MultiscaleConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        stages = config.stages
+        self.num_stages = len(stages)
+        self.patch_sizes = [stage.patch_size for stage in stages]
+        self.widths = [stage.hidden_size for stage in stages]
+        self.unit_sizes = config.unit_sizes()
+        self.context = config.context
+        last = self.num_stages - 1
+        self.stacks = nn.ModuleList(build_stack(stage, config) for stage in stages)
+        if config.checkpoint_layers and hasattr(self.stacks[0], "gradient_checkpointing"):
+            self.stacks[0].gradient_checkpointing = True
+        self.byte_embed = nn.Embedding(INPUT_VOCAB, self.widths[last])
+        # unit embeddings of stages 0..N-2: bytes one-hot just above the byte stage, else linear
+        self.unit_embeds = nn.ModuleList(
+            PatchEmbedding(self.patch_sizes[last], self.widths[i]) if i == last - 1
+            else nn.Linear(self.patch_sizes[i + 1] * self.widths[i + 1], self.widths[i], bias=False)
+            for i in range(last))
+        self.start = nn.ParameterList(nn.Parameter(torch.randn(self.widths[i]) * 0.02) for i in range(last))
+        # stage i-1 output -> P_i input vectors of stage i
+        self.parent_projs = nn.ModuleList(
+            nn.Linear(self.widths[i - 1], self.patch_sizes[i] * self.widths[i], bias=False)
+            for i in range(1, self.num_stages))
+        self.head = nn.Linear(self.widths[last], NUM_BYTES, bias=False)
+        for module in (self.byte_embed, self.unit_embeds, self.parent_projs, self.head):
+            init_weights(module)
+
+    # ---- embeddings ---------------------------------------------------------------
+    def embed_units(self, level: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Embeddings of stage-``level`` units: tokens [..., U_level] -> [..., D_level]."""
+        if level == self.num_stages - 2:
+            return self.unit_embeds[level](tokens)
+        sub_units = tokens.unflatten(-1, (self.patch_sizes[level + 1], self.unit_sizes[level + 1]))
+        return self.unit_embeds[level](self.embed_units(level + 1, sub_units).flatten(-2))
+
+    def _start(self, level: int, rows: int) -> torch.Tensor:
+        return self.start[level].view(1, 1, -1).expand(rows, 1, -1)
+
+    # ---- full-sequence computation --------------------------------------------------
+    def _run_top(self, units: torch.Tensor) -> torch.Tensor:
+        """Stage 0 over [B, n, U_0] tokens -> outputs [B, n, D_0]; output k sees units < k."""
+        embed = functools.partial(self.embed_units, 0)
+        previous = units[:, :-1]
+        if self._chunking():  # the embedding's intermediates are as long as the sequence
+            embedded = checkpoint(embed, previous, use_reentrant=False)
+        else:
+            embedded = embed(previous)
+        x = torch.cat([self._start(0, units.shape[0]).to(embedded.dtype), embedded], dim=1)
+        return self.stacks[0](x)
+
+    def _run_inner(self, level: int, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Stage ``level`` > 0 inside each parent: parents [n, D_{level-1}] and their tokens
+        [n, U_{level-1}] -> outputs [n, P_level, D_level]."""
+        rows, size, width = parents.shape[0], self.patch_sizes[level], self.widths[level]
+        context = self.parent_projs[level - 1](parents).view(rows, size, width)
+        if level == self.num_stages - 1:
+            x = self.byte_embed(tokens) + context
+        else:
+            units = tokens.view(rows, size, self.unit_sizes[level])[:, :-1]
+            embedded = self.embed_units(level, units)
+            x = torch.cat([self._start(level, rows).to(embedded.dtype), embedded], dim=1) + context
+        return self.stacks[level](x)
+
+    def _chunking(self) -> bool:
+        return self.config.checkpoint_tokens > 0 and self.training and torch.is_grad_enabled()
+
+    def _map_parents(self, level: int, function, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """``function`` over row-chunks of ``tensors`` (checkpointed when training with chunks)."""
+        if not self._chunking():
+            return [function(*tensors)]
+        rows = max(1, self.config.checkpoint_tokens // self.patch_sizes[level])
+        pieces = zip(*(tensor.split(rows) for tensor in tensors))
+        return [checkpoint(function, *piece, use_reentrant=False) for piece in pieces]
+
+    def pad(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pad [B, T] with PAD to whole coarsest units."""
+        if tokens.shape[1] > self.context:
+            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds the context of {self.context}")
+        if tokens.shape[1] == 0:
+            raise ValueError("empty sequence")
+        missing = -tokens.shape[1] % self.unit_sizes[0]
+        return F.pad(tokens, (0, missing), value=PAD) if missing else tokens
+
+    def parent_outputs(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run stages 0..N-2 over padded [B, L]: outputs of stage N-2 per byte patch
+        [B * L / P_last, D_{N-2}] and the matching token rows [B * L / P_last, P_last]."""
+        batch = tokens.shape[0]
+        units = tokens.view(batch, -1, self.unit_sizes[0])
+        outputs = self._run_top(units).flatten(0, 1)
+        rows = units.flatten(0, 1)
+        for level in range(1, self.num_stages - 1):
+            function = functools.partial(self._run_inner, level)
+            outputs = torch.cat(self._map_parents(level, function, outputs, rows)).flatten(0, 1)
+            rows = rows.reshape(-1, self.unit_sizes[level])
+        return outputs, rows
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final byte-stage states for padded [B, L] -> [B, L, D_last]."""
+        parents, rows = self.parent_outputs(tokens)
+        function = functools.partial(self._run_inner, self.num_stages - 1)
+        states = torch.cat(self._map_parents(self.num_stages - 1, function, parents, rows))
+        return states.reshape(tokens.shape[0], tokens.shape[1], -1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        return self.head(self.hidden(self.pad(tokens))[:, :length])
+
+    def _patch_loss(self, parents, rows, targets, weights) -> torch.Tensor:
+        """Summed weighted cross-entropy of the byte patches of ``parents``."""
+        logits = self.head(self._run_inner(self.num_stages - 1, parents, rows))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, keep fp64
+        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        return (losses * weights.flatten()).sum()
+
+    def loss(self, tokens, targets, mask=None, patch_fraction: float = 1.0) -> torch.Tensor:
+        """Mean cross-entropy without holding all logits: byte patches (and the head) run in
+        checkpointed chunks when chunking is on. ``patch_fraction`` < 1 scores a random subset
+        of byte patches (bGPT's memory saver for training)."""
+        length = tokens.shape[1]
+        padded = self.pad(tokens)
+        parents, rows = self.parent_outputs(padded)
+        weights = torch.ones_like(targets, dtype=torch.float32) if mask is None else mask.float()
+        missing = padded.shape[1] - length
+        size = self.patch_sizes[-1]
+        targets = F.pad(targets, (0, missing)).reshape(-1, size)
+        weights = F.pad(weights, (0, missing)).reshape(-1, size)
+        if patch_fraction < 1.0:
+            count = max(1, round(patch_fraction * rows.shape[0]))
+            chosen = torch.randperm(rows.shape[0], device=rows.device)[:count]
+            parents, rows, targets, weights = parents[chosen], rows[chosen], targets[chosen], weights[chosen]
+        total = sum(self._map_parents(self.num_stages - 1, self._patch_loss, parents, rows, targets, weights))
+        return total / weights.sum().clamp_min(1.0)
+
+    # ---- incremental decoding -------------------------------------------------------
+    def init_state(self, batch_size: int, device=None) -> MultiscaleState:
+        device = device or self.head.weight.device
+        dtype = self.head.weight.dtype
+        caches = [stack.new_cache(batch_size, device=device, dtype=dtype, max_len=size)
+                  for stack, size in zip(self.stacks, self.patch_sizes)]
+        state = MultiscaleState(caches, [None] * self.num_stages,
+                                torch.full((batch_size, self.unit_sizes[0]), PAD, dtype=torch.long, device=device))
+        top = self.stacks[0](self._start(0, batch_size), caches[0])[:, -1]
+        self._descend(state, 0, top)
+        return state
+
+    def _descend(self, state: MultiscaleState, level: int, output: torch.Tensor) -> None:
+        """Stage ``level`` produced ``output`` [B, D] for a new unit: start its sub-stages."""
+        for child in range(level + 1, self.num_stages):
+            context = self.parent_projs[child - 1](output).view(output.shape[0], self.patch_sizes[child], -1)
+            state.contexts[child] = context
+            state.caches[child].reset()
+            if child == self.num_stages - 1:
+                return
+            first = self._start(child, output.shape[0]).to(context.dtype) + context[:, :1]
+            output = self.stacks[child](first, state.caches[child])[:, -1]
+
+    def _advance(self, state: MultiscaleState, level: int) -> None:
+        """A unit of stage ``level`` (but not of its parent) just completed: feed it."""
+        unit = self.unit_sizes[level]
+        start = (state.position - unit) % self.unit_sizes[0]
+        embedded = self.embed_units(level, state.unit_tokens[:, start : start + unit])
+        if level > 0:
+            index = (state.position // unit) % self.patch_sizes[level]
+            embedded = embedded + state.contexts[level][:, index]
+        output = self.stacks[level](embedded.unsqueeze(1), state.caches[level])[:, -1]
+        self._descend(state, level, output)
+
+    def step(self, tokens: torch.Tensor, state: MultiscaleState) -> torch.Tensor:
+        position = state.position
+        if position >= self.context:
+            raise ValueError(f"context of {self.context} tokens exceeded")
+        last = self.num_stages - 1
+        index = position % self.patch_sizes[last]
+        x = self.byte_embed(tokens).unsqueeze(1) + state.contexts[last][:, index : index + 1]
+        logits = self.head(self.stacks[last](x, state.caches[last])[:, -1])
+        state.unit_tokens[:, position % self.unit_sizes[0]] = tokens
+        state.position = position = position + 1
+        if position < self.context:
+            completed = [level for level in range(last) if position % self.unit_sizes[level] == 0]
+            if completed:  # the coarsest completed stage restarts everything below it
+                self._advance(state, completed[0])
+        return logits
+
+    # ---- accounting -----------------------------------------------------------------
+    def flops_per_byte(self, seq_len: int) -> float:
+        """Training FLOPs per byte: each stage's per-position FLOPs over its unit size,
+        plus unit embeddings, parent projections and the head."""
+        total = 6.0 * self.widths[-1] * NUM_BYTES
+        for level, stack in enumerate(self.stacks):
+            unit = self.unit_sizes[level]
+            context = math.ceil(min(seq_len, self.context) / unit) if level == 0 else self.patch_sizes[level]
+            if isinstance(stack, TransformerStack):
+                total += stack.config.flops_per_token(context) / unit
+            else:
+                total += stack.flops_per_token(context) / unit
+        for module, unit in zip(self.unit_embeds, self.unit_sizes):
+            if isinstance(module, nn.Linear):
+                total += 6.0 * module.weight.numel() / unit
+        for projection, unit in zip(self.parent_projs, self.unit_sizes):
+            total += 6.0 * projection.weight.numel() / unit
+        return total
+
+
+class MultiscaleModel(ByteModel):
+    """N-stage MEGABYTE/MBLM model behind the shared interface."""
+
+    arch = "multiscale"
+    config_class = MultiscaleConfig
+
+    def __init__(self, config: BaseConfig | None = None):
+        super().__init__(config or self.config_class())
+        self.core = MultiscaleCore(self.core_config())
+
+    def core_config(self) -> MultiscaleConfig:
+        return self.config
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.core.context
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.core(tokens)
+
+    def loss(self, tokens, targets, mask=None) -> torch.Tensor:
+        return self.core.loss(tokens, targets, mask)
+
+    def init_state(self, batch_size: int, device=None) -> MultiscaleState:
+        return self.core.init_state(batch_size, device)
+
+    def step(self, tokens: torch.Tensor, state: MultiscaleState) -> torch.Tensor:
+        return self.core.step(tokens, state)
+
+    def flops_per_byte(self, seq_len: int) -> float:
+        return self.core.flops_per_byte(seq_len)
+
+
+def _register() -> None:
+    from omnibyte.models import register
+
+    register(MultiscaleModel, MULTISCALE_PRESETS)
+
+
+_register()
