@@ -8,6 +8,8 @@ the longest context for which one multiscale training step (batch 1) fits in mem
 The peers regenerate by recomputing the whole prefix per byte, so their generation of
 8 KB is timed on two 512-byte stretches (from an empty prompt and from a 7,680-byte
 prompt) and the 8 KB rate is interpolated linearly in the prefix length; the table says so.
+On CUDA omnibyte generates through its fast decoder (CUDA graphs, ``fast=True``); its eager
+step's rate is recorded too (``gen_eager_bytes_per_s``), and ``gen_decoder`` says which path ran.
 
     python bench/bench_hierarchical.py --out runs/hierarchical.json
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_environment, print_table, write_json  # noqa: E402
 
 from omnibyte.models import build_model, make_config, model_class_for  # noqa: E402
+from omnibyte.models.multiscale_decode import GraphCaptureWarning  # noqa: E402
 
 GLOBAL_PATCHES, PATCH_SIZE = 1024, 8
 WIDTHS, DEPTHS = (768, 384), (12, 3)
@@ -41,9 +45,12 @@ class Contender:
     """A model plus the three things the bench does with it."""
 
     def __init__(self, name: str, model: torch.nn.Module, loss: Callable, generate: Callable,
-                 full_generation: bool):
+                 full_generation: bool, eager_generate: Callable | None = None,
+                 decoder_note: Callable[[], str] | None = None):
         self.name, self.model, self.loss, self.generate = name, model, loss, generate
         self.full_generation = full_generation  # True: generate() is timed over all 8 KB
+        self.eager_generate = eager_generate  # also timed when set (omnibyte's eager step)
+        self.decoder_note = decoder_note  # which decoding path generate() took
 
 
 def omnibyte_contender(device: torch.device) -> Contender:
@@ -53,10 +60,29 @@ def omnibyte_contender(device: torch.device) -> Contender:
         tokens = torch.cat([torch.full_like(ids[:, :1], 256), ids[:, :-1]], dim=1)
         return model.loss(tokens, ids)
 
-    def generate(prompt: torch.Tensor, new_bytes: int) -> None:
-        model.generate(bytes(prompt.tolist()), max_new_bytes=new_bytes, seed=0)
+    fast = device.type == "cuda"
+    capture_failures: set[str] = set()
 
-    return Contender("omnibyte multiscale", model, loss, generate, full_generation=True)
+    def generate(prompt: torch.Tensor, new_bytes: int, fast: bool = fast) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.generate(bytes(prompt.tolist()), max_new_bytes=new_bytes, seed=0, fast=fast)
+        for warning in caught:  # a failed capture decodes eagerly: the table must say so
+            if issubclass(warning.category, GraphCaptureWarning):
+                capture_failures.add(str(warning.message))
+            else:
+                warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+
+    def decoder_note() -> str:
+        if not fast:
+            return "eager step"
+        return "; ".join(sorted(capture_failures)) if capture_failures else "CUDA graphs"
+
+    def eager_generate(prompt: torch.Tensor, new_bytes: int) -> None:
+        generate(prompt, new_bytes, fast=False)
+
+    return Contender("omnibyte multiscale", model, loss, generate, full_generation=True,
+                     eager_generate=eager_generate if fast else None, decoder_note=decoder_note)
 
 
 def megabyte_contender(device: torch.device) -> Contender:
@@ -193,6 +219,8 @@ def main() -> None:
     parser.add_argument("--long-from", type=int, default=20, help="log2 of the first context tried")
     parser.add_argument("--long-to", type=int, default=25, help="log2 of the last context tried")
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--compile", nargs="*", default=[], help="contenders to train through torch.compile")
+    parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--out", default="hierarchical.json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -201,14 +229,26 @@ def main() -> None:
     for key in ["omnibyte", *args.peers]:
         torch.manual_seed(0)
         contender = builders[key](device)
-        row = {"model": contender.name, "params": sum(p.numel() for p in contender.model.parameters())}
-        row.update(train_rate(contender, device, args.batch_size, args.train_steps))
+        row = {"model": contender.name, "params": sum(p.numel() for p in contender.model.parameters()),
+               "compiled": key in args.compile}
+        if key in args.compile:
+            contender.loss = torch.compile(contender.loss)
+        if not args.skip_train:
+            row.update(train_rate(contender, device, args.batch_size, args.train_steps))
         row.update(generation_rate(contender, device, args.gen_bytes, args.gen_sample))
+        if contender.decoder_note is not None:
+            row["gen_decoder"] = contender.decoder_note()
+        if contender.eager_generate is not None:
+            eager = Contender(contender.name, contender.model, contender.loss, contender.eager_generate, True)
+            # the eager step costs the same at every position: a short stretch gives its rate
+            row["gen_eager_bytes_per_s"] = generation_rate(eager, device, args.gen_sample,
+                                                           args.gen_sample)["gen_bytes_per_s"]
         rows.append(row)
         print(row, flush=True)
         contender = None
         torch.cuda.empty_cache() if device.type == "cuda" else None
-    print_table(rows, ["model", "params", "train_bytes_per_s", "peak_gib", "gen_bytes_per_s", "gen_method"])
+    print_table(rows, ["model", "params", "compiled", "train_bytes_per_s", "peak_gib", "gen_bytes_per_s", "gen_method",
+                       "gen_eager_bytes_per_s", "gen_decoder"])
     long_context = [] if args.skip_long or device.type != "cuda" else \
         longest_trainable_context(device, args.long_preset, args.long_from, args.long_to)
     if long_context:

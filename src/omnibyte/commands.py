@@ -205,7 +205,8 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = _prompt_bytes(args)
     model = load_cli_model(args)
     options = dict(max_new_bytes=args.max_bytes, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed)
+                   top_p=args.top_p, seed=args.seed,
+                   fast=model.device.type == "cuda")  # CUDA-graph decoding where it exists
     try:
         if args.output == "-":
             out = sys.stdout.buffer

@@ -1,4 +1,4 @@
-"""Fast incremental decoding for the flat model: one static-shape step, replayed as a CUDA graph.
+"""Fast incremental decoding: one static-shape step, replayed as a CUDA graph.
 
 The eager ``model.step`` slices the cache to the current length, so every step has new
 shapes and pays Python and kernel-launch overhead for each of its few hundred small ops.
@@ -14,10 +14,18 @@ shapes and pays Python and kernel-launch overhead for each of its few hundred sm
 On CUDA that step is captured once into a ``torch.cuda.CUDAGraph`` and each decode step is one
 ``replay()``; on CPU (or with ``graph=False``) the same static step runs eagerly, which is
 how the tests check it. Prefill uses the model's ordinary forward over the same cache.
+
+The pieces are shared with the hierarchical decoder (``multiscale_decode``): ``static_step``
+(one token through a transformer or recurrent stack), ``fused_projection_weights`` /
+``refresh_fused_weights`` and ``capture_graph``.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Any, Callable
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from omnibyte.models.layers import Attention, KVCache, TransformerStack
@@ -31,6 +39,17 @@ def fused_projection_weights(stack: TransformerStack) -> list[tuple[torch.Tensor
         weights.append((torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
                         torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])))
     return weights
+
+
+@torch.no_grad()
+def refresh_fused_weights(
+    stack: TransformerStack, fused_weights: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    """Re-stack ``fused_weights`` in place from the stack's current weights (a captured graph
+    holds their addresses, so they are overwritten, never replaced)."""
+    for (qkv, gate_up), (new_qkv, new_gate_up) in zip(fused_weights, fused_projection_weights(stack)):
+        qkv.copy_(new_qkv)
+        gate_up.copy_(new_gate_up)
 
 
 def static_attention(
@@ -77,6 +96,56 @@ def static_stack_step(
         gate, up = F.linear(block.mlp_norm(x), gate_up_weight).chunk(2, dim=-1)
         x = x + block.mlp.down_proj(F.silu(gate) * up)
     return stack.norm(x)
+
+
+def static_step(
+    stack: nn.Module,
+    x: torch.Tensor,
+    cache: Any,
+    position: torch.Tensor,
+    fused_weights: list[tuple[torch.Tensor, torch.Tensor]] | None,
+) -> torch.Tensor:
+    """One token [B, 1, D] through a transformer stack (``static_stack_step``) or a recurrent
+    one (Mamba: its cached step already has static shapes and no host syncs)."""
+    if isinstance(stack, TransformerStack):
+        return static_stack_step(stack, x, cache, position, fused_weights)
+    return stack(x, cache)
+
+
+def _graph_autocast():
+    """Inside autocast, capture with its weight-cast cache off (as ``make_graphed_callables``
+    requires): cached casts would be freed when the caller's autocast region ends while the graph
+    still reads them, so the graph does its own casts."""
+    if torch.is_autocast_enabled("cuda"):
+        return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def capture_graph(
+    step: Callable[[], Any], prepare: Callable[[], None] | None = None, warmup: int = 3
+) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """Warm ``step`` up on a side stream, then capture one call of it: (graph, its output).
+
+    ``prepare`` runs before every warm-up call and before the capture, so that the warm-up
+    (which really executes and advances the decoder's positions) never indexes past a cache.
+    ``step`` must only read and write tensors that outlive the graph, by their addresses."""
+    with _graph_autocast():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # cuBLAS handles, lazy init, compilation
+            for _ in range(warmup):
+                if prepare is not None:
+                    prepare()
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        if prepare is not None:
+            prepare()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = step()
+        torch.cuda.current_stream().synchronize()
+    return graph, output
 
 
 class FastDecoder:
@@ -142,26 +211,12 @@ class FastDecoder:
 
     @torch.no_grad()
     def _capture(self) -> None:
-        # warm up on a side stream (cuBLAS handles, lazy init, compilation), then capture
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self._step_fn()
-        torch.cuda.current_stream().wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._graph_logits = self._step_fn()
-        torch.cuda.current_stream().synchronize()
-        self.reset()  # warm-up wrote garbage at positions 0..2: every step overwrites its slot first
+        self._graph, self._graph_logits = capture_graph(self._step_fn, prepare=self.reset)
+        self.reset()  # warm-up wrote garbage at position 0: every step overwrites its slot first
 
-    @torch.no_grad()
     def refresh_weights(self) -> None:
         """Re-stack the fused projection weights in place (after the model's weights changed)."""
-        for (qkv, gate_up), (new_qkv, new_gate_up) in zip(self.fused_weights,
-                                                            fused_projection_weights(self.model.transformer)):
-            qkv.copy_(new_qkv)
-            gate_up.copy_(new_gate_up)
+        refresh_fused_weights(self.model.transformer, self.fused_weights)
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:

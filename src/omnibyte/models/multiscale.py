@@ -110,6 +110,8 @@ MULTISCALE_PRESETS: dict[str, dict] = {
     "tiny": dict(stages=[_stage(256, 64, 2, 4, 2), _stage(4, 32, 1, 2, 1)]),
     "tiny-3": dict(stages=[_stage(32, 64, 2, 4, 2), _stage(4, 48, 1, 4, 2), _stage(4, 32, 1, 2, 1)]),
     "tiny-mamba": dict(stages=[_stage(64, 64, 2, 4, 2, "mamba"), _stage(4, 32, 1, 2, 1)]),
+    # ~30M parameters over 8 KB in three stages (256 x 8 x 4): the quality comparison's contender
+    "small": dict(stages=[_stage(256, 512, 8, 8, 8), _stage(8, 384, 2, 6, 6), _stage(4, 256, 2, 4, 4)]),
     # the benchmark's matched configuration (MEGABYTE-pytorch / mblm): 8 KB context
     "megabyte-8k": dict(stages=[_stage(1024, 768, 12, 12, 12), _stage(8, 384, 3, 6, 6)]),
     # 16,777,216 bytes: mblm's 3-stage shape (1024 wide, 9/8/8 layers, patches x/32/8). The top
@@ -395,6 +397,15 @@ class MultiscaleModel(ByteModel):
 
     def step(self, tokens: torch.Tensor, state: MultiscaleState) -> torch.Tensor:
         return self.core.step(tokens, state)
+
+    def decoder(self, batch_size: int, max_len: int, fast: bool = False):
+        """``fast``: a ``multiscale_decode.MultiscaleDecoder`` (CUDA graphs of static stage steps
+        on CUDA) for up to ``max_len`` tokens."""
+        if not fast:
+            return super().decoder(batch_size, max_len)
+        from omnibyte.models.multiscale_decode import MultiscaleDecoder
+
+        return MultiscaleDecoder(self, batch_size, max_len)
 
     def flops_per_byte(self, seq_len: int) -> float:
         return self.core.flops_per_byte(seq_len)

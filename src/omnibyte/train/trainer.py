@@ -18,7 +18,7 @@ from tqdm import tqdm
 from omnibyte.data import ByteCorpus, WindowSampler, iter_eval_windows
 from omnibyte.devices import autocast, resolve_device
 from omnibyte.errors import OmnibyteError
-from omnibyte.models.base import BaseConfig, ByteModel, masked_cross_entropy
+from omnibyte.models.base import BaseConfig, ByteModel
 from omnibyte.train import checkpoint
 from omnibyte.train.metrics import MetricsLog, plot_loss_curve
 from omnibyte.train.schedule import learning_rate
@@ -72,6 +72,19 @@ class TrainResult:
     out_dir: Path
 
 
+class LossModule(torch.nn.Module):
+    """``model.loss`` as a module's forward, so compile and DDP wrap the loss itself:
+    families with their own loss (bGPT's patch subset, chunked multiscale loss) train
+    through it."""
+
+    def __init__(self, model: ByteModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(tokens, targets, mask)
+
+
 class Trainer:
     """Trains ``model`` on ``train_corpus``; everything it writes goes to ``out_dir``."""
 
@@ -118,7 +131,7 @@ class Trainer:
                                  fused=self.device.type == "cuda")
 
     def _wrap_model(self) -> torch.nn.Module:
-        model: torch.nn.Module = self.model
+        model: torch.nn.Module = LossModule(self.model)
         if self.config.compile:
             model = torch.compile(model)
         if self.world_size > 1:
@@ -177,7 +190,7 @@ class Trainer:
             sync = micro == config.grad_accum - 1 or self.world_size == 1
             context = self.forward_model.no_sync() if not sync else contextlib.nullcontext()
             with context, autocast(self.device):
-                loss = masked_cross_entropy(self.forward_model(tokens), targets, mask)
+                loss = self.forward_model(tokens, targets, mask)
                 (loss / config.grad_accum).backward()
             total_loss += loss.detach() / config.grad_accum
         if config.grad_clip > 0:
