@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -91,6 +92,15 @@ def numerics(settings: CodingSettings) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def coding_model(model: ByteModel, settings: CodingSettings) -> ByteModel:
+    """The model the coder steps: on CUDA a copy with weights in the coding dtype, so the KV
+    cache and every matmul run at that width without re-casting weights each step. Encoder
+    and decoder both make it; the fingerprint is always taken from the original weights."""
+    if settings.device != "cuda" or settings.dtype == "float32":
+        return model
+    return copy.deepcopy(model).to(_TORCH_DTYPES[settings.dtype])
 
 
 class _BatchStepper:
@@ -244,7 +254,8 @@ def compress_members(
     model.eval()
     try:
         with numerics(settings):
-            stepper = _BatchStepper(model, settings.batch_size, settings.chunk_size, settings.fast)
+            stepper = _BatchStepper(coding_model(model, settings), settings.batch_size,
+                                    settings.chunk_size, settings.fast)
             for group in _groups(chunks, settings.batch_size):
                 lengths = _group_lengths(group, settings.batch_size)
                 matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)  # [t, row]
@@ -320,7 +331,8 @@ def decompress_members(
     model.eval()
     try:
         with numerics(settings):
-            stepper = _BatchStepper(model, settings.batch_size, settings.chunk_size, settings.fast)
+            stepper = _BatchStepper(coding_model(model, settings), settings.batch_size,
+                                    settings.chunk_size, settings.fast)
             for group, stream in zip(_groups(chunks, settings.batch_size), header.streams):
                 lengths = _group_lengths(group, settings.batch_size)
                 matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)
