@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclasses.dataclass
@@ -128,6 +129,9 @@ class KVCache:
         return self.keys.numel() * self.keys.element_size() * 2
 
 
+VARIABLE_SHAPE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 class Attention(nn.Module):
     """Causal grouped-query attention with RoPE and per-head RMS QK-norm."""
 
@@ -166,12 +170,15 @@ class Attention(nn.Module):
             cache.keys[layer, :, :, start:end] = k
             cache.values[layer, :, :, start:end] = v
             k_all, v_all = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]
-            if length == 1:  # one new query sees every cached key: no mask needed
-                out = self._attend(q, k_all, v_all, is_causal=False)
-            else:
-                query_pos = torch.arange(start, end, device=x.device).unsqueeze(1)
-                mask = torch.arange(end, device=x.device).unsqueeze(0) <= query_pos
-                out = self._attend(q, k_all, v_all, mask=mask)
+            # every step has a new key length: keep cuDNN attention, which builds a plan per
+            # shape (milliseconds each on H100), out of the cached path
+            with sdpa_kernel(VARIABLE_SHAPE_BACKENDS):
+                if length == 1:  # one new query sees every cached key: no mask needed
+                    out = self._attend(q, k_all, v_all, is_causal=False)
+                else:
+                    query_pos = torch.arange(start, end, device=x.device).unsqueeze(1)
+                    mask = torch.arange(end, device=x.device).unsqueeze(0) <= query_pos
+                    out = self._attend(q, k_all, v_all, mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
     def _attend(self, q, k, v, is_causal: bool = False, mask=None) -> torch.Tensor:
