@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +284,14 @@ def run_demo(args: argparse.Namespace) -> int:
                          eval_windows=32, save_every=500, device=args.device, time_limit=args.minutes * 60)
     shutil.rmtree(args.out, ignore_errors=True)
     torch.manual_seed(0)
-    result = Trainer(model, train_corpus, config, args.out, val_corpus).fit()
+    trainer = Trainer(model, train_corpus, config, args.out, val_corpus)
+    # size the cosine schedule to the time budget, so the learning rate has decayed when time is up
+    started = time.perf_counter()
+    for _ in range(5):
+        trainer.train_step()
+    seconds_per_step = (time.perf_counter() - started) / 5
+    config.steps = max(10, min(config.steps, int(0.9 * config.time_limit / seconds_per_step)))
+    result = trainer.fit()
     held_out = [val_corpus.document(i) for i in range(min(val_corpus.num_documents, 8))]
     report = evaluate_documents(model, held_out, context=256, progress=False).to_dict()
     print(f"\ntrained {result.step} steps in <= {args.minutes:g} min; model saved to {args.out}")
