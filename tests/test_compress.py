@@ -17,19 +17,14 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.models import ARCHITECTURES, build_model
 from omnibyte.scoring import score_bytes
 from omnibyte.train.checkpoint import save_model
+from helpers import one_thread  # noqa: F401 (a fixture)
 
 DATA = Path(os.environ.get("OMNIBYTE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CHUNK = 32
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the CPU is shared: one thread avoids oversubscription stalls; results do not depend on it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(arch: str = "flat", seed: int = 0, sharpen: float = 1.0):

@@ -2,19 +2,14 @@
 import pytest
 import torch
 
-from omnibyte.models import BOS, build_model
+from omnibyte.models import build_model
 from omnibyte.models.decode import FastDecoder
+from helpers import random_tokens
 
 
 def tiny(**overrides):
     torch.manual_seed(0)
     return build_model("flat", "tiny", **overrides).eval()
-
-
-def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    tokens = torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-    tokens[:, 0] = BOS
-    return tokens
 
 
 @pytest.mark.parametrize("batch", [1, 3])

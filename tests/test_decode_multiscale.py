@@ -3,9 +3,10 @@ eager step and the full forward, on CPU."""
 import pytest
 import torch
 
-from omnibyte.models import BOS, build_model
+from omnibyte.models import build_model
 from omnibyte.models import multiscale_decode
 from omnibyte.models.multiscale_decode import GraphCaptureWarning, MultiscaleDecoder
+from helpers import random_tokens, one_thread  # noqa: F401 (one_thread is a fixture)
 
 MODELS = {  # (arch, preset, overrides): small patches so short sequences cross every boundary
     "2-stage": ("multiscale", "tiny", {}),
@@ -23,24 +24,12 @@ SHORT_3_STAGE = ("multiscale", "tiny-3", {"stages": [
     dict(patch_size=2, hidden_size=16, num_layers=1, num_query_heads=2, num_key_value_heads=1)]})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(arch: str, preset: str, overrides: dict):
     torch.manual_seed(0)
     return build_model(arch, preset, **overrides).eval()
-
-
-def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    tokens = torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-    tokens[:, 0] = BOS
-    return tokens
 
 
 def close(actual, expected):

@@ -7,18 +7,12 @@ import torch.nn.functional as F
 
 from omnibyte.models import BOS, BytePredictor, ModelConfig, build_model, make_config
 from omnibyte.models.flat import FLAT_PRESETS
+from helpers import random_tokens
 
 
 def tiny(**overrides) -> BytePredictor:
     torch.manual_seed(0)
     return build_model("flat", "tiny", **overrides).eval()
-
-
-def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, 256, (batch, length), generator=generator)
-    tokens[:, 0] = BOS
-    return tokens
 
 
 def test_reference_spec_defaults():

@@ -14,6 +14,7 @@ from omnibyte.models.multiscale import MULTISCALE_PRESETS, MultiscaleConfig, Mul
 from omnibyte.models.patch import PATCH_PRESETS, PatchConfig, PatchModel
 from omnibyte.train.checkpoint import load_model, save_model
 from omnibyte.train.trainer import TrainConfig, Trainer
+from helpers import random_tokens, one_thread  # noqa: F401 (one_thread is a fixture)
 
 # (arch, preset, overrides): small patches so short sequences cross every kind of boundary
 TWO_STAGE = ("multiscale", "tiny", {})
@@ -23,24 +24,12 @@ MODELS = [TWO_STAGE, THREE_STAGE, PATCH]
 IDS = ["2-stage", "3-stage", "patch"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(arch: str, preset: str, overrides: dict, dtype=torch.float64):
     torch.manual_seed(0)
     return build_model(arch, preset, **overrides).eval().to(dtype)
-
-
-def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    tokens = torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-    tokens[:, 0] = BOS
-    return tokens
 
 
 def stepped_logits(model, tokens: torch.Tensor, prefill: int = 0) -> torch.Tensor:

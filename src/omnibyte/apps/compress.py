@@ -125,6 +125,19 @@ class _BatchStepper:
         return self.model.step(tokens, self.state)
 
 
+@contextlib.contextmanager
+def _stepping(model: ByteModel, settings: CodingSettings) -> Iterator[_BatchStepper]:
+    """The stepper both directions code with, under the coding numerics, ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with numerics(settings):
+            yield _BatchStepper(coding_model(model, settings), settings.batch_size,
+                                settings.chunk_size, settings.fast)
+    finally:
+        model.train(was_training)
+
+
 # ---- the coding plan --------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -250,30 +263,23 @@ def compress_members(
     family = _family()
     streams: list[bytes] = []
     done_bits = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with numerics(settings):
-            stepper = _BatchStepper(coding_model(model, settings), settings.batch_size,
-                                    settings.chunk_size, settings.fast)
-            for group in _groups(chunks, settings.batch_size):
-                lengths = _group_lengths(group, settings.batch_size)
-                matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)  # [t, row]
-                for row, chunk in enumerate(group):
-                    matrix[: chunk.length, row] = np.frombuffer(
-                        members[chunk.member], np.uint8, chunk.length, chunk.start)
-                encoder = constriction.stream.queue.RangeEncoder()
+    with _stepping(model, settings) as stepper:
+        for group in _groups(chunks, settings.batch_size):
+            lengths = _group_lengths(group, settings.batch_size)
+            matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)  # [t, row]
+            for row, chunk in enumerate(group):
+                matrix[: chunk.length, row] = np.frombuffer(
+                    members[chunk.member], np.uint8, chunk.length, chunk.start)
+            encoder = constriction.stream.queue.RangeEncoder()
 
-                def encode_step(t: int, frequencies: np.ndarray) -> np.ndarray:
-                    symbols = matrix[t, : len(frequencies)].astype(np.int32)
-                    encoder.encode(symbols, family, frequencies)
-                    return matrix[t]
+            def encode_step(t: int, frequencies: np.ndarray) -> np.ndarray:
+                symbols = matrix[t, : len(frequencies)].astype(np.int32)
+                encoder.encode(symbols, family, frequencies)
+                return matrix[t]
 
-                _run_group(stepper, lengths, encode_step, progress, lambda: done_bits + encoder.num_bits())
-                streams.append(encoder.get_compressed().astype("<u4").tobytes())
-                done_bits += 8 * len(streams[-1])
-    finally:
-        model.train(was_training)
+            _run_group(stepper, lengths, encode_step, progress, lambda: done_bits + encoder.num_bits())
+            streams.append(encoder.get_compressed().astype("<u4").tobytes())
+            done_bits += 8 * len(streams[-1])
     return container.pack(Container(
         fingerprint=fingerprint or model_fingerprint(model), settings=settings,
         member_sizes=tuple(sizes), original_digest=container.digest(members), streams=tuple(streams)))
@@ -327,26 +333,20 @@ def decompress_members(
     chunks = plan_chunks(header.member_sizes, settings.chunk_size)
     members = [bytearray(size) for size in header.member_sizes]
     family = _family()
-    was_training = model.training
-    model.eval()
-    try:
-        with numerics(settings):
-            stepper = _BatchStepper(coding_model(model, settings), settings.batch_size,
-                                    settings.chunk_size, settings.fast)
-            for group, stream in zip(_groups(chunks, settings.batch_size), header.streams):
-                lengths = _group_lengths(group, settings.batch_size)
-                matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)
-                decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, "<u4").astype(np.uint32))
+    with _stepping(model, settings) as stepper:
+        for group, stream in zip(_groups(chunks, settings.batch_size), header.streams):
+            lengths = _group_lengths(group, settings.batch_size)
+            matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)
+            decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, "<u4").astype(np.uint32))
 
-                def decode_step(t: int, frequencies: np.ndarray) -> np.ndarray:
-                    matrix[t, : len(frequencies)] = decoder.decode(family, frequencies)
-                    return matrix[t]
+            def decode_step(t: int, frequencies: np.ndarray) -> np.ndarray:
+                matrix[t, : len(frequencies)] = decoder.decode(family, frequencies)
+                return matrix[t]
 
-                _run_group(stepper, lengths, decode_step, progress, lambda: None)
-                for row, chunk in enumerate(group):
-                    members[chunk.member][chunk.start : chunk.start + chunk.length] = matrix[: chunk.length, row].tobytes()
-    finally:
-        model.train(was_training)
+            _run_group(stepper, lengths, decode_step, progress, lambda: None)
+            for row, chunk in enumerate(group):
+                end = chunk.start + chunk.length
+                members[chunk.member][chunk.start : end] = matrix[: chunk.length, row].tobytes()
     members = [bytes(member) for member in members]
     if container.digest(members) != header.original_digest:
         raise OmnibyteError(
