@@ -1,9 +1,12 @@
-"""The static-shape decoding step (the body of the CUDA graph) against the eager paths, on CPU."""
+"""The flat decoder: per-row KV cache, eager and static (graph-body) steps, on CPU.
+
+Family-agnostic checks (decoder = full forward at ragged positions, batched = one by one) live
+in test_conformance.py; these are the flat decoder's own."""
 import pytest
 import torch
 
 from omnibyte.models import build_model
-from omnibyte.models.decode import FastDecoder
+from omnibyte.models.flat import CACHE_ALIGNMENT, FlatDecoder
 from helpers import random_tokens
 
 
@@ -12,31 +15,32 @@ def tiny(**overrides):
     return build_model("flat", "tiny", **overrides).eval()
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])  # multi-query, grouped, full multi-head (tiny: 4 heads)
-def test_static_step_matches_eager_step_and_full_forward(batch, kv_heads):
+def test_steps_match_full_forward_for_every_head_layout(kv_heads, fast):
     model = tiny(num_key_value_heads=kv_heads)
-    tokens = random_tokens(batch, 40, seed=kv_heads)
-    prompt = 5
+    tokens = random_tokens(3, 40, seed=kv_heads)
     with torch.no_grad():
         full = model(tokens)
-        state = model.init_state(batch)
-        decoder = FastDecoder(model, batch, max_len=64)
-        eager = [model.prefill(tokens[:, :prompt], state)]
-        fast = [decoder.prefill(tokens[:, :prompt])]
-        for t in range(prompt, tokens.shape[1]):
-            eager.append(model.step(tokens[:, t], state))
-            fast.append(decoder.step(tokens[:, t]))
-    fast, eager = torch.stack(fast, 1), torch.stack(eager, 1)
-    torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fast, full[:, prompt - 1:], atol=1e-5, rtol=1e-5)
-    assert decoder.length == tokens.shape[1] and int(decoder.position) == tokens.shape[1]
+        decoder = model.decoder(3, 64, fast=fast)
+        logits = [decoder.prefill(tokens[:, :5])]
+        logits += [decoder.step(tokens[:, t]) for t in range(5, 40)]
+    torch.testing.assert_close(torch.stack(logits, 1), full[:, 4:], atol=1e-5, rtol=1e-5)
+    assert decoder.lengths.tolist() == [40, 40, 40]
+    assert decoder.cache.lengths.tolist() == [40, 40, 40]
 
 
-def test_step_from_empty_cache_and_reset():
+def test_fast_cache_is_aligned_and_eager_cache_is_exact():
+    model = tiny()
+    assert model.decoder(1, 40, fast=True).cache.capacity == CACHE_ALIGNMENT
+    assert model.decoder(1, 40).cache.capacity == 40
+    assert model.decoder(1, 40).capacity == model.decoder(1, 40, fast=True).capacity == 40
+
+
+def test_reset_reuses_the_stale_cache():
     model = tiny()
     tokens = random_tokens(2, 12, seed=7)
-    decoder = FastDecoder(model, 2, max_len=16)
+    decoder = model.decoder(2, 16, fast=True)
     with torch.no_grad():
         full = model(tokens)
         for _ in range(2):  # the second pass runs over the stale cache left by the first
@@ -45,34 +49,41 @@ def test_step_from_empty_cache_and_reset():
             torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
 
 
-def test_capacity_and_batch_are_checked():
+def test_padding_of_a_ragged_prefill_never_reaches_a_real_slot():
     model = tiny()
-    decoder = FastDecoder(model, 1, max_len=4)
+    tokens = random_tokens(2, 8, seed=3)
+    decoder = model.decoder(2, 8)
+    with torch.no_grad():
+        decoder.prefill(tokens, [8, 2])  # row 1's six padding tokens go to the sink slot
+        before = decoder.cache.keys[:, 0, :, :8].clone()
+        decoder.prefill(tokens, [0, 6])  # row 1 fills up to the capacity; row 0 takes nothing
+        torch.testing.assert_close(decoder.cache.keys[:, 0, :, :8], before, atol=0, rtol=0)
+        assert decoder.lengths.tolist() == [8, 8]
+
+
+def test_capacity_batch_and_lengths_are_checked():
+    model = tiny()
+    decoder = model.decoder(1, 4)
     decoder.prefill(random_tokens(1, 3))
     decoder.step(torch.tensor([1]))
     with pytest.raises(ValueError, match="context"):
         decoder.step(torch.tensor([1]))
     with pytest.raises(ValueError, match="batch"):
-        FastDecoder(model, 2, max_len=4).prefill(random_tokens(1, 3))
+        model.decoder(2, 4).prefill(random_tokens(1, 3))
+    with pytest.raises(ValueError, match="lengths"):
+        model.decoder(2, 4).prefill(random_tokens(2, 3), [1, 4])
+    with pytest.raises(ValueError, match="at least one token"):
+        model.decoder(2, 4).prefill(random_tokens(2, 3), [0, 0])
+    with pytest.raises(ValueError, match="rows"):
+        model.decoder(2, 4).reset([2])
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
-            FastDecoder(model, 1, graph=True)
+            FlatDecoder(model, 1, graph=True)
 
 
-@pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.8, top_k=20, top_p=0.9),
-                                     dict(temperature=0)])
-def test_fast_generation_equals_eager_generation(options):
+def test_decoder_follows_in_place_weight_updates():
     model = tiny()
-    eager = model.generate(b"def ", max_new_bytes=60, seed=11, **options)
-    fast = model.generate(b"def ", max_new_bytes=60, seed=11, fast=True, **options)
-    assert len(fast) == 60 and fast == eager
-    streamed = b"".join(model.stream(b"def ", max_new_bytes=60, seed=11, fast=True, **options))
-    assert streamed == eager
-
-
-def test_decoder_follows_in_place_weight_updates_at_prefill():
-    model = tiny()
-    decoder = FastDecoder(model, 1, max_len=32)
+    decoder = model.decoder(1, 32, fast=True)
     tokens = random_tokens(1, 10, seed=5)
     with torch.no_grad():
         for param in model.parameters():

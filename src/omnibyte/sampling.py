@@ -1,7 +1,48 @@
-"""Turning next-byte logits into sampled bytes."""
+"""Turning next-byte logits into sampled bytes, reproducibly per row.
+
+Sampling is Gumbel-max with counter-based noise: the noise of byte ``v`` at step ``t`` of a row
+is a hash of (the row's seed, ``t``, ``v``). A row's sample therefore depends only on its own
+seed and logits, never on the batch it runs in or on a generator's position, so a batched sample
+equals the same row sampled alone, and the whole draw stays on the device (no host sync, no
+per-row generator calls).
+"""
 from __future__ import annotations
 
 import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """An avalanching 32-bit integer hash of int64 ``x`` (values in [0, 2**32)). The multipliers
+    are below 2**31, so every product stays below 2**63: no signed overflow in int64."""
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _MASK32
+    x = ((x ^ (x >> 15)) * 0x5BD1E995) & _MASK32
+    return x ^ (x >> 16)
+
+
+def row_uniforms(seeds: torch.Tensor, step: int, width: int) -> torch.Tensor:
+    """Uniforms in (0, 1), [B, width], a pure function of (seed of the row, ``step``, column)."""
+    seeds = seeds.long()
+    key = _hash32((seeds & _MASK32) ^ _hash32((seeds >> 32) & _MASK32))
+    key = _hash32(key ^ _hash32(torch.full_like(key, step & _MASK32)))
+    columns = torch.arange(width, device=seeds.device, dtype=torch.long)
+    bits = _hash32(key.unsqueeze(1) ^ _hash32(columns + 0x9E37).unsqueeze(0)) >> 8  # 24 bits
+    return (bits.double() + 0.5) / float(1 << 24)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """``logits`` [B, V] with everything outside the top-k / top-p nucleus set to -inf."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probabilities = torch.softmax(sorted_logits, dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (the first byte always stays)
+        drop_sorted = probabilities.cumsum(dim=-1) - probabilities >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
 
 
 def sample_next(
@@ -9,22 +50,17 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    seeds: torch.Tensor | None = None,
+    step: int = 0,
 ) -> torch.Tensor:
-    """Sample one byte per row from ``logits`` [B, V]; temperature 0 means greedy."""
+    """One byte per row from ``logits`` [B, V]: greedy at temperature 0, else a draw from
+    softmax(logits / temperature) restricted to top-k / top-p, driven by the per-row ``seeds``
+    [B] (int64) at counter ``step``."""
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (logits.shape[0],), device=logits.device)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    gumbel = -torch.log(-torch.log(row_uniforms(seeds, step, logits.shape[-1])))
+    return (logits.double() + gumbel).argmax(dim=-1)

@@ -1,9 +1,9 @@
 """The ``.omb`` container: header, stream table, coded streams, trailer.
 
-Layout (version 1, all integers little-endian; spec in docs/compression.md)::
+Layout (version 2, all integers little-endian; spec in docs/compression.md)::
 
     magic            4   b"\\x89OMB"
-    version          1   1
+    version          1   2
     fingerprint     16   first 16 bytes of the model's SHA-256 fingerprint
     device           1   0 cpu, 1 cuda      -- where the probabilities were computed
     dtype            1   0 float32, 1 bfloat16, 2 float16
@@ -31,7 +31,11 @@ import zlib
 from omnibyte.errors import OmnibyteError
 
 MAGIC = b"\x89OMB"
-VERSION = 1
+VERSION = 2
+# version 1 (omnibyte 0.1) had this layout too, but its probabilities came from the old decoder
+# (separate q/k/v projections, per-batch positions), which no longer exists: its streams are
+# refused by name rather than decoded into garbage
+RETIRED_VERSIONS = {1: "omnibyte 0.1"}
 FINGERPRINT_BYTES = 16
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -135,6 +139,10 @@ def unpack(blob: bytes) -> Container:
     if len(blob) < len(MAGIC) + 1 or blob[: len(MAGIC)] != MAGIC:
         raise OmnibyteError("not an omnibyte compressed stream (wrong magic bytes)")
     version = blob[len(MAGIC)]
+    if version in RETIRED_VERSIONS:
+        raise OmnibyteError(f"stream version {version} was made by {RETIRED_VERSIONS[version]}, whose decoder "
+                            f"this build no longer has (it reads version {VERSION}); decompress it with "
+                            f"{RETIRED_VERSIONS[version]}")
     if version != VERSION:
         raise OmnibyteError(f"unsupported omnibyte stream version {version} (this build reads {VERSION})")
     offset = len(MAGIC) + 1

@@ -1,36 +1,96 @@
 """The one interface every omnibyte model family implements.
 
-Token convention (shared by all families, data pipeline, tools):
+Token convention (shared by all families, the data pipeline and every tool):
   * ids 0..255 are bytes; id ``BOS`` (256) marks the start of a document.
   * ``forward(tokens)[:, t]`` are the logits of the byte that follows ``tokens[:, t]``.
   * To score a whole file ``f`` feed ``[BOS] + f[:-1]`` and read the targets ``f``:
     every byte, the first one included, gets a probability.
 
-Incremental decoding: ``state = model.init_state(batch_size)``, then
-``logits = model.step(tokens, state)`` consumes one token per row (advancing ``state``
-in place) and returns the next-byte logits. ``prefill`` does the same for many tokens.
-Generation, compression and streaming scoring all run through this path, so every
-family that implements ``init_state``/``step`` works with every tool.
+Trunk and head: ``encode(tokens) -> hidden [B, T, D]`` is the trunk, ``head(hidden)`` the
+256-way next-byte head, and ``forward == head(encode(tokens))``. ``pool(hidden, mask)`` is a
+representation of a whole sequence, for task heads (classification) on any family.
+
+Decoding: ``model.decoder(batch_size, max_len, fast=...)`` returns a ``Decoder``, the only way
+an app steps a model. Every row has its own length, so rows may hold prompts of different
+lengths, and ``reset(rows)`` restarts chosen rows without rebuilding the decoder:
+
+    decoder = model.decoder(batch_size=2, max_len=100)
+    logits = decoder.prefill(tokens, lengths=[5, 3])   # ragged prompts: next-byte logits [2, 256]
+    logits = decoder.step(next_bytes)                  # one token per row
+    decoder.reset([0])                                 # row 0 starts over
+
+``fast`` makes every step static-shape (attention over the whole cache) and, on CUDA, replays it
+as a CUDA graph; the eager and the fast path run the same block code.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from typing import Any, ClassVar, Iterator
+import types
+import typing
+from typing import Any, ClassVar, Iterator, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from omnibyte.models.layers import fuse_legacy_projections
 
 BOS = 256
 NUM_BYTES = 256
 INPUT_VOCAB = 257  # bytes + BOS
 
 
+# ---- configs --------------------------------------------------------------------------
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    """``value`` checked against the type ``hint`` of field ``name``; nested configs are built."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, name)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if errors else f"{name}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(item, element, f"{name}[{index}]") for index, element in enumerate(value)]
+    if isinstance(hint, type) and issubclass(hint, BaseConfig):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be an object ({hint.__name__}), got {type(value).__name__}")
+        return hint.from_dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    elif hint is str and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return value
+
+
 @dataclasses.dataclass
 class BaseConfig:
-    """Config base class: plain dataclass that round-trips through JSON."""
+    """Config base class: a dataclass that round-trips through JSON. ``from_dict`` checks every
+    value against its field's type and builds nested sub-configs (fields typed as a
+    ``BaseConfig`` subclass, or a list of them), so a family with several parts has one
+    config document."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -40,11 +100,15 @@ class BaseConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict):
+            raise ValueError(f"{cls.__name__} must be an object, got {type(values).__name__}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-        config = cls(**values)
+        typed = {name: _coerce(hints.get(name, Any), value, name) for name, value in values.items()}
+        config = cls(**typed)
         config.validate()
         return config
 
@@ -56,12 +120,15 @@ class BaseConfig:
         """Raise ValueError on an inconsistent config."""
 
 
+# ---- the model interface ------------------------------------------------------------------
+
 class ByteModel(nn.Module):
-    """Abstract next-byte model. Subclasses set ``arch``/``config_class`` and implement
-    ``forward``, ``init_state``, ``step`` and ``flops_per_byte``."""
+    """Abstract next-byte model. A family sets ``arch`` and ``config_class`` and implements
+    ``encode``, ``head``, ``hidden_size``, ``decoder``, ``max_seq_len`` and ``flops_per_byte``."""
 
     arch: ClassVar[str] = ""
     config_class: ClassVar[type[BaseConfig]] = BaseConfig
+    head: nn.Module  # hidden [.., D] -> logits [.., 256]
 
     def __init__(self, config: BaseConfig):
         super().__init__()
@@ -69,13 +136,18 @@ class ByteModel(nn.Module):
         self.config = config
 
     # ---- required by every family -------------------------------------------------
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, 256]
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The trunk: tokens [B, T] -> hidden states [B, T, hidden_size]."""
         raise NotImplementedError
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> Any:
+    @property
+    def hidden_size(self) -> int:
+        """Width of ``encode``'s output."""
         raise NotImplementedError
 
-    def step(self, tokens: torch.Tensor, state: Any) -> torch.Tensor:  # [B] -> [B, 256]
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> "Decoder":
+        """A ``Decoder`` for ``batch_size`` rows of up to ``max_len`` tokens (default: the
+        context). ``fast``: static shapes, replayed as CUDA graphs on CUDA."""
         raise NotImplementedError
 
     def flops_per_byte(self, seq_len: int) -> float:
@@ -88,19 +160,15 @@ class ByteModel(nn.Module):
         raise NotImplementedError
 
     # ---- shared on top of the above -------------------------------------------------
-    def decoder(self, batch_size: int, max_len: int, fast: bool = False) -> "StateDecoder":
-        """Incremental decoder (``prefill(tokens)``/``step(tokens)``) for ``batch_size`` rows and
-        up to ``max_len`` tokens; families with a faster path use it when ``fast``."""
-        return StateDecoder(self, batch_size)
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, 256]
+        return self.head(self.encode(tokens))
 
-    def prefill(self, tokens: torch.Tensor, state: Any) -> torch.Tensor:
-        """Consume ``tokens`` [B, T] into ``state``; return logits after the last one."""
-        logits = None
-        for t in range(tokens.shape[1]):
-            logits = self.step(tokens[:, t], state)
-        if logits is None:
-            raise ValueError("prefill needs at least one token")
-        return logits
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of ``hidden`` [B, T, D] over the positions where ``mask`` [B, T] is true: [B, D]."""
+        if mask is None:
+            return hidden.mean(dim=1)
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
     def loss(
         self,
@@ -109,8 +177,7 @@ class ByteModel(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean next-byte cross-entropy in nats over unmasked positions."""
-        logits = self(tokens)
-        return masked_cross_entropy(logits, targets, mask)
+        return masked_cross_entropy(self(tokens), targets, mask)
 
     @torch.no_grad()
     def byte_log_probs(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -125,21 +192,45 @@ class ByteModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # ---- checkpoints written by earlier versions ------------------------------------------
+    @classmethod
+    def upgrade_config(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """A config dict of an earlier version in today's form (default: unchanged)."""
+        return values
+
+    @classmethod
+    def upgrade_state_dict(cls, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights of an earlier version in today's form: version 0.1 kept q/k/v and gate/up as
+        separate projections, today they are fused."""
+        return fuse_legacy_projections(weights)
+
+    # ---- generation -------------------------------------------------------------------
     @torch.no_grad()
     def generate(
         self,
-        prompt: bytes = b"",
+        prompts: bytes | Sequence[bytes] = b"",
         max_new_bytes: int = 256,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         fast: bool = False,
-    ) -> bytes:
-        """Sample ``max_new_bytes`` bytes after ``prompt`` (KV-cached / stateful)."""
-        return b"".join(
-            self.stream(prompt, max_new_bytes, temperature, top_k, top_p, seed, fast)
-        )
+    ) -> bytes | list[bytes]:
+        """Sample ``max_new_bytes`` after each prompt, all rows in one batch.
+
+        ``prompts``: ``bytes`` (returns ``bytes``) or a list of ``bytes`` of any lengths (returns
+        a list). ``temperature=0`` is greedy. ``seed``: an int (row ``i`` uses ``seed + i``), one
+        seed per row, or None (random). A row's sample depends only on its prompt and seed, so
+        a batched sample equals the same row sampled alone."""
+        single = isinstance(prompts, (bytes, bytearray, memoryview))
+        rows = [bytes(prompts)] if single else [bytes(prompt) for prompt in prompts]
+        steps = list(self._sample(rows, max_new_bytes, temperature, top_k, top_p, seed, fast))
+        if steps:
+            matrix = torch.stack(steps, dim=1).to("cpu", torch.uint8).numpy()  # one sync at the end
+            outputs = [row.tobytes() for row in matrix]
+        else:
+            outputs = [b""] * len(rows)
+        return outputs[0] if single else outputs
 
     @torch.no_grad()
     def stream(
@@ -152,44 +243,142 @@ class ByteModel(nn.Module):
         seed: int | None = None,
         fast: bool = False,
     ) -> Iterator[bytes]:
-        """Yield generated bytes one at a time; ``fast`` uses the family's fast decoder
-        (CUDA graphs) where it has one."""
+        """Yield the bytes of ``generate(prompt, ...)`` one at a time, as they are sampled."""
+        for next_byte in self._sample([bytes(prompt)], max_new_bytes, temperature, top_k, top_p, seed, fast):
+            yield bytes([int(next_byte[0])])
+
+    def _sample(
+        self,
+        prompts: list[bytes],
+        max_new_bytes: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | Sequence[int] | None,
+        fast: bool,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the sampled byte of every row [B] (on the device), step by step."""
         from omnibyte.sampling import sample_next
 
-        if len(prompt) + max_new_bytes + 1 > self.max_seq_len:
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        if max_new_bytes < 0:
+            raise ValueError("max_new_bytes must not be negative")
+        longest = max(len(prompt) for prompt in prompts)
+        if longest + max_new_bytes + 1 > self.max_seq_len:
             raise ValueError(
-                f"prompt ({len(prompt)} bytes) + {max_new_bytes} new bytes exceed the "
+                f"prompt ({longest} bytes) + {max_new_bytes} new bytes exceed the "
                 f"model's context of {self.max_seq_len - 1} bytes"
             )
+        device = self.device
+        seeds = torch.tensor(row_seeds(seed, len(prompts)), dtype=torch.long, device=device)
+        rows = np.full((len(prompts), longest + 1), BOS, dtype=np.int64)  # BOS, prompt, padding
+        for row, prompt in enumerate(prompts):
+            rows[row, 1 : len(prompt) + 1] = np.frombuffer(prompt, dtype=np.uint8)
+        tokens = torch.from_numpy(rows).to(device)
         was_training = self.training
         self.eval()
-        device = self.device
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed if seed is not None else torch.seed() % 2**63)
-        decoder = self.decoder(1, len(prompt) + max_new_bytes + 1, fast)
-        prompt_tokens = torch.tensor([[BOS, *prompt]], dtype=torch.long, device=device)
-        logits = decoder.prefill(prompt_tokens)
         try:
-            for _ in range(max_new_bytes):
-                next_byte = sample_next(logits, temperature, top_k, top_p, generator)
-                yield bytes([int(next_byte[0])])
-                logits = decoder.step(next_byte)
+            decoder = self.decoder(len(prompts), longest + max_new_bytes + 1, fast=fast)
+            logits = decoder.prefill(tokens, [len(prompt) + 1 for prompt in prompts])
+            for step in range(max_new_bytes):
+                next_bytes = sample_next(logits, temperature, top_k, top_p, seeds, step)
+                yield next_bytes
+                if step + 1 < max_new_bytes:
+                    logits = decoder.step(next_bytes)
         finally:
             self.train(was_training)
 
 
-class StateDecoder:
-    """``prefill``/``step`` of a model over a state of its own ``init_state``."""
+def row_seeds(seed: int | Sequence[int] | None, rows: int) -> list[int]:
+    """One seed per row: ``seed + row``, the given list, or random ones."""
+    if seed is None:
+        seed = int(torch.seed() % 2**62)
+    if isinstance(seed, int):
+        return [(seed + row) % 2**63 for row in range(rows)]
+    seeds = [int(value) for value in seed]
+    if len(seeds) != rows:
+        raise ValueError(f"{len(seeds)} seeds for {rows} prompts")
+    return [value % 2**63 for value in seeds]
 
-    def __init__(self, model: ByteModel, batch_size: int):
-        self.model = model
-        self.state = model.init_state(batch_size, model.device)
 
-    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.prefill(tokens, self.state)
+# ---- the decoder protocol -----------------------------------------------------------------
 
+class Decoder:
+    """Per-row incremental decoding over ``batch_size`` rows of up to ``capacity`` tokens.
+
+    ``prefill(tokens [B, T], lengths)`` appends the first ``lengths[b]`` tokens of row ``b`` to
+    it and returns the next-byte logits after each row's last token [B, 256] (undefined for a
+    row given no token). ``step(tokens [B])`` appends one token to every row. ``reset(rows)``
+    empties chosen rows. ``lengths`` (host) holds each row's token count; the device keeps its
+    own copy, so no step reads anything back from the device. Families implement ``_prefill``,
+    ``_step`` and ``_reset``; this class checks shapes and capacity once for all of them.
+    """
+
+    def __init__(self, batch_size: int, capacity: int, device: torch.device):
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        if capacity < 1:
+            raise ValueError("max_len must be positive")
+        self.batch_size = batch_size
+        self.capacity = capacity
+        self.device = device
+        self.lengths = np.zeros(batch_size, dtype=np.int64)
+
+    # ---- the protocol ------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
+        if tokens.dim() != 2 or tokens.shape[0] != self.batch_size:
+            raise ValueError(f"decoder was built for batch {self.batch_size}, got tokens of shape "
+                             f"{tuple(tokens.shape)}")
+        width = tokens.shape[1]
+        counts = np.full(self.batch_size, width, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+        if counts.shape != (self.batch_size,) or (counts < 0).any() or (counts > width).any():
+            raise ValueError(f"lengths must be {self.batch_size} integers in [0, {width}]")
+        if width == 0 or counts.max() == 0:
+            raise ValueError("prefill needs at least one token")
+        self._check_room(counts)
+        valid = torch.arange(width, device=self.device).unsqueeze(0) < torch.from_numpy(counts).to(self.device).unsqueeze(1)
+        logits = self._prefill(tokens.to(self.device), valid, counts)
+        self.lengths += counts
+        return logits
+
+    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.step(tokens, self.state)
+        if tokens.shape != (self.batch_size,):
+            raise ValueError(f"decoder was built for batch {self.batch_size}, got tokens of shape "
+                             f"{tuple(tokens.shape)}")
+        self._check_room(np.ones(self.batch_size, np.int64))
+        logits = self._step(tokens.to(self.device))
+        self.lengths += 1
+        return logits
+
+    @torch.no_grad()
+    def reset(self, rows: Sequence[int] | None = None) -> None:
+        if rows is None:
+            chosen = np.ones(self.batch_size, dtype=bool)
+        else:
+            chosen = np.zeros(self.batch_size, dtype=bool)
+            indices = np.asarray(list(rows), dtype=np.int64)
+            if ((indices < 0) | (indices >= self.batch_size)).any():
+                raise ValueError(f"rows must be in [0, {self.batch_size})")
+            chosen[indices] = True
+        self._reset(torch.from_numpy(chosen).to(self.device))
+        self.lengths[chosen] = 0
+
+    def _check_room(self, counts: np.ndarray) -> None:
+        if (self.lengths + counts > self.capacity).any():
+            raise ValueError(f"context of {self.capacity} tokens exceeded")
+
+    # ---- what a family implements ----------------------------------------------------------
+    def _prefill(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _reset(self, rows: torch.Tensor) -> None:
+        raise NotImplementedError
 
 
 def masked_cross_entropy(

@@ -1,14 +1,15 @@
-"""The flat byte decoder: one causal transformer over every byte."""
+"""The flat byte model: one causal transformer over every byte, and its KV-cached decoder."""
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from omnibyte.models.base import INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel
+from omnibyte.models.base import INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel, Decoder
+from omnibyte.models.graphs import GraphSteps
 from omnibyte.models.layers import (
-    KVCache,
     StackConfig,
     TransformerStack,
     default_intermediate_size,
@@ -66,7 +67,7 @@ FLAT_PRESETS: dict[str, dict] = {
 
 
 class BytePredictor(ByteModel):
-    """Byte embedding -> TransformerStack -> 256-way head."""
+    """Byte embedding -> TransformerStack (the trunk) -> 256-way head."""
 
     arch = "flat"
     config_class = ModelConfig
@@ -83,27 +84,79 @@ class BytePredictor(ByteModel):
     def max_seq_len(self) -> int:
         return self.config.max_sequence_length
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        return self.head(self.transformer(self.embed(tokens), cache))
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
 
-    def init_state(self, batch_size: int, device=None) -> KVCache:
-        return self.transformer.new_cache(batch_size, device)
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.transformer(self.embed(tokens))
 
-    def step(self, tokens: torch.Tensor, state: KVCache) -> torch.Tensor:
-        return self(tokens.unsqueeze(1), state)[:, -1]
-
-    def prefill(self, tokens: torch.Tensor, state: KVCache) -> torch.Tensor:
-        return self(tokens, state)[:, -1]
-
-    def decoder(self, batch_size: int, max_len: int, fast: bool = False):
-        """``fast``: a ``decode.FastDecoder`` (CUDA graph of a static-shape step on CUDA)."""
-        if not fast:
-            return super().decoder(batch_size, max_len)
-        from omnibyte.models.decode import FastDecoder
-
-        # a cache length that is a multiple of 64 keeps the attention mask aligned for the kernels
-        return FastDecoder(self, batch_size, max_len=min(-(-max_len // 64) * 64, self.max_seq_len))
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> "FlatDecoder":
+        return FlatDecoder(self, batch_size, max_len, fast)
 
     def flops_per_byte(self, seq_len: int) -> float:
         head = 6 * self.config.hidden_size * self.config.vocab_size
         return self.config.stack().flops_per_token(seq_len) + head
+
+
+# a fast decoder's cache is a multiple of this many positions: aligned masks let SDPA's fused
+# kernels take them without copying
+CACHE_ALIGNMENT = 64
+
+
+class FlatDecoder(Decoder):
+    """Per-row KV-cached decoding of a ``BytePredictor``.
+
+    The cache takes the dtype of the model's weights (cast the model with
+    ``model.to(torch.bfloat16)`` for bf16 decoding). Eager steps attend over the cache up to
+    the longest row; ``fast`` steps attend over the whole (aligned) cache, so their shapes never
+    change, and on CUDA the step is captured once as a CUDA graph (``graph`` overrides that).
+    A captured graph reads the weights by address: in-place updates (training,
+    ``load_state_dict``) are seen, replacing the tensors (``model.to(...)``) is not."""
+
+    def __init__(
+        self,
+        model: BytePredictor,
+        batch_size: int,
+        max_len: int | None = None,
+        fast: bool = False,
+        graph: bool | None = None,
+    ):
+        context = model.max_seq_len
+        capacity = context if max_len is None else min(max_len, context)
+        super().__init__(batch_size, capacity, model.device)
+        self.model, self.fast = model, fast
+        slots = -(-capacity // CACHE_ALIGNMENT) * CACHE_ALIGNMENT if fast else capacity
+        self.cache = model.transformer.new_cache(batch_size, self.device, max_len=slots)
+        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.one_each = torch.ones(batch_size, 1, dtype=torch.bool, device=self.device)
+        self.visible: int | None = None  # cache slots an eager step attends to (None: all)
+        use_graph = fast and self.device.type == "cuda" if graph is None else graph
+        if use_graph and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA device")
+        self.steps = GraphSteps({"step": self._static_step}, use_graph)
+        self.steps.capture(prepare=self.cache.reset)
+        self.cache.reset()
+
+    def _static_step(self) -> torch.Tensor:
+        model = self.model
+        x = model.embed(self.tokens).unsqueeze(1)
+        hidden = model.transformer(x, self.cache, self.one_each, self.visible)
+        return model.head(hidden[:, -1])
+
+    def _visible(self, counts: np.ndarray) -> int | None:
+        return None if self.fast else int((self.lengths + counts).max())
+
+    def _prefill(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+        model = self.model
+        hidden = model.transformer(model.embed(tokens), self.cache, valid, self._visible(counts))
+        last = torch.from_numpy(np.maximum(counts - 1, 0)).to(self.device)
+        return model.head(hidden[torch.arange(self.batch_size, device=self.device), last])
+
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.visible = self._visible(np.ones(self.batch_size, np.int64))
+        return self.steps.run("step")
+
+    def _reset(self, rows: torch.Tensor) -> None:
+        self.cache.reset(rows)

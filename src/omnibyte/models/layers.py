@@ -83,20 +83,28 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def apply(self, x: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
-        length = x.shape[-2]
-        if isinstance(start, int):
-            cos, sin = self.cos[start : start + length], self.sin[start : start + length]
-        else:  # tensor start keeps the decode step free of host syncs
-            positions = start + torch.arange(length, device=x.device)
-            cos, sin = self.cos[positions], self.sin[positions]
+    def apply(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate [B, H, T, D] at positions 0..T-1, or at ``positions`` [B, T] (per row)."""
+        if positions is None:
+            length = x.shape[-2]
+            cos, sin = self.cos[:length], self.sin[:length]
+        else:  # per-row positions, gathered on the device: no host sync while decoding
+            positions = positions.clamp_max(self.cos.shape[0] - 1)  # padding may point past the table
+            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
         x1, x2 = x.float().chunk(2, dim=-1)
         rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return rotated.to(x.dtype)
 
 
 class KVCache:
-    """Preallocated keys/values for every layer of one stack: [L, B, H_kv, T_max, D]."""
+    """Preallocated keys/values of every layer of one stack, with a length per row.
+
+    ``keys``/``values`` are [L, B, H_kv, capacity + 1, D]: the extra last slot is a write-only
+    sink for positions that do not exist (the padding of a ragged prefill, rows that sit out a
+    step), so every write has a static shape and never touches a real slot. ``lengths`` [B]
+    (on the device) counts the tokens each row holds; nothing on the host is read while
+    decoding, so a step can be captured as a CUDA graph.
+    """
 
     def __init__(
         self,
@@ -106,97 +114,137 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         max_len: int | None = None,
     ):
-        shape = (
-            config.num_layers,
-            batch_size,
-            config.num_key_value_heads,
-            max_len or config.max_sequence_length,
-            config.head_dim,
-        )
+        capacity = max_len or config.max_sequence_length
+        shape = (config.num_layers, batch_size, config.num_key_value_heads, capacity + 1, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0  # tokens already cached
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.capacity = capacity
 
     @property
-    def capacity(self) -> int:
-        return self.keys.shape[3]
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
 
-    def reset(self) -> None:
-        """Forget every cached token (stale entries are never read: attention stops at ``length``)."""
-        self.length = 0
+    def reset(self, rows: torch.Tensor | None = None) -> None:
+        """Empty the rows where the bool mask ``rows`` [B] is true (all rows when None); stale
+        entries are never read, because attention stops at each row's length."""
+        if rows is None:
+            self.lengths.zero_()
+        else:
+            self.lengths.masked_fill_(rows, 0)
+
+    def prepare(self, valid: torch.Tensor, visible: int | None = None) -> "CacheWrite":
+        """Where ``valid`` [B, T] new tokens go and what each of them may attend to; advances
+        ``lengths`` by the valid tokens of every row. Valid tokens of a row must come first."""
+        batch, length = valid.shape
+        offsets = torch.cumsum(valid.long(), dim=1) - 1
+        positions = self.lengths.unsqueeze(1) + offsets.clamp_min(0)
+        slots = torch.where(valid, positions, self.capacity)  # invalid -> the sink slot
+        visible = self.capacity if visible is None else min(visible, self.capacity)
+        key_positions = torch.arange(visible, device=valid.device)
+        allowed = key_positions.view(1, 1, -1) <= positions.unsqueeze(-1)  # [B, T, visible]
+        mask = torch.zeros(batch, 1, length, visible, dtype=self.keys.dtype, device=valid.device)
+        mask.masked_fill_(~allowed.unsqueeze(1), float("-inf"))
+        self.lengths.add_(valid.sum(dim=1))
+        rows = torch.arange(batch, device=valid.device).unsqueeze(1)
+        return CacheWrite(self, rows, slots, positions.clamp_max(self.capacity - 1), mask, visible)
 
     def nbytes(self) -> int:
         return self.keys.numel() * self.keys.element_size() * 2
 
 
+@dataclasses.dataclass
+class CacheWrite:
+    """One cached call's plan, shared by every layer: the slot of each new token [B, T] (``rows``
+    [B, 1] indexes with it), its RoPE position, the additive attention mask [B, 1, T, visible]."""
+
+    cache: KVCache
+    rows: torch.Tensor
+    slots: torch.Tensor
+    positions: torch.Tensor
+    mask: torch.Tensor
+    visible: int
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this call's keys/values [B, H_kv, T, D]; return the layer's visible cache."""
+        cache_keys, cache_values = self.cache.keys[layer], self.cache.values[layer]
+        # advanced indices around a slice put their dims first: the target is [B, T, H_kv, D]
+        cache_keys[self.rows, :, self.slots] = keys.transpose(1, 2).to(cache_keys.dtype)
+        cache_values[self.rows, :, self.slots] = values.transpose(1, 2).to(cache_values.dtype)
+        return cache_keys[:, :, : self.visible], cache_values[:, :, : self.visible]
+
+
+# every decoding call can have a new key length: keep cuDNN attention, which builds a plan per
+# shape (milliseconds each on H100), out of the cached path
 VARIABLE_SHAPE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Attention(nn.Module):
-    """Causal grouped-query attention with RoPE and per-head RMS QK-norm."""
+    """Causal grouped-query attention with RoPE and per-head RMS QK-norm.
+
+    q, k and v come from one fused projection. Without a cache it is plain causal attention
+    (training, scoring); with a ``CacheWrite`` the new keys/values are stored at each row's own
+    positions and the queries attend over the cache under the write's mask. Both paths, eager
+    or replayed as a CUDA graph, run this one method."""
 
     def __init__(self, config: StackConfig):
         super().__init__()
         self.config = config
         d, hd = config.hidden_size, config.head_dim
         self.num_heads, self.num_kv_heads = config.num_query_heads, config.num_key_value_heads
-        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
+        self.qkv_proj = nn.Linear(d, (self.num_heads + 2 * self.num_kv_heads) * hd, bias=False)
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
         self.q_norm = RMSNorm(hd, config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(hd, config.norm_eps) if config.qk_norm else nn.Identity()
-
-    def _heads(self, x: torch.Tensor, proj: nn.Linear, heads: int) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return proj(x).view(batch, length, heads, self.config.head_dim).transpose(1, 2)
 
     def forward(
         self,
         x: torch.Tensor,
         rope: RotaryEmbedding,
-        cache: KVCache | None = None,
+        write: CacheWrite | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
-        start = cache.length if cache is not None else 0
-        q = rope.apply(self.q_norm(self._heads(x, self.q_proj, self.num_heads)), start)
-        k = rope.apply(self.k_norm(self._heads(x, self.k_proj, self.num_kv_heads)), start)
-        v = self._heads(x, self.v_proj, self.num_kv_heads)
-        if cache is None:
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.config.head_dim
+        qkv = self.qkv_proj(x).view(batch, length, heads + 2 * kv_heads, head_dim).transpose(1, 2)
+        q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
+        positions = None if write is None else write.positions
+        q = rope.apply(self.q_norm(q), positions)
+        k = rope.apply(self.k_norm(k), positions)
+        if write is None:
             out = self._attend(q, k, v, is_causal=True)
         else:
-            end = start + length
-            cache.keys[layer, :, :, start:end] = k
-            cache.values[layer, :, :, start:end] = v
-            k_all, v_all = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]
-            # every step has a new key length: keep cuDNN attention, which builds a plan per
-            # shape (milliseconds each on H100), out of the cached path
+            keys, values = write.store(layer, k, v)
             with sdpa_kernel(VARIABLE_SHAPE_BACKENDS):
-                if length == 1:  # one new query sees every cached key: no mask needed
-                    out = self._attend(q, k_all, v_all, is_causal=False)
+                if length == 1:
+                    # one query per row: fold the query heads of a kv group into the length
+                    # axis, so grouped keys/values are attended without being repeated
+                    folded = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+                    out = self._attend(folded, keys, values, mask=write.mask, grouped=False)
+                    out = out.reshape(batch, heads, 1, head_dim)
                 else:
-                    query_pos = torch.arange(start, end, device=x.device).unsqueeze(1)
-                    mask = torch.arange(end, device=x.device).unsqueeze(0) <= query_pos
-                    out = self._attend(q, k_all, v_all, mask=mask)
+                    out = self._attend(q, keys, values, mask=write.mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
-    def _attend(self, q, k, v, is_causal: bool = False, mask=None) -> torch.Tensor:
-        grouped = self.num_kv_heads != self.num_heads
+    def _attend(self, q, k, v, is_causal: bool = False, mask=None, grouped: bool | None = None) -> torch.Tensor:
+        grouped = self.num_kv_heads != self.num_heads if grouped is None else grouped
         return F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=is_causal, enable_gqa=grouped
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=None if mask is None else mask.to(q.dtype),
+            is_causal=is_causal, enable_gqa=grouped,
         )
 
 
 class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), with gate and up as one fused projection."""
+
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -209,13 +257,19 @@ class TransformerBlock(nn.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x, rope, cache=None, layer=0):
-        x = x + self.attn(self.attn_norm(x), rope, cache, layer)
+    def forward(self, x, rope, write: CacheWrite | None = None, layer: int = 0):
+        x = x + self.attn(self.attn_norm(x), rope, write, layer)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class TransformerStack(nn.Module):
-    """``num_layers`` blocks plus a final norm, over hidden states [B, T, D]."""
+    """``num_layers`` blocks plus a final norm, over hidden states [B, T, D].
+
+    ``forward(x)`` is the causal full-sequence pass. ``forward(x, cache, valid)`` continues each
+    row from its cached tokens: ``valid`` [B, T] (default: all) marks the real new tokens of each
+    row (first ones first), the rest are computed but neither stored nor attended to. ``visible``
+    bounds the attended cache slots (the eager decoder passes the longest row; a captured graph
+    attends over the whole cache, so its shapes never change)."""
 
     def __init__(self, config: StackConfig):
         super().__init__()
@@ -226,16 +280,23 @@ class TransformerStack(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        if cache is not None and cache.length + x.shape[1] > cache.capacity:
-            raise ValueError(f"context of {cache.capacity} tokens exceeded")
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        valid: torch.Tensor | None = None,
+        visible: int | None = None,
+    ) -> torch.Tensor:
+        write = None
+        if cache is not None:
+            if valid is None:
+                valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            write = cache.prepare(valid, visible)
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, self.rope, use_reentrant=False)
             else:
-                x = layer(x, self.rope, cache, index)
-        if cache is not None:
-            cache.length += x.shape[1]
+                x = layer(x, self.rope, write, index)
         return self.norm(x)
 
     def new_cache(self, batch_size: int, device=None, dtype=None, max_len=None) -> KVCache:
@@ -250,3 +311,20 @@ def init_weights(module: nn.Module, std: float = 0.02, num_layers: int = 1) -> N
             continue
         scale = std / math.sqrt(2 * num_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
         nn.init.normal_(param, mean=0.0, std=scale)
+
+
+def fuse_legacy_projections(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved with separate q/k/v and gate/up projections (omnibyte 0.1), fused into
+    ``qkv_proj`` and ``gate_up_proj`` as the blocks hold them now; other weights pass through."""
+    fused = dict(weights)
+    for name in [n for n in weights if n.endswith("attn.q_proj.weight")]:
+        prefix = name[: -len("q_proj.weight")]
+        parts = [fused.pop(prefix + f"{kind}_proj.weight", None) for kind in "qkv"]
+        if all(part is not None for part in parts):
+            fused[prefix + "qkv_proj.weight"] = torch.cat(parts)
+    for name in [n for n in weights if n.endswith("mlp.gate_proj.weight")]:
+        prefix = name[: -len("gate_proj.weight")]
+        parts = [fused.pop(prefix + f"{kind}_proj.weight", None) for kind in ("gate", "up")]
+        if all(part is not None for part in parts):
+            fused[prefix + "gate_up_proj.weight"] = torch.cat(parts)
+    return fused

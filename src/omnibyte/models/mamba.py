@@ -243,17 +243,30 @@ class MambaCache:
             num_layers, batch_size, inner_size, state_size, device=device,
             dtype=torch.promote_types(dtype, torch.float32),
         )
-        self.length = 0  # tokens consumed
 
     @property
     def capacity(self) -> int:
         """A recurrent state has no length limit."""
         return sys.maxsize
 
-    def reset(self) -> None:
-        self.conv_states.zero_()
-        self.ssm_states.zero_()
-        self.length = 0
+    def reset(self, rows: torch.Tensor | None = None) -> None:
+        """Zero the state of the rows where the bool mask ``rows`` [B] is true (all when None)."""
+        if rows is None:
+            self.conv_states.zero_()
+            self.ssm_states.zero_()
+            return
+        keep = ~rows.view(1, -1, 1, 1)
+        self.conv_states.mul_(keep)
+        self.ssm_states.mul_(keep)
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.conv_states.clone(), self.ssm_states.clone()
+
+    def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> None:
+        """Put back ``snapshot`` in the rows where the bool mask ``rows`` [B] is true."""
+        mask = rows.view(1, -1, 1, 1)
+        for state, saved in zip((self.conv_states, self.ssm_states), snapshot):
+            state.copy_(torch.where(mask, saved, state))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.conv_states, self.ssm_states))
@@ -407,7 +420,23 @@ class MambaStack(nn.Module):
             nn.init.ones_(layer.norm.weight)
         nn.init.ones_(self.norm.weight)
 
-    def forward(self, x: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: MambaCache | None = None,
+        valid: torch.Tensor | None = None,
+        visible: int | None = None,
+    ) -> torch.Tensor:
+        """Like ``TransformerStack.forward``: with a cache, continue each row's recurrence;
+        ``valid`` [B, 1] (one token per row only) leaves the state of invalid rows untouched.
+        ``visible`` is accepted for parity and ignored."""
+        if cache is not None and valid is not None:
+            if x.shape[1] != 1:
+                raise ValueError("a Mamba stack takes per-row validity for one token per row only")
+            saved = cache.snapshot()
+            output = self.forward(x, cache)
+            cache.restore(saved, ~valid[:, 0])
+            return output
         for index, layer in enumerate(self.layers):
             if cache is not None:
                 x = layer(x, cache.conv_states[index], cache.ssm_states[index])
@@ -415,8 +444,6 @@ class MambaStack(nn.Module):
                 x = checkpoint(layer, x, use_reentrant=False)
             else:
                 x = layer(x)
-        if cache is not None:
-            cache.length += x.shape[1]
         return self.norm(x)
 
     def new_cache(self, batch_size: int, device=None, dtype=None, max_len=None) -> MambaCache:

@@ -16,15 +16,15 @@ A unit's embedding is a linear map of its sub-units: the stage just above bytes 
 per-position byte embeddings (= a linear map of the ``P x 257`` one-hot patch), higher
 stages project the concatenated embeddings of their sub-units.
 
-Incremental decoding advances a stage only when one of its units completes, so a byte costs
-one step of the byte stage plus, every ``U_i`` bytes, one step of stage ``i``.
+Incremental decoding (``decode.MultiscaleDecoder``) advances a stage only when one of its units
+completes, so a byte costs one step of the byte stage plus, every ``U_i`` bytes, one step of
+stage ``i``.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,14 +32,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from omnibyte.models.base import BOS, INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel
+from omnibyte.models.multiscale.decode import PAD, MultiscaleDecoder
 from omnibyte.models.layers import StackConfig, TransformerStack, default_intermediate_size, init_weights
 
 BLOCK_TYPES = ("transformer", "mamba")
-PAD = BOS  # input id that fills the last patch
 
 
 @dataclasses.dataclass
-class StageConfig:
+class StageConfig(BaseConfig):
     """One stage: its patch length and the shape of its stack."""
 
     patch_size: int
@@ -73,6 +73,11 @@ class MultiscaleConfig(BaseConfig):
     # of their positions (0: off), and stage 0 checkpoints each of its layers
     checkpoint_tokens: int = 0
     checkpoint_layers: bool = False
+    # bGPT's options (the ``patch`` presets): in training, run the byte stage on a random
+    # fraction of the byte patches only and score just those bytes (memory); frame files with a
+    # first patch holding their extension
+    byte_decoder_patch_fraction: float = 1.0
+    extension_header: bool = False
 
     def __post_init__(self):
         self.stages = [StageConfig(**s) if isinstance(s, dict) else s for s in self.stages]
@@ -99,6 +104,8 @@ class MultiscaleConfig(BaseConfig):
                 raise ValueError(f"stage {index}: hidden_size and num_layers must be positive")
         if self.checkpoint_tokens < 0:
             raise ValueError("checkpoint_tokens must not be negative")
+        if not 0 < self.byte_decoder_patch_fraction <= 1:
+            raise ValueError("byte_decoder_patch_fraction must be in (0, 1]")
 
 
 def _stage(patch_size, hidden_size, num_layers, heads, kv_heads, block="transformer") -> dict:
@@ -148,17 +155,6 @@ class PatchEmbedding(nn.Module):
         rows = (patches + self.offsets).reshape(-1, patches.shape[-1])
         summed = F.embedding_bag(rows, self.weight, mode="sum")  # never materializes [.., P, D]
         return summed.view(*patches.shape[:-1], self.weight.shape[1])
-
-
-@dataclasses.dataclass
-class MultiscaleState:
-    """Decoding state: per-stage caches, the parent context of the current unit per stage,
-    the tokens of the current coarsest unit and the number of tokens consumed."""
-
-    caches: list[Any]
-    contexts: list[torch.Tensor | None]
-    unit_tokens: torch.Tensor
-    position: int = 0
 
 
 class MultiscaleCore(nn.Module):
@@ -299,56 +295,6 @@ class MultiscaleCore(nn.Module):
         total = sum(self._map_parents(self.num_stages - 1, self._patch_loss, parents, rows, targets, weights))
         return total / weights.sum().clamp_min(1.0)
 
-    # ---- incremental decoding -------------------------------------------------------
-    def init_state(self, batch_size: int, device=None) -> MultiscaleState:
-        device = device or self.head.weight.device
-        dtype = self.head.weight.dtype
-        caches = [stack.new_cache(batch_size, device=device, dtype=dtype, max_len=size)
-                  for stack, size in zip(self.stacks, self.patch_sizes)]
-        state = MultiscaleState(caches, [None] * self.num_stages,
-                                torch.full((batch_size, self.unit_sizes[0]), PAD, dtype=torch.long, device=device))
-        top = self.stacks[0](self._start(0, batch_size), caches[0])[:, -1]
-        self._descend(state, 0, top)
-        return state
-
-    def _descend(self, state: MultiscaleState, level: int, output: torch.Tensor) -> None:
-        """Stage ``level`` produced ``output`` [B, D] for a new unit: start its sub-stages."""
-        for child in range(level + 1, self.num_stages):
-            context = self.parent_projs[child - 1](output).view(output.shape[0], self.patch_sizes[child], -1)
-            state.contexts[child] = context
-            state.caches[child].reset()
-            if child == self.num_stages - 1:
-                return
-            first = self._start(child, output.shape[0]).to(context.dtype) + context[:, :1]
-            output = self.stacks[child](first, state.caches[child])[:, -1]
-
-    def _advance(self, state: MultiscaleState, level: int) -> None:
-        """A unit of stage ``level`` (but not of its parent) just completed: feed it."""
-        unit = self.unit_sizes[level]
-        start = (state.position - unit) % self.unit_sizes[0]
-        embedded = self.embed_units(level, state.unit_tokens[:, start : start + unit])
-        if level > 0:
-            index = (state.position // unit) % self.patch_sizes[level]
-            embedded = embedded + state.contexts[level][:, index]
-        output = self.stacks[level](embedded.unsqueeze(1), state.caches[level])[:, -1]
-        self._descend(state, level, output)
-
-    def step(self, tokens: torch.Tensor, state: MultiscaleState) -> torch.Tensor:
-        position = state.position
-        if position >= self.context:
-            raise ValueError(f"context of {self.context} tokens exceeded")
-        last = self.num_stages - 1
-        index = position % self.patch_sizes[last]
-        x = self.byte_embed(tokens).unsqueeze(1) + state.contexts[last][:, index : index + 1]
-        logits = self.head(self.stacks[last](x, state.caches[last])[:, -1])
-        state.unit_tokens[:, position % self.unit_sizes[0]] = tokens
-        state.position = position = position + 1
-        if position < self.context:
-            completed = [level for level in range(last) if position % self.unit_sizes[level] == 0]
-            if completed:  # the coarsest completed stage restarts everything below it
-                self._advance(state, completed[0])
-        return logits
-
     # ---- accounting -----------------------------------------------------------------
     def flops_per_byte(self, seq_len: int) -> float:
         """Training FLOPs per byte: each stage's per-position FLOPs over its unit size,
@@ -375,46 +321,50 @@ class MultiscaleModel(ByteModel):
     arch = "multiscale"
     config_class = MultiscaleConfig
 
-    def __init__(self, config: BaseConfig | None = None):
+    def __init__(self, config: MultiscaleConfig | None = None):
         super().__init__(config or self.config_class())
-        self.core = MultiscaleCore(self.core_config())
-
-    def core_config(self) -> MultiscaleConfig:
-        return self.config
+        self.core = MultiscaleCore(self.config)
 
     @property
     def max_seq_len(self) -> int:
         return self.core.context
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.core(tokens)
+    @property
+    def hidden_size(self) -> int:
+        return self.core.widths[-1]
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.core.head
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Byte-stage states [B, T, D_last] (sequences are padded to whole units and cut back)."""
+        return self.core.hidden(self.core.pad(tokens))[:, : tokens.shape[1]]
 
     def loss(self, tokens, targets, mask=None) -> torch.Tensor:
-        return self.core.loss(tokens, targets, mask)
+        fraction = self.config.byte_decoder_patch_fraction if self.training else 1.0
+        return self.core.loss(tokens, targets, mask, patch_fraction=fraction)
 
-    def init_state(self, batch_size: int, device=None) -> MultiscaleState:
-        return self.core.init_state(batch_size, device)
-
-    def step(self, tokens: torch.Tensor, state: MultiscaleState) -> torch.Tensor:
-        return self.core.step(tokens, state)
-
-    def decoder(self, batch_size: int, max_len: int, fast: bool = False):
-        """``fast``: a ``multiscale_decode.MultiscaleDecoder`` (CUDA graphs of static stage steps
-        on CUDA) for up to ``max_len`` tokens."""
-        if not fast:
-            return super().decoder(batch_size, max_len)
-        from omnibyte.models.multiscale_decode import MultiscaleDecoder
-
-        return MultiscaleDecoder(self, batch_size, max_len)
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> MultiscaleDecoder:
+        return MultiscaleDecoder(self, batch_size, max_len, fast)
 
     def flops_per_byte(self, seq_len: int) -> float:
         return self.core.flops_per_byte(seq_len)
 
+    # ---- bGPT's file framing ------------------------------------------------------------
+    def header_tokens(self, extension: str) -> list[int]:
+        """bGPT's header patch: BOS, the extension's bytes, padding to one byte patch."""
+        size = self.core.patch_sizes[-1]
+        name = extension.lstrip(".").encode("utf-8")[: size - 1]
+        return [BOS, *name] + [PAD] * (size - 1 - len(name))
 
-def _register() -> None:
-    from omnibyte.models import register
-
-    register(MultiscaleModel, MULTISCALE_PRESETS)
-
-
-_register()
+    def frame(self, data: bytes, extension: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, targets, mask) [1, T] for a whole file, with the header patch when enabled."""
+        if not data:
+            raise ValueError("frame needs at least one byte")
+        prefix = self.header_tokens(extension) if self.config.extension_header else [BOS]
+        tokens = torch.tensor([prefix + list(data[:-1])])
+        targets = torch.tensor([[0] * (len(prefix) - 1) + list(data)])
+        mask = torch.zeros_like(targets, dtype=torch.bool)
+        mask[:, len(prefix) - 1:] = True
+        return tokens, targets, mask

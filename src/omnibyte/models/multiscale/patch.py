@@ -1,0 +1,75 @@
+"""The fixed-patch byte model (bGPT) as presets of the multiscale family.
+
+bGPT is the two-stage case of the multiscale core: stage 0 is the patch-level decoder over
+``context / S`` patches, stage 1 the byte-level decoder over the S bytes of a patch. Its two
+options are fields of ``MultiscaleConfig``: ``byte_decoder_patch_fraction`` (in training, run the
+byte decoder on a random subset of the patches) and ``extension_header`` (frame files with a
+first patch holding their extension; ``MultiscaleModel.frame``).
+
+bGPT's end patch is not offered: it is a 257th output class, and every omnibyte model predicts
+exactly 256 byte values.
+
+``--arch patch`` stays a name of its own, so run directories of omnibyte 0.1, whose config held
+bGPT's flat fields (``patch_size``, ``byte_hidden_size``, ...), load through ``upgrade_config``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from omnibyte.models.layers import default_intermediate_size
+from omnibyte.models.multiscale.core import MultiscaleModel
+
+
+def bgpt_stages(
+    patch_size: int = 16,
+    max_sequence_length: int = 16384,
+    hidden_size: int = 768,
+    num_layers: int = 12,
+    num_query_heads: int = 12,
+    num_key_value_heads: int = 12,
+    intermediate_size: int = 0,
+    byte_hidden_size: int = 768,
+    byte_num_layers: int = 3,
+    byte_num_query_heads: int = 12,
+    byte_num_key_value_heads: int = 12,
+    byte_intermediate_size: int = 0,
+) -> list[dict[str, Any]]:
+    """The two stages of a bGPT model described by its own (flat) hyper-parameters."""
+    if patch_size < 1 or max_sequence_length % patch_size:
+        raise ValueError("max_sequence_length must be a positive multiple of patch_size")
+    return [
+        dict(patch_size=max_sequence_length // patch_size, hidden_size=hidden_size, num_layers=num_layers,
+             num_query_heads=num_query_heads, num_key_value_heads=num_key_value_heads,
+             intermediate_size=intermediate_size or default_intermediate_size(hidden_size)),
+        dict(patch_size=patch_size, hidden_size=byte_hidden_size, num_layers=byte_num_layers,
+             num_query_heads=byte_num_query_heads, num_key_value_heads=byte_num_key_value_heads,
+             intermediate_size=byte_intermediate_size or default_intermediate_size(byte_hidden_size)),
+    ]
+
+
+PATCH_PRESETS: dict[str, dict] = {
+    "tiny": dict(stages=bgpt_stages(4, 512, 64, 2, 4, 2, 0, 32, 1, 2, 1)),
+    "small": dict(stages=bgpt_stages(16, 8192, 512, 8, 8, 8, 0, 384, 2, 6, 6)),
+    "bgpt": dict(stages=bgpt_stages()),
+}
+
+# the fields of omnibyte 0.1's PatchConfig that name the shape of its two stages
+_LEGACY_SHAPE_FIELDS = (
+    "patch_size", "max_sequence_length", "hidden_size", "num_layers", "num_query_heads",
+    "num_key_value_heads", "intermediate_size", "byte_hidden_size", "byte_num_layers",
+    "byte_num_query_heads", "byte_num_key_value_heads", "byte_intermediate_size",
+)
+
+
+class PatchModel(MultiscaleModel):
+    """bGPT: patch-level decoder + byte-level decoder on the two-stage multiscale core."""
+
+    arch = "patch"
+
+    @classmethod
+    def upgrade_config(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """omnibyte 0.1's flat bGPT config -> a two-stage multiscale config."""
+        if "stages" in values:
+            return values
+        shape = {name: values.pop(name) for name in _LEGACY_SHAPE_FIELDS if name in values}
+        return {**values, "stages": bgpt_stages(**shape)}

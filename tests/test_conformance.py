@@ -1,0 +1,147 @@
+"""Every check on every registered family: a new family is tested by registering it.
+
+The families come from ``omnibyte.models.registry.ARCHITECTURES`` (their ``tiny`` preset), plus
+variants that reach other code paths (3 stages, Mamba stages, multi-query attention). Each
+check compares a path with a simple reference: decoder = full forward (at ragged per-row
+positions, eager and fast), batched = one by one, saved = loaded, compressed -> decompressed =
+input, ``head(encode)`` = forward.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from omnibyte.apps.compress import compress, decompress
+from omnibyte.models import ARCHITECTURES, build_model
+from omnibyte.models.base import BOS, ByteModel, Decoder
+from omnibyte.models.serialization import load_model, save_model
+from helpers import random_tokens, one_thread  # noqa: F401 (one_thread is a fixture)
+
+VARIANTS = {
+    **{arch: (arch, "tiny", {}) for arch in ARCHITECTURES},
+    "flat-mqa": ("flat", "tiny", {"num_key_value_heads": 1}),
+    "multiscale-3": ("multiscale", "tiny-3", {}),
+    "multiscale-mamba": ("multiscale", "tiny-mamba", {}),  # Mamba at the top
+    "multiscale-mamba-inner": ("multiscale", "tiny-mamba", {"stages": [  # Mamba in the byte stage
+        dict(patch_size=16, hidden_size=32, num_layers=1, num_query_heads=2, num_key_value_heads=1),
+        dict(patch_size=4, hidden_size=32, num_layers=2, block="mamba")]}),
+}
+RAGGED = [7, 1, 13]  # prompt lengths of three rows: unit boundaries fall at different steps
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def model(request) -> ByteModel:
+    arch, preset, overrides = VARIANTS[request.param]
+    torch.manual_seed(0)
+    return build_model(arch, preset, **overrides).eval()
+
+
+def close(actual, expected):
+    torch.testing.assert_close(actual, expected, atol=2e-5, rtol=2e-5)
+
+
+def test_every_registered_family_has_a_tiny_preset():
+    for arch, (model_class, presets) in ARCHITECTURES.items():
+        assert model_class.arch == arch and "tiny" in presets
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["eager", "fast"])
+def test_decoder_equals_full_forward_at_ragged_positions(model, fast):
+    tokens = random_tokens(3, 48, seed=1)
+    with torch.no_grad():
+        full = model(tokens)
+        decoder = model.decoder(3, 48, fast=fast)
+        assert isinstance(decoder, Decoder)
+        logits = decoder.prefill(tokens[:, :max(RAGGED)], RAGGED)
+        close(logits, torch.stack([full[row, length - 1] for row, length in enumerate(RAGGED)]))
+        for k in range(40 - max(RAGGED)):
+            column = torch.stack([tokens[row, length + k] for row, length in enumerate(RAGGED)])
+            logits = decoder.step(column)
+            close(logits, torch.stack([full[row, length + k] for row, length in enumerate(RAGGED)]))
+        assert decoder.lengths.tolist() == [length + 40 - max(RAGGED) for length in RAGGED]
+        # restart row 1 alone; rows 0 and 2 keep their context
+        decoder.reset([1])
+        logits = decoder.prefill(tokens[:, :9], [0, 9, 0])
+        close(logits[1], full[1, 8])
+        logits = decoder.step(torch.stack([tokens[0, 34], tokens[1, 9], tokens[2, 40]]))
+        close(logits, torch.stack([full[0, 34], full[1, 9], full[2, 40]]))
+
+
+def test_no_position_sees_a_later_token(model):
+    tokens = random_tokens(1, 24, seed=2)
+    with torch.no_grad():
+        reference = model(tokens)
+        for t in (1, 5, 8, 16, 23):
+            changed = tokens.clone()
+            changed[0, t] = (changed[0, t] + 1) % 256
+            logits = model(changed)
+            torch.testing.assert_close(logits[:, :t], reference[:, :t], atol=0, rtol=0)
+            assert not torch.allclose(logits[:, t:], reference[:, t:])
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0), dict(temperature=0.9, top_k=40, top_p=0.95)],
+                         ids=["greedy", "sampled"])
+def test_batched_generation_equals_one_by_one(model, options):
+    prompts = [b"def f(x):", b"", b"abc", b"the quick brown fox"]
+    batched = model.generate(prompts, max_new_bytes=20, seed=7, **options)
+    assert isinstance(batched, list) and [len(sample) for sample in batched] == [20] * 4
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt, max_new_bytes=20, seed=7 + row, **options)
+        assert isinstance(alone, bytes) and alone == batched[row]
+    assert model.generate(prompts, max_new_bytes=20, seed=7, fast=True, **options) == batched
+    streamed = b"".join(model.stream(prompts[0], max_new_bytes=20, seed=7, **options))
+    assert streamed == batched[0]
+
+
+def test_greedy_generation_follows_the_full_forward(model):
+    sample = model.generate(b"hello", max_new_bytes=6, temperature=0)
+    tokens = torch.tensor([[BOS, *b"hello", *sample]])
+    with torch.no_grad():
+        expected = model(tokens)[0, 5:-1].argmax(-1)
+    assert list(sample) == expected.tolist()
+
+
+def test_save_load_round_trip(model, tmp_path):
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    tokens = random_tokens(2, 20, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), model(tokens), atol=0, rtol=0)
+
+
+def test_compress_decompress_round_trip(model):
+    data = b"".join(bytes([i % 7 + 97]) * (i % 5 + 1) for i in range(60)) + bytes(range(0, 256, 9))
+    blob = compress(data, model, chunk_size=48, batch_size=3)
+    assert decompress(blob, model) == data
+
+
+def test_config_round_trips_through_json(model):
+    text = model.config.to_json()
+    assert type(model.config).from_dict(json.loads(text)) == model.config
+    with pytest.raises(ValueError, match="unknown"):
+        type(model.config).from_dict({**json.loads(text), "no_such_field": 1})
+
+
+def test_encode_agrees_with_forward_and_pools(model):
+    tokens = random_tokens(2, 20, seed=4)
+    with torch.no_grad():
+        hidden = model.encode(tokens)
+        assert hidden.shape == (2, 20, model.hidden_size)
+        torch.testing.assert_close(model.head(hidden), model(tokens), atol=0, rtol=0)
+        mask = torch.zeros(2, 20, dtype=torch.bool)
+        mask[0, :5], mask[1, :] = True, True
+        pooled = model.pool(hidden, mask)
+        close(pooled[0], hidden[0, :5].mean(0))
+        close(pooled[1], hidden[1].mean(0))
+
+
+def test_loss_is_the_mean_cross_entropy_of_forward(model):
+    tokens = random_tokens(2, 20, seed=5)
+    targets = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 20)))
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, 256), targets.reshape(-1))
+        close(model.loss(tokens, targets), expected)

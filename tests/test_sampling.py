@@ -1,0 +1,48 @@
+"""Per-row counter-based sampling against the distribution it must draw from."""
+import numpy as np
+import torch
+
+from omnibyte.sampling import row_uniforms, sample_next
+
+
+def draws(logits: torch.Tensor, count: int, **options) -> np.ndarray:
+    seeds = torch.tensor([12345])
+    return np.array([int(sample_next(logits, seeds=seeds, step=step, **options)) for step in range(count)])
+
+
+def test_samples_follow_the_softmax_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0] + [-30.0] * 252])
+    expected = torch.softmax(logits[0, :4], -1).numpy()
+    counts = np.bincount(draws(logits, 4000), minlength=256)[:4]
+    # chi-square with 3 degrees of freedom: 16.3 is its 0.999 quantile
+    chi_square = (((counts - 4000 * expected) ** 2) / (4000 * expected)).sum()
+    assert counts.sum() == 4000 and chi_square < 16.3
+
+
+def test_temperature_top_k_and_top_p():
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0] + [-9.0] * 252])
+    assert set(draws(logits, 200, temperature=2.0, top_k=2)) == {0, 1}
+    assert set(draws(logits, 100, top_p=0.5)) == {0}
+    assert set(draws(logits, 20, temperature=0)) == {0}
+    hot = draws(logits, 2000, temperature=3.0)
+    assert (hot >= 4).mean() > 0.1  # high temperature reaches the tail
+
+
+def test_a_row_draws_the_same_whatever_batch_it_is_in():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 256)
+    seeds = torch.tensor([1, 2, 3, 2**40 + 7, 5])
+    for step in range(20):
+        batched = sample_next(logits, 0.9, 50, 0.95, seeds, step)
+        alone = torch.cat([sample_next(logits[i:i + 1], 0.9, 50, 0.95, seeds[i:i + 1], step) for i in range(5)])
+        assert torch.equal(batched, alone)
+
+
+def test_uniforms_are_in_the_open_interval_and_depend_on_seed_and_step():
+    seeds = torch.tensor([0, 1])
+    first = row_uniforms(seeds, 0, 256)
+    assert first.min() > 0 and first.max() < 1
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(first, row_uniforms(seeds, 1, 256))
+    assert torch.equal(first, row_uniforms(seeds, 0, 256))
+    assert abs(float(first.mean()) - 0.5) < 0.05
