@@ -46,7 +46,8 @@ from omnibyte.data import ByteCorpus, Document, iter_documents
 from omnibyte.data.corpus import stable_unit_hash
 from omnibyte.devices import autocast, resolve_device
 from omnibyte.models import build_model
-from omnibyte.train.checkpoint import atomic_write_bytes, load_model
+from omnibyte.fileio import atomic_write_bytes
+from omnibyte.models.serialization import load_model
 from omnibyte.train.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from omnibyte.devices import resolve_device
     from omnibyte.models import build_model
-    from omnibyte.train.checkpoint import load_model
+    from omnibyte.models.serialization import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                           "settings": {"batch_size": args.batch_size, "chunk_size": args.chunk_size,
                                        "dtype": args.dtype, "limit_bytes": args.limit_bytes}})
     if args.markdown:
-        from omnibyte.train.checkpoint import atomic_write_bytes
+        from omnibyte.fileio import atomic_write_bytes
 
         atomic_write_bytes(args.markdown, markdown(rows, environment).encode())
         print(f"wrote {args.markdown}")

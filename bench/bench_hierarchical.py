@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_environment, print_table, write_json  # noqa: E402
 
 from omnibyte.models import build_model, make_config, model_class_for  # noqa: E402
-from omnibyte.models.multiscale_decode import GraphCaptureWarning  # noqa: E402
+from omnibyte.models.graphs import GraphCaptureWarning  # noqa: E402
 
 GLOBAL_PATCHES, PATCH_SIZE = 1024, 8
 WIDTHS, DEPTHS = (768, 384), (12, 3)

@@ -98,7 +98,7 @@ def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON (atomically); ``None`` writes nothing."""
     if not path:
         return
-    from omnibyte.train.checkpoint import atomic_write_bytes
+    from omnibyte.fileio import atomic_write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

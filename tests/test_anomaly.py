@@ -20,7 +20,7 @@ from omnibyte.apps.anomaly import (
 )
 from omnibyte.cli import main
 from omnibyte.data import ByteCorpus, Document
-from omnibyte.train.checkpoint import save_model
+from omnibyte.models.serialization import save_model
 from omnibyte.train.trainer import TrainConfig, Trainer
 
 PATTERN = b"the quick brown fox jumps over the lazy dog. "

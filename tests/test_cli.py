@@ -71,6 +71,65 @@ def test_generate_writes_bytes_to_file_and_stdout(trained, tmp_path):
     assert result.returncode == 0 and result.stdout == target.read_bytes()
 
 
+def generate(out, *args: str) -> int:
+    return main(["generate", "--model", str(out), "--device", "cpu", "--max-bytes", "12", *args])
+
+
+def test_generate_several_prompts_and_samples_write_numbered_files(trained, tmp_path, capsys):
+    _, out = trained
+    (tmp_path / "prompt.bin").write_bytes(b"def f(")
+    target = tmp_path / "batch.bin"
+    assert generate(out, "--prompt", "hello", "--prompt-file", str(tmp_path / "prompt.bin"), "--prompt", "",
+                    "--num-samples", "2", "--seed", "7", "-o", str(target)) == 0
+    files = sorted(tmp_path.glob("batch-*.bin"))
+    assert [path.name for path in files] == [f"batch-{k}.bin" for k in range(6)]
+    assert all(len(path.read_bytes()) == 12 for path in files)
+    assert capsys.readouterr().err.count("wrote 12 bytes") == 6
+
+    # same seed, same samples
+    again = tmp_path / "again" / "batch.bin"
+    assert generate(out, "--prompt", "hello", "--prompt-file", str(tmp_path / "prompt.bin"), "--prompt", "",
+                    "--num-samples", "2", "--seed", "7", "-o", str(again)) == 0
+    assert [path.read_bytes() for path in sorted(again.parent.glob("batch-*.bin"))] == [
+        path.read_bytes() for path in files]
+
+    # sample K of the batch (prompts in command-line order, N samples each) is prompt K // 2 alone
+    # with seed 7 + K
+    prompts = ["hello", "def f(", ""]
+    for k, path in enumerate(files):
+        alone = tmp_path / f"alone-{k}.bin"
+        assert generate(out, "--prompt", prompts[k // 2], "--seed", str(7 + k), "-o", str(alone)) == 0
+        assert alone.read_bytes() == path.read_bytes(), k
+
+
+def test_generate_several_samples_to_stdout_under_headers(trained, capsysbinary):
+    _, out = trained
+    assert generate(out, "--prompt", "a", "--prompt", "b", "--seed", "3", "--temperature", "0") == 0
+    text = capsysbinary.readouterr().out
+    assert text.startswith(b"==> sample 0 (prompt 0) <==\n")
+    first, second = text.split(b"==> sample 1 (prompt 1) <==\n")
+    assert len(first) == len(b"==> sample 0 (prompt 0) <==\n") + 12 + 1 and len(second) == 12 + 1
+
+
+def test_generate_refuses_to_overwrite_numbered_files_without_force(trained, tmp_path, capsys):
+    _, out = trained
+    (tmp_path / "s-1.txt").write_bytes(b"keep me")
+    args = ["--prompt", "x", "--num-samples", "2", "--seed", "0", "-o", str(tmp_path / "s.txt")]
+    assert generate(out, *args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "s-1.txt exists" in error[0] and "--force" in error[0]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s-1.txt"]
+    assert generate(out, *args, "--force") == 0
+    assert len((tmp_path / "s-0.txt").read_bytes()) == 12 and len((tmp_path / "s-1.txt").read_bytes()) == 12
+
+
+def test_generate_option_errors_are_one_line(trained, tmp_path):
+    _, out = trained
+    assert_one_line_error(run_cli("generate", "--model", str(out), "--num-samples", "0"), "--num-samples")
+    assert_one_line_error(run_cli("generate", "--model", str(out), "--prompt-file", str(tmp_path / "nope")),
+                          "nope", "No such file")
+
+
 def test_missing_path_and_empty_folder(tmp_path):
     assert_one_line_error(run_cli("train", str(tmp_path / "nope"), "--out", str(tmp_path / "r")), "nope")
     (tmp_path / "empty").mkdir()

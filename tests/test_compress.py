@@ -16,7 +16,7 @@ from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import ARCHITECTURES, build_model
 from omnibyte.scoring import score_bytes
-from omnibyte.train.checkpoint import save_model
+from omnibyte.models.serialization import save_model
 from helpers import one_thread  # noqa: F401 (a fixture)
 
 DATA = Path(os.environ.get("OMNIBYTE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

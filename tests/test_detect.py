@@ -14,7 +14,7 @@ import pytest
 
 from omnibyte.apps.detect import Detection, ModalityDetector, detect, extension_for
 from omnibyte.cli import main
-from omnibyte.commands import output_path_with_kind
+from omnibyte.cli.generate import output_path_with_kind
 
 DATA = Path(os.environ.get("OMNIBYTE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SAMPLES = DATA / "format-samples"

@@ -73,13 +73,13 @@ def plain_attention_forward(model: BytePredictor, tokens: torch.Tensor) -> torch
         x = block.attn_norm(h)
         attn = block.attn
 
-        def split(weight):
-            return F.linear(x, weight).view(1, length, heads, head_dim).transpose(1, 2)
+        def split(weight):  # [1, T, heads, head_dim]
+            return F.linear(x, weight).view(1, length, heads, head_dim)
 
         q_weight, k_weight, v_weight = attn.qkv_proj.weight.chunk(3)  # all heads: three equal parts
-        q = rope.apply(attn.q_norm(split(q_weight)))
-        k = rope.apply(attn.k_norm(split(k_weight)))
-        v = split(v_weight)
+        q = rope.apply(attn.q_norm(split(q_weight))).transpose(1, 2)
+        k = rope.apply(attn.k_norm(split(k_weight))).transpose(1, 2)
+        v = split(v_weight).transpose(1, 2)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
         weights = scores.masked_fill(~causal, float("-inf")).softmax(-1)
         h = h + attn.o_proj((weights @ v).transpose(1, 2).reshape(1, length, -1))

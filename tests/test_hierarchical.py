@@ -11,8 +11,8 @@ from omnibyte.data import ByteCorpus, Document
 from omnibyte.models import BOS, build_model, make_config
 from omnibyte.models.base import masked_cross_entropy
 from omnibyte.models.multiscale import MULTISCALE_PRESETS, MultiscaleConfig, MultiscaleModel, StageConfig
-from omnibyte.models.patch import PATCH_PRESETS, PatchConfig, PatchModel
-from omnibyte.train.checkpoint import load_model, save_model
+from omnibyte.models.multiscale import PATCH_PRESETS, PatchModel, bgpt_stages
+from omnibyte.models.serialization import load_model, save_model
 from omnibyte.train.trainer import TrainConfig, Trainer
 from helpers import random_tokens, one_thread  # noqa: F401 (one_thread is a fixture)
 
@@ -33,9 +33,9 @@ def tiny(arch: str, preset: str, overrides: dict, dtype=torch.float64):
 
 
 def stepped_logits(model, tokens: torch.Tensor, prefill: int = 0) -> torch.Tensor:
-    state = model.init_state(tokens.shape[0])
-    logits = [model.prefill(tokens[:, :prefill], state)] if prefill else []
-    logits += [model.step(tokens[:, t], state) for t in range(prefill, tokens.shape[1])]
+    decoder = model.decoder(tokens.shape[0], tokens.shape[1])
+    logits = [decoder.prefill(tokens[:, :prefill])] if prefill else []
+    logits += [decoder.step(tokens[:, t]) for t in range(prefill, tokens.shape[1])]
     return torch.stack(logits, 1)
 
 
@@ -99,11 +99,11 @@ def test_cached_steps_match_in_float32_up_to_the_last_context_byte():
     model = tiny("patch", "tiny", {"max_sequence_length": 32}, dtype=torch.float32)
     tokens = random_tokens(1, 32)
     with torch.no_grad():
-        state = model.init_state(1)
-        stepped = torch.stack([model.step(tokens[:, t], state) for t in range(32)], 1)
+        decoder = model.decoder(1)
+        stepped = torch.stack([decoder.step(tokens[:, t]) for t in range(32)], 1)
         torch.testing.assert_close(stepped, model(tokens), atol=1e-5, rtol=1e-5)
         with pytest.raises(ValueError, match="context"):
-            model.step(tokens[:, 0], state)
+            decoder.step(tokens[:, 0])
 
 
 def test_upper_stages_run_only_when_a_patch_completes():
@@ -112,10 +112,10 @@ def test_upper_stages_run_only_when_a_patch_completes():
     for index, stack in enumerate(model.core.stacks):
         stack.register_forward_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
     with torch.no_grad():
-        state = model.init_state(1)
+        decoder = model.decoder(1)
         calls[:] = [0, 0, 0]
         for token in random_tokens(1, 32)[0]:
-            model.step(token.view(1), state)
+            decoder.step(token.view(1))
     # 32 bytes: a byte-stage step each; stage 1 every 4 bytes (at 16 and 32 it starts a new
     # 16-byte unit instead of continuing one); stage 0 every 16 bytes
     assert calls == [2, 8, 32]
@@ -192,14 +192,14 @@ def test_every_preset_round_trips_through_json(arch, presets):
 def test_preset_shapes():
     assert make_config("multiscale", "long-context").context >= 16_777_216
     assert make_config("multiscale", "megabyte-8k").context == 8192
-    bgpt = make_config("patch", "bgpt")
-    assert (bgpt.patch_size, bgpt.hidden_size, bgpt.num_layers, bgpt.byte_num_layers) == (16, 768, 12, 3)
-    assert bgpt.max_sequence_length == 16384
+    patches, byte_stage = make_config("patch", "bgpt").stages
+    assert (byte_stage.patch_size, patches.hidden_size, patches.num_layers, byte_stage.num_layers) == (16, 768, 12, 3)
+    assert make_config("patch", "bgpt").context == 16384
     assert [s.block for s in make_config("multiscale", "tiny-mamba").stages] == ["mamba", "transformer"]
     with pytest.raises(ValueError, match="at least 2 stages"):
         MultiscaleConfig(stages=[StageConfig(8, 32, 1, 2, 2)]).validate()
     with pytest.raises(ValueError, match="multiple of patch_size"):
-        PatchConfig(max_sequence_length=100).validate()
+        bgpt_stages(patch_size=16, max_sequence_length=100)
 
 
 def test_flops_per_byte_is_the_sum_of_stages_over_their_unit_sizes():

@@ -2,12 +2,12 @@
 import numpy as np
 import torch
 
-from omnibyte.sampling import row_uniforms, sample_next
+from omnibyte.sampling import GumbelNoise, row_uniforms, sample_next
 
 
 def draws(logits: torch.Tensor, count: int, **options) -> np.ndarray:
-    seeds = torch.tensor([12345])
-    return np.array([int(sample_next(logits, seeds=seeds, step=step, **options)) for step in range(count)])
+    noise = GumbelNoise(torch.tensor([12345]), block=64)
+    return np.array([int(sample_next(logits, noise=noise(step), **options)) for step in range(count)])
 
 
 def test_samples_follow_the_softmax_distribution():
@@ -32,17 +32,18 @@ def test_a_row_draws_the_same_whatever_batch_it_is_in():
     torch.manual_seed(0)
     logits = torch.randn(5, 256)
     seeds = torch.tensor([1, 2, 3, 2**40 + 7, 5])
+    batched_noise = GumbelNoise(seeds, block=8)
+    alone_noise = [GumbelNoise(seeds[i:i + 1], block=3) for i in range(5)]  # other block sizes too
     for step in range(20):
-        batched = sample_next(logits, 0.9, 50, 0.95, seeds, step)
-        alone = torch.cat([sample_next(logits[i:i + 1], 0.9, 50, 0.95, seeds[i:i + 1], step) for i in range(5)])
+        batched = sample_next(logits, 0.9, 50, 0.95, batched_noise(step))
+        alone = torch.cat([sample_next(logits[i:i + 1], 0.9, 50, 0.95, alone_noise[i](step)) for i in range(5)])
         assert torch.equal(batched, alone)
 
 
 def test_uniforms_are_in_the_open_interval_and_depend_on_seed_and_step():
-    seeds = torch.tensor([0, 1])
-    first = row_uniforms(seeds, 0, 256)
-    assert first.min() > 0 and first.max() < 1
-    assert not torch.equal(first[0], first[1])
-    assert not torch.equal(first, row_uniforms(seeds, 1, 256))
-    assert torch.equal(first, row_uniforms(seeds, 0, 256))
-    assert abs(float(first.mean()) - 0.5) < 0.05
+    uniforms = row_uniforms(torch.tensor([0, 1]), torch.arange(3), 256)
+    assert uniforms.shape == (2, 3, 256) and uniforms.min() > 0 and uniforms.max() < 1
+    assert not torch.equal(uniforms[0], uniforms[1])
+    assert not torch.equal(uniforms[:, 0], uniforms[:, 1])
+    torch.testing.assert_close(uniforms[:, 2:], row_uniforms(torch.tensor([0, 1]), torch.tensor([2]), 256))
+    assert abs(float(uniforms.mean()) - 0.5) < 0.05

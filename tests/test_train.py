@@ -3,7 +3,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from omnibyte import build_model, load_model
 from omnibyte.data import ByteCorpus, Document
@@ -87,6 +88,25 @@ def test_new_run_refuses_to_overwrite_and_resume_refuses_other_model(tmp_path):
     other = build_model("flat", "tiny", num_layers=3)
     with pytest.raises(OmnibyteError, match="different model"):
         Trainer(other, corpus, small_config(steps=10), tmp_path, progress=False).fit(resume=True)
+
+
+def test_run_records_its_task_and_resumes_states_saved_before_tasks(tmp_path):
+    corpus = repetitive_corpus()
+    Trainer(build_model("flat", "tiny"), corpus, small_config(steps=5), tmp_path, progress=False).fit()
+    path = tmp_path / "trainer_state.safetensors"
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+    state = json.loads(metadata["trainer"])
+    assert state["task"] == {"name": "next-byte"}
+    # rewrite the state as versions before tasks wrote it: no task anywhere
+    del state["task"]
+    document = json.loads(metadata["omnibyte"])
+    document.pop("task", None)
+    metadata.update(trainer=json.dumps(state), omnibyte=json.dumps(document))
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+    result = Trainer(build_model("flat", "tiny"), corpus, small_config(steps=8), tmp_path,
+                     progress=False).fit(resume=True)
+    assert result.step == 8
 
 
 def test_early_stopping_stops_when_validation_stalls(tmp_path):

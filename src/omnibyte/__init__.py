@@ -6,7 +6,7 @@
 """
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import BOS, ByteModel, BytePredictor, ModelConfig, build_model, make_config
-from omnibyte.train.checkpoint import load_model, save_model
+from omnibyte.models.serialization import load_model, save_model
 
 __version__ = "0.1.0"
 

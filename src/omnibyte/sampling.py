@@ -21,14 +21,31 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_uniforms(seeds: torch.Tensor, step: int, width: int) -> torch.Tensor:
-    """Uniforms in (0, 1), [B, width], a pure function of (seed of the row, ``step``, column)."""
-    seeds = seeds.long()
-    key = _hash32((seeds & _MASK32) ^ _hash32((seeds >> 32) & _MASK32))
-    key = _hash32(key ^ _hash32(torch.full_like(key, step & _MASK32)))
-    columns = torch.arange(width, device=seeds.device, dtype=torch.long)
-    bits = _hash32(key.unsqueeze(1) ^ _hash32(columns + 0x9E37).unsqueeze(0)) >> 8  # 24 bits
-    return (bits.double() + 0.5) / float(1 << 24)
+def row_uniforms(seeds: torch.Tensor, steps: torch.Tensor, width: int) -> torch.Tensor:
+    """Uniforms in (0, 1), [B, S, width]: a pure function of (seed of the row, step, column)."""
+    seeds, steps = seeds.long(), steps.long().to(seeds.device)
+    key = _hash32((seeds & _MASK32) ^ _hash32((seeds >> 32) & _MASK32))  # [B]
+    key = _hash32(key.unsqueeze(1) ^ _hash32(steps & _MASK32).unsqueeze(0))  # [B, S]
+    columns = _hash32(torch.arange(width, device=seeds.device, dtype=torch.long) + 0x9E37)
+    bits = _hash32(key.unsqueeze(2) ^ columns) >> 8  # 24 random bits
+    return (bits.float() + 0.5) / float(1 << 24)
+
+
+class GumbelNoise:
+    """Per-row Gumbel noise for sampling step after step, computed ``block`` steps at a time
+    (a few dozen small kernels per block instead of per byte)."""
+
+    def __init__(self, seeds: torch.Tensor, width: int = 256, block: int = 256):
+        self.seeds, self.width, self.block = seeds, width, block
+        self.first, self.table = -1, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        """Noise [B, width] of ``step``."""
+        if self.table is None or not self.first <= step < self.first + self.block:
+            self.first = step - step % self.block
+            steps = torch.arange(self.first, self.first + self.block)
+            self.table = -torch.log(-torch.log(row_uniforms(self.seeds, steps, self.width)))
+        return self.table[:, step - self.first]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -50,17 +67,15 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    seeds: torch.Tensor | None = None,
-    step: int = 0,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One byte per row from ``logits`` [B, V]: greedy at temperature 0, else a draw from
-    softmax(logits / temperature) restricted to top-k / top-p, driven by the per-row ``seeds``
-    [B] (int64) at counter ``step``."""
+    softmax(logits / temperature) restricted to top-k / top-p. ``noise`` [B, V] is the rows'
+    Gumbel noise (``GumbelNoise``); without it the draw uses torch's global generator."""
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    if seeds is None:
-        seeds = torch.randint(0, 2**62, (logits.shape[0],), device=logits.device)
+    if noise is None:
+        noise = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-10, 1 - 1e-7)))
     logits = filter_logits(logits / temperature, top_k, top_p)
-    gumbel = -torch.log(-torch.log(row_uniforms(seeds, step, logits.shape[-1])))
-    return (logits.double() + gumbel).argmax(dim=-1)
+    return (logits + noise).argmax(dim=-1)

@@ -10,15 +10,13 @@ average of a step crosses it), merged when closer than half a window.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from omnibyte.errors import OmnibyteError
+from omnibyte.fileio import atomic_write
 from omnibyte.models.base import ByteModel
 from omnibyte.scoring import score_bytes
 
@@ -284,8 +282,6 @@ def plot_surprisal(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from omnibyte.train.checkpoint import atomic_write
-
     bits = np.asarray(bits, dtype=np.float64)
     smoothed = smooth(bits, window)
     figure, axes = plt.subplots(figsize=(11, 4), dpi=110)
@@ -324,45 +320,7 @@ def plot_surprisal(
     return path
 
 
-# ---- CLI ------------------------------------------------------------------------------------
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("anomaly", help="find the most surprising regions of a file under a model")
-    parser.add_argument("file", type=Path, metavar="FILE")
-    parser.add_argument("--model", required=True, type=Path, help="model directory")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--top", type=int, default=10, metavar="N", help="show at most N regions (default 10)")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="W",
-                        help=f"smoothing window in bytes (default {DEFAULT_WINDOW})")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="Z",
-                        help=f"robust z-score a region must exceed (default {DEFAULT_THRESHOLD:g})")
-    parser.add_argument("--context", type=int, default=None, help="scoring window (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
-                        help="where to save the plot (default: FILE's name + .anomaly.png in the current folder)")
-    parser.add_argument("--no-plot", action="store_true", help="do not save a plot")
-    parser.add_argument("--json", action="store_true", help="print a JSON report")
-    parser.set_defaults(handler=run_anomaly)
-
-
-def _read_input(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise OmnibyteError(f"{path} is a folder, not a file") from None
-    except OSError as error:
-        raise OmnibyteError(f"cannot read {path}: {error.strerror}") from None
-    if not data:
-        raise OmnibyteError(f"{path} is empty: nothing to score")
-    return data
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    for option, value in (("--top", args.top), ("--window", args.window), ("--batch-size", args.batch_size),
-                          ("--context", args.context)):
-        if value is not None and value < 1:
-            raise OmnibyteError(f"{option} must be at least 1, got {value}")
-
+# ---- report -------------------------------------------------------------------------------
 
 def format_table(report: AnomalyReport) -> str:
     lines = [f"{report.name}: {len(report.bits):,} bytes, mean {report.mean_bits_per_byte:.3f} bits/byte; "
@@ -376,24 +334,3 @@ def format_table(report: AnomalyReport) -> str:
         lines.append(f"{rank:>4}{region.offset:>12,}{region.length:>10,}{region.bits_per_byte:>11.3f}"
                      f"{region.bits_per_byte - report.baseline:>+13.3f}{region.score:>8.1f}")
     return "\n".join(lines)
-
-
-def run_anomaly(args: argparse.Namespace) -> int:
-    from omnibyte.commands import load_cli_model
-
-    _check_options(args)
-    data = _read_input(args.file)
-    model = load_cli_model(args)
-    report = analyze(data, model, name=args.file.name, window=args.window, threshold=args.threshold,
-                     top_k=args.top, context=args.context, batch_size=args.batch_size)
-    plot_path = None
-    if not args.no_plot:
-        plot_path = args.plot or Path(args.file.name + ".anomaly.png")
-        plot_surprisal(report.bits, report.regions, plot_path, window=args.window, name=args.file.name)
-    if args.json:
-        print(json.dumps({**report.to_dict(), "plot": str(plot_path) if plot_path else None}, indent=2))
-        return 0
-    print(format_table(report))
-    if plot_path:
-        print(f"plot: {plot_path}")
-    return 0

@@ -3,7 +3,8 @@
 The input is cut into chunks of ``chunk_size`` bytes; each chunk is coded on its own, starting
 from BOS. Chunks are coded ``batch_size`` at a time as the rows of one batch ("a group"): at
 every step the model consumes one token per row through its incremental interface
-(``init_state``/``step``, or the family's fast decoder), the next-byte distributions are
+(``model.decoder``: eager, or static-shape and CUDA-graph replayed when ``fast``), the
+next-byte distributions are
 quantized to integer frequencies, and the group's byte at that step of every still-active
 row is range-coded (``constriction``) into the group's stream, rows interleaved step by step.
 The decoder runs the very same computation (same batch shape, device type, dtype, path) and
@@ -13,15 +14,11 @@ Container format: ``omnibyte.apps.container``; spec and limits: docs/compression
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
-import sys
-import time
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -31,6 +28,7 @@ from omnibyte.apps import container
 from omnibyte.apps.container import CodingSettings, Container
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import BOS, NUM_BYTES, ByteModel
+from omnibyte.models.serialization import config_document
 
 PRECISION = 24  # constriction's range coder codes with 24-bit frequencies
 DEFAULT_CHUNK_SIZE = 64 * 1024  # clamped to the model's context
@@ -47,8 +45,6 @@ Progress = Callable[[int, "int | None"], None]
 
 def model_fingerprint(model: ByteModel) -> bytes:
     """SHA-256 over the model's architecture, config and every weight (name, dtype, shape, bytes)."""
-    from omnibyte.train.checkpoint import config_document
-
     model = getattr(model, "_orig_mod", model)
     hasher = hashlib.sha256(json.dumps(config_document(model), sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
@@ -104,25 +100,18 @@ def coding_model(model: ByteModel, settings: CodingSettings) -> ByteModel:
 
 
 class _BatchStepper:
-    """Steps ``rows`` chunks through the model; ``restart`` gives every row a fresh context."""
+    """Steps ``rows`` chunks through the model's decoder; ``restart`` gives every row a fresh
+    context and reuses the decoder (and its captured CUDA graphs)."""
 
     def __init__(self, model: ByteModel, rows: int, max_len: int, fast: bool):
-        self.model, self.rows, self.max_len, self.fast = model, rows, max_len, fast
-        self.decoder = None
-        self.state = None
+        self.model, self.rows = model, rows
+        self.decoder = model.decoder(rows, max_len, fast=fast)
 
     def restart(self) -> None:
-        if not self.fast:
-            self.state = self.model.init_state(self.rows, self.model.device)
-        elif self.decoder is not None and hasattr(self.decoder, "reset"):
-            self.decoder.reset()  # reuse the captured CUDA graph
-        else:
-            self.decoder = self.model.decoder(self.rows, self.max_len, fast=True)
+        self.decoder.reset()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.fast:
-            return self.decoder.step(tokens)
-        return self.model.step(tokens, self.state)
+        return self.decoder.step(tokens)
 
 
 @contextlib.contextmanager
@@ -226,9 +215,7 @@ def coding_settings(
     if device.type == "cpu" and dtype != "float32":
         raise OmnibyteError("on the CPU compression runs in float32 only")
     if fast is None:
-        fast = device.type == "cuda" and hasattr(model, "decoder")
-    if fast and not hasattr(model, "decoder"):
-        raise OmnibyteError(f"the {model.arch} model has no fast decoder")
+        fast = device.type == "cuda"
     rows = max(1, min(batch_size, count_chunks(member_sizes, chunk_size)))
     return CodingSettings(device.type, dtype, chunk_size, rows, PRECISION, fast)
 
@@ -305,8 +292,6 @@ def check_compatible(header: Container, model: ByteModel, fingerprint: bytes | N
     if model.device.type != settings.device:
         raise OmnibyteError(f"the stream was made on {settings.device} ({settings.dtype}) and decodes only "
                             f"there; the model is on {model.device.type}")
-    if settings.fast and not hasattr(model, "decoder"):
-        raise OmnibyteError("the stream was made with a fast decoder this model does not have")
     if settings.chunk_size > model.max_seq_len:
         raise OmnibyteError("corrupted stream (chunk size exceeds the model's context)")
     chunks = count_chunks(header.member_sizes, settings.chunk_size)
@@ -362,156 +347,3 @@ def decompress(blob: bytes, model: ByteModel, **options) -> bytes:
     if len(members) != 1:
         raise OmnibyteError(f"the stream holds {len(members)} members; use decompress_members")
     return members[0]
-
-
-# ---- command line -----------------------------------------------------------------
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    compress_parser = subparsers.add_parser("compress", help="compress files losslessly with a model")
-    _add_common(compress_parser)
-    compress_parser.add_argument("--chunk-size", type=int, default=None,
-                                 help="bytes per independently coded chunk (default: 64 KiB or the model's context)")
-    compress_parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                                 help="chunks coded together as one batch (more is faster on a GPU)")
-    compress_parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA), float32, bfloat16, float16")
-    compress_parser.add_argument("--portable", action="store_true",
-                                 help="code on the CPU in float32, so any CPU machine can decode (slow)")
-    compress_parser.set_defaults(handler=run_compress)
-    decompress_parser = subparsers.add_parser("decompress", help="restore files made by omnibyte compress")
-    _add_common(decompress_parser)
-    decompress_parser.set_defaults(handler=run_decompress)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="input files; - reads stdin")
-    parser.add_argument("--model", required=True, type=Path, help="model directory")
-    parser.add_argument("-o", "--output", default=None,
-                        help="output file (- for stdout); a folder when there are several inputs")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda")
-    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-
-
-def _read_input(name: str) -> bytes:
-    if name == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(name).read_bytes()
-    except OSError as error:
-        raise OmnibyteError(f"cannot read {name}: {error.strerror or error}") from None
-
-
-def _output_for(name: str, args: argparse.Namespace, compressing: bool) -> str:
-    """Where the result for input ``name`` goes ('-' is stdout)."""
-    if args.output is not None and len(args.files) == 1:
-        return args.output
-    if name == "-":
-        if args.output is not None and args.output != "-":
-            return str(Path(args.output) / ("stdin" + (SUFFIX if compressing else "")))
-        return "-"
-    path = Path(name)
-    if compressing:
-        target = path.with_name(path.name + SUFFIX)
-    elif path.suffix == SUFFIX:
-        target = path.with_suffix("")
-    else:
-        raise OmnibyteError(f"{name} does not end in {SUFFIX}; name the output with -o")
-    if args.output is not None:
-        if args.output == "-":
-            raise OmnibyteError("several inputs cannot all go to stdout")
-        target = Path(args.output) / target.name
-    return str(target)
-
-
-def _write_output(target: str, data: bytes, args: argparse.Namespace, source: str) -> None:
-    from omnibyte.train.checkpoint import atomic_write_bytes
-
-    if target == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    path = Path(target)
-    if source != "-" and path.exists() and path.resolve() == Path(source).resolve():
-        raise OmnibyteError(f"output {target} would overwrite its input")
-    if path.exists() and not args.force:
-        raise OmnibyteError(f"{target} exists (use --force to overwrite)")
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as error:
-        raise OmnibyteError(f"cannot write {target}: {error.strerror or error}") from None
-
-
-def _progress_bar(args: argparse.Namespace, name: str, total: int, ratio_of: Callable[[int, int | None], str]):
-    """tqdm bar in KB/s with the running ratio; off for --quiet and when stderr is not a terminal."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False,
-               disable=True if args.quiet else None, file=sys.stderr)
-    done = 0
-
-    def update(step_bytes: int, bits: int | None) -> None:
-        nonlocal done
-        done += step_bytes
-        bar.update(step_bytes)
-        if not bar.disable:
-            bar.set_postfix_str(ratio_of(done, bits), refresh=False)
-
-    return bar, update
-
-
-def _load_model(args: argparse.Namespace, device: str) -> tuple[ByteModel, bytes]:
-    from omnibyte.devices import resolve_device
-    from omnibyte.train import checkpoint
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise OmnibyteError("this needs a CUDA GPU (streams made on cuda decode only on one; "
-                            "compress with --portable for CPU decoding)")
-    model = checkpoint.load_model(args.model, resolve_device(device))
-    return model, model_fingerprint(model)
-
-
-def _summary(args: argparse.Namespace, name: str, original: int, compressed: int, seconds: float) -> None:
-    if args.quiet:
-        return
-    ratio = original / compressed if compressed else float("inf")
-    bits = 8 * compressed / original if original else 0.0
-    print(f"{name}: {original:,} -> {compressed:,} bytes ({ratio:.2f}x, {bits:.3f} bits/byte) "
-          f"in {seconds:.1f} s ({original / 1024 / max(seconds, 1e-9):.1f} KB/s)", file=sys.stderr)
-
-
-def run_compress(args: argparse.Namespace) -> int:
-    device = "cpu" if args.portable else (args.device or "auto")
-    if args.portable and args.device not in (None, "cpu"):
-        raise OmnibyteError("--portable codes on the CPU; drop --device")
-    dtype = "float32" if args.portable else args.dtype
-    model, fingerprint = _load_model(args, device)
-    for name in args.files:
-        target = _output_for(name, args, compressing=True)
-        data = _read_input(name)
-        bar, update = _progress_bar(args, name, len(data),
-                                    lambda done, bits: f"ratio {8 * done / max(bits or 1, 1):.2f}x")
-        start = time.perf_counter()
-        with bar:
-            blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype,
-                            progress=update, fingerprint=fingerprint)
-        _write_output(target, blob, args, name)
-        _summary(args, name, len(data), len(blob), time.perf_counter() - start)
-    return 0
-
-
-def run_decompress(args: argparse.Namespace) -> int:
-    blobs = [(name, _read_input(name)) for name in args.files]
-    headers = [container.unpack(blob) for _, blob in blobs]  # reject bad streams before loading anything
-    devices = {header.settings.device for header in headers}
-    device = args.device or (devices.pop() if len(devices) == 1 else "auto")
-    model, fingerprint = _load_model(args, device)
-    for (name, blob), header in zip(blobs, headers):
-        target = _output_for(name, args, compressing=False)
-        ratio = f"ratio {header.original_size / max(len(blob), 1):.2f}x"
-        bar, update = _progress_bar(args, name, header.original_size, lambda done, bits: ratio)
-        start = time.perf_counter()
-        with bar:
-            data = decompress(blob, model, progress=update, fingerprint=fingerprint)
-        _write_output(target, data, args, name)
-        _summary(args, name, len(data), len(blob), time.perf_counter() - start)
-    return 0

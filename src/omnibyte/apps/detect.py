@@ -14,19 +14,15 @@ Evidence is gathered in order of strength:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import re
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from omnibyte.apps.signatures import FORMATS, FormatInfo, HeaderMatch, match_at
-from omnibyte.errors import OmnibyteError
 
 # Content kinds: recognised by analysis rather than by a signature.
 CONTENT_KINDS: dict[str, FormatInfo] = {info.kind: info for info in (
@@ -535,69 +531,3 @@ def detect(data: bytes, model=None) -> Detection:
 def extension_for(data: bytes) -> str:
     """File-name extension (with the dot) for ``data``'s detected kind; "" for no bytes."""
     return detect(data).extension
-
-
-# ---- command line ---------------------------------------------------------------------
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("detect", help="tell what kind of data files hold (and where kinds change)")
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    parser.add_argument("--json", action="store_true", help="print a JSON report")
-    parser.add_argument("--segments", action="store_true", help="split each file into segments of one kind")
-    parser.add_argument("--model", type=Path, default=None, help="model directory: add its surprisal as evidence")
-    parser.add_argument("--device", default="auto", help="device for --model: auto, cpu or cuda")
-    parser.set_defaults(handler=run_detect)
-
-
-def read_inputs(paths: list[Path]) -> list[bytes]:
-    """Every file's bytes; the first unreadable one ends the command with a one-line error."""
-    contents = []
-    for path in paths:
-        try:
-            contents.append(path.read_bytes())
-        except OSError as error:
-            raise OmnibyteError(f"cannot read {path}: {error.strerror or error}") from None
-    return contents
-
-
-def run_detect(args: argparse.Namespace) -> int:
-    from omnibyte.apps.segment import segment
-
-    contents = read_inputs(args.files)
-    model = None
-    if args.model is not None:
-        from omnibyte.devices import resolve_device
-        from omnibyte.train import checkpoint
-
-        model = checkpoint.load_model(args.model, resolve_device(args.device))
-    reports = []
-    for path, data in zip(args.files, contents):
-        report: dict[str, Any] = {"file": str(path), "detection": detect(data, model)}
-        if args.segments:
-            report["segments"] = segment(data, model)
-        reports.append(report)
-    if args.json:
-        print(json.dumps([{key: _jsonable(value) for key, value in report.items()} for report in reports], indent=2))
-    else:
-        _print_table(reports, sys.stdout)
-    return 0
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    return value.to_dict() if hasattr(value, "to_dict") else value
-
-
-def _print_table(reports: list[dict[str, Any]], out) -> None:
-    width = max(4, *(len(report["file"]) for report in reports))
-    print(f"{'file':<{width}}  {'kind':<7} {'conf':>5} {'size':>12}  evidence", file=out)
-    for report in reports:
-        found: Detection = report["detection"]
-        summary = found.summary()
-        summary = summary if len(summary) <= 70 else summary[:67] + "..."
-        print(f"{report['file']:<{width}}  {found.kind:<7} {found.confidence:>5.2f} {found.size:>12,}  {summary}",
-              file=out)
-        for piece in report.get("segments", []):
-            print(f"{'':<{width}}    {piece.start:>10,} .. {piece.end:<10,} {piece.kind:<7} {piece.confidence:.2f}",
-                  file=out)

@@ -27,22 +27,24 @@ class Batch:
     """Model inputs, next-byte targets and which targets count, all ``[B, T]``.
 
     ``doc_ids`` (evaluation batches only) is the corpus document index of each target,
-    -1 on padding, for per-document or per-file-type scores."""
+    -1 on padding, for per-document or per-file-type scores. ``labels`` is whatever a task
+    other than next-byte prediction learns from (e.g. one class id per row, ``[B]``); the
+    window samplers leave it empty."""
 
     tokens: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor
     doc_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch on ``device``."""
-        doc_ids = self.doc_ids
-        return Batch(
-            self.tokens.to(device, non_blocking=non_blocking),
-            self.targets.to(device, non_blocking=non_blocking),
-            self.mask.to(device, non_blocking=non_blocking),
-            None if doc_ids is None else doc_ids.to(device, non_blocking=non_blocking),
-        )
+
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device, non_blocking=non_blocking)
+
+        return Batch(move(self.tokens), move(self.targets), move(self.mask),
+                     move(self.doc_ids), move(self.labels))
 
     @property
     def num_targets(self) -> int:

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omnibyte.models.layers import fuse_legacy_projections
+from omnibyte.sampling import GumbelNoise, sample_next
 
 BOS = 256
 NUM_BYTES = 256
@@ -258,8 +259,6 @@ class ByteModel(nn.Module):
         fast: bool,
     ) -> Iterator[torch.Tensor]:
         """Yield the sampled byte of every row [B] (on the device), step by step."""
-        from omnibyte.sampling import sample_next
-
         if not prompts:
             raise ValueError("generate needs at least one prompt")
         if max_new_bytes < 0:
@@ -271,7 +270,7 @@ class ByteModel(nn.Module):
                 f"model's context of {self.max_seq_len - 1} bytes"
             )
         device = self.device
-        seeds = torch.tensor(row_seeds(seed, len(prompts)), dtype=torch.long, device=device)
+        noise = GumbelNoise(torch.tensor(row_seeds(seed, len(prompts)), dtype=torch.long, device=device))
         rows = np.full((len(prompts), longest + 1), BOS, dtype=np.int64)  # BOS, prompt, padding
         for row, prompt in enumerate(prompts):
             rows[row, 1 : len(prompt) + 1] = np.frombuffer(prompt, dtype=np.uint8)
@@ -282,7 +281,7 @@ class ByteModel(nn.Module):
             decoder = self.decoder(len(prompts), longest + max_new_bytes + 1, fast=fast)
             logits = decoder.prefill(tokens, [len(prompt) + 1 for prompt in prompts])
             for step in range(max_new_bytes):
-                next_bytes = sample_next(logits, temperature, top_k, top_p, seeds, step)
+                next_bytes = sample_next(logits, temperature, top_k, top_p, noise(step))
                 yield next_bytes
                 if step + 1 < max_new_bytes:
                     logits = decoder.step(next_bytes)

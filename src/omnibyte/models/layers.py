@@ -74,36 +74,48 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Precomputed cos/sin tables; ``apply`` rotates [B, H, T, D] at given positions."""
+    """Rotary position embedding in the rotate-half form, over [B, T, H, D] (positions on axis 1).
+
+    The tables hold cos and sin already repeated to the full head width, so a rotation is
+    ``x * cos + rotate_half(x) * sin``: a handful of element-wise kernels, which matters when a
+    decoding step is bound by how many kernels it launches."""
 
     def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
         super().__init__()
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq).repeat(1, 2)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def apply(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Rotate [B, H, T, D] at positions 0..T-1, or at ``positions`` [B, T] (per row)."""
+    def tables(self, length: int, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions 0..length-1 ([T, 1, D]) or for per-row ``positions`` [B, T]
+        ([B, T, 1, D], gathered on the device: no host sync while decoding)."""
         if positions is None:
-            length = x.shape[-2]
-            cos, sin = self.cos[:length], self.sin[:length]
-        else:  # per-row positions, gathered on the device: no host sync while decoding
-            positions = positions.clamp_max(self.cos.shape[0] - 1)  # padding may point past the table
-            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
-        x1, x2 = x.float().chunk(2, dim=-1)
-        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return rotated.to(x.dtype)
+            return self.cos[:length].unsqueeze(1), self.sin[:length].unsqueeze(1)
+        positions = positions.clamp_max(self.cos.shape[0] - 1)  # padding may point past the table
+        return self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), in float32."""
+        x = x.float()
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.addcmul(x * cos, torch.cat((-x2, x1), dim=-1), sin)
+
+    def apply(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate [B, T, H, D] at positions 0..T-1, or at ``positions`` [B, T] (per row)."""
+        return self.rotate(x, *self.tables(x.shape[1], positions)).to(x.dtype)
 
 
 class KVCache:
     """Preallocated keys/values of every layer of one stack, with a length per row.
 
-    ``keys``/``values`` are [L, B, H_kv, capacity + 1, D]: the extra last slot is a write-only
-    sink for positions that do not exist (the padding of a ragged prefill, rows that sit out a
-    step), so every write has a static shape and never touches a real slot. ``lengths`` [B]
-    (on the device) counts the tokens each row holds; nothing on the host is read while
-    decoding, so a step can be captured as a CUDA graph.
+    ``keys``/``values`` are [L, B, capacity + 1, H_kv, D] (positions before heads, as the
+    projections produce them, so a write is one ``index_copy_``). The extra last slot is a
+    write-only sink for positions that do not exist (the padding of a ragged prefill, rows that
+    sit out a step), so every write has a static shape and never touches a real slot.
+    ``lengths`` [B] (on the device) counts the tokens each row holds; nothing on the host is read
+    while decoding, so a step can be captured as a CUDA graph.
     """
 
     def __init__(
@@ -115,11 +127,13 @@ class KVCache:
         max_len: int | None = None,
     ):
         capacity = max_len or config.max_sequence_length
-        shape = (config.num_layers, batch_size, config.num_key_value_heads, capacity + 1, config.head_dim)
+        shape = (config.num_layers, batch_size, capacity + 1, config.num_key_value_heads, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.capacity = capacity
+        self.key_positions = torch.arange(capacity, device=device)
+        self.row_offsets = torch.arange(batch_size, device=device).unsqueeze(1) * (capacity + 1)
 
     @property
     def batch_size(self) -> int:
@@ -136,18 +150,19 @@ class KVCache:
     def prepare(self, valid: torch.Tensor, visible: int | None = None) -> "CacheWrite":
         """Where ``valid`` [B, T] new tokens go and what each of them may attend to; advances
         ``lengths`` by the valid tokens of every row. Valid tokens of a row must come first."""
-        batch, length = valid.shape
-        offsets = torch.cumsum(valid.long(), dim=1) - 1
-        positions = self.lengths.unsqueeze(1) + offsets.clamp_min(0)
+        if valid.shape[1] == 1:  # a decoding step: no running count needed
+            positions, added = self.lengths.unsqueeze(1), valid[:, 0].long()
+        else:
+            positions = self.lengths.unsqueeze(1) + (torch.cumsum(valid.long(), dim=1) - 1).clamp_min(0)
+            added = valid.sum(dim=1)
         slots = torch.where(valid, positions, self.capacity)  # invalid -> the sink slot
         visible = self.capacity if visible is None else min(visible, self.capacity)
-        key_positions = torch.arange(visible, device=valid.device)
-        allowed = key_positions.view(1, 1, -1) <= positions.unsqueeze(-1)  # [B, T, visible]
-        mask = torch.zeros(batch, 1, length, visible, dtype=self.keys.dtype, device=valid.device)
-        mask.masked_fill_(~allowed.unsqueeze(1), float("-inf"))
-        self.lengths.add_(valid.sum(dim=1))
-        rows = torch.arange(batch, device=valid.device).unsqueeze(1)
-        return CacheWrite(self, rows, slots, positions.clamp_max(self.capacity - 1), mask, visible)
+        allowed = self.key_positions[:visible].view(1, 1, -1) <= positions.unsqueeze(-1)  # [B, T, visible]
+        mask = torch.where(allowed, 0.0, float("-inf")).to(self.keys.dtype).unsqueeze(1)
+        write = CacheWrite(self, (self.row_offsets + slots).view(-1), positions.clamp_max(self.capacity - 1),
+                           mask, visible)
+        self.lengths.add_(added)
+        return write
 
     def nbytes(self) -> int:
         return self.keys.numel() * self.keys.element_size() * 2
@@ -155,23 +170,24 @@ class KVCache:
 
 @dataclasses.dataclass
 class CacheWrite:
-    """One cached call's plan, shared by every layer: the slot of each new token [B, T] (``rows``
-    [B, 1] indexes with it), its RoPE position, the additive attention mask [B, 1, T, visible]."""
+    """One cached call's plan, shared by every layer: each new token's slot in the flattened
+    (row, position) axis [B * T], its RoPE position [B, T], the additive attention mask
+    [B, 1, T, visible]."""
 
     cache: KVCache
-    rows: torch.Tensor
     slots: torch.Tensor
     positions: torch.Tensor
     mask: torch.Tensor
     visible: int
+    rotation: tuple[torch.Tensor, torch.Tensor] | None = None  # RoPE tables, gathered once per call
 
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this call's keys/values [B, H_kv, T, D]; return the layer's visible cache."""
+        """Write this call's keys/values [B, T, H_kv, D]; return the layer's visible cache as
+        [B, H_kv, visible, D] views."""
         cache_keys, cache_values = self.cache.keys[layer], self.cache.values[layer]
-        # advanced indices around a slice put their dims first: the target is [B, T, H_kv, D]
-        cache_keys[self.rows, :, self.slots] = keys.transpose(1, 2).to(cache_keys.dtype)
-        cache_values[self.rows, :, self.slots] = values.transpose(1, 2).to(cache_values.dtype)
-        return cache_keys[:, :, : self.visible], cache_values[:, :, : self.visible]
+        for cache, new in ((cache_keys, keys), (cache_values, values)):
+            cache.flatten(0, 1).index_copy_(0, self.slots, new.flatten(0, 1).to(cache.dtype))
+        return (cache_keys[:, : self.visible].transpose(1, 2), cache_values[:, : self.visible].transpose(1, 2))
 
 
 # every decoding call can have a new key length: keep cuDNN attention, which builds a plan per
@@ -182,10 +198,11 @@ VARIABLE_SHAPE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTE
 class Attention(nn.Module):
     """Causal grouped-query attention with RoPE and per-head RMS QK-norm.
 
-    q, k and v come from one fused projection. Without a cache it is plain causal attention
-    (training, scoring); with a ``CacheWrite`` the new keys/values are stored at each row's own
-    positions and the queries attend over the cache under the write's mask. Both paths, eager
-    or replayed as a CUDA graph, run this one method."""
+    q, k and v come from one fused projection, and the q and k heads are normalised and rotated
+    together as one tensor. Without a cache it is plain causal attention (training, scoring);
+    with a ``CacheWrite`` the new keys/values are stored at each row's own positions and the
+    queries attend over the cache under the write's mask. Both paths, eager or replayed as a
+    CUDA graph, run this one method."""
 
     def __init__(self, config: StackConfig):
         super().__init__()
@@ -194,8 +211,18 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_query_heads, config.num_key_value_heads
         self.qkv_proj = nn.Linear(d, (self.num_heads + 2 * self.num_kv_heads) * hd, bias=False)
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
-        self.q_norm = RMSNorm(hd, config.norm_eps) if config.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(hd, config.norm_eps) if config.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(hd, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(hd, config.norm_eps) if config.qk_norm else None
+
+    def _normalized_rotated_qk(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """q and k heads [B, T, H + H_kv, D], QK-normed (each with its own weight) and rotated,
+        in the projection's dtype."""
+        dtype = qk.dtype
+        if self.q_norm is not None:
+            weight = torch.cat((self.q_norm.weight.expand(self.num_heads, -1),
+                                self.k_norm.weight.expand(self.num_kv_heads, -1)))
+            qk = F.rms_norm(qk, (qk.shape[-1],), None, self.config.norm_eps) * weight
+        return RotaryEmbedding.rotate(qk, cos, sin).to(dtype)
 
     def forward(
         self,
@@ -206,13 +233,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         batch, length, _ = x.shape
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.config.head_dim
-        qkv = self.qkv_proj(x).view(batch, length, heads + 2 * kv_heads, head_dim).transpose(1, 2)
-        q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
-        positions = None if write is None else write.positions
-        q = rope.apply(self.q_norm(q), positions)
-        k = rope.apply(self.k_norm(k), positions)
+        qkv = self.qkv_proj(x).view(batch, length, heads + 2 * kv_heads, head_dim)
+        cos, sin = rope.tables(length) if write is None else write.rotation
+        qk = self._normalized_rotated_qk(qkv[:, :, : heads + kv_heads], cos, sin)
+        q, k, v = qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads :]
         if write is None:
-            out = self._attend(q, k, v, is_causal=True)
+            out = self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         else:
             keys, values = write.store(layer, k, v)
             with sdpa_kernel(VARIABLE_SHAPE_BACKENDS):
@@ -223,7 +249,7 @@ class Attention(nn.Module):
                     out = self._attend(folded, keys, values, mask=write.mask, grouped=False)
                     out = out.reshape(batch, heads, 1, head_dim)
                 else:
-                    out = self._attend(q, keys, values, mask=write.mask)
+                    out = self._attend(q.transpose(1, 2), keys, values, mask=write.mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
     def _attend(self, q, k, v, is_causal: bool = False, mask=None, grouped: bool | None = None) -> torch.Tensor:
@@ -292,6 +318,7 @@ class TransformerStack(nn.Module):
             if valid is None:
                 valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             write = cache.prepare(valid, visible)
+            write.rotation = self.rope.tables(x.shape[1], write.positions)
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, self.rope, use_reentrant=False)

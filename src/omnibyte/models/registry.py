@@ -37,7 +37,8 @@ def make_config(arch: str, preset: str = "tiny", **overrides: Any) -> BaseConfig
     presets = ARCHITECTURES[arch][1]
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {arch} (choose from {', '.join(presets)})")
-    return model_class.config_class.from_dict({**presets[preset], **overrides})
+    values = model_class.upgrade_config({**presets[preset], **overrides})
+    return model_class.config_class.from_dict(values)
 
 
 def build_model(arch: str = "flat", preset: str = "tiny", **overrides: Any) -> ByteModel:

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from omnibyte.fileio import atomic_write
+
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` (and TensorBoard if asked)."""
@@ -52,7 +54,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_loss_curve(metrics_path: Path, png_path: Path) -> Path:
-    """Train and validation bits/byte against step."""
+    """Train and validation bits/byte against step, written to ``png_path`` (returned)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,9 +74,7 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    tmp.replace(png_path)
-    return png_path
+    try:  # atomically: a crash mid-plot keeps the previous curve instead of a torn PNG
+        return atomic_write(png_path, lambda tmp: figure.savefig(tmp, format="png"))
+    finally:
+        plt.close(figure)

@@ -1,10 +1,15 @@
 """The training loop: AdamW, warmup + cosine, accumulation, clipping, bf16 autocast,
 validation with early stopping, atomic checkpoints and exact resume, single or multi-GPU
-(``torchrun``: DistributedDataParallel)."""
+(``torchrun``: DistributedDataParallel).
+
+The loop trains a ``Task`` (``omnibyte.tasks``), next-byte prediction unless told otherwise,
+and knows it only through the task interface: the loss, the validation sums and report, the
+task's own trainable modules, and where batches come from."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import time
@@ -15,10 +20,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from omnibyte.data import ByteCorpus, WindowSampler, iter_eval_windows
+from omnibyte.data import Batch, ByteCorpus
 from omnibyte.devices import autocast, resolve_device
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import BaseConfig, ByteModel
+from omnibyte.models.serialization import load_weights, save_model
+from omnibyte.tasks import NextByteTask, Task
 from omnibyte.train import checkpoint
 from omnibyte.train.metrics import MetricsLog, plot_loss_curve
 from omnibyte.train.schedule import learning_rate
@@ -64,29 +71,47 @@ class TrainConfig(BaseConfig):
 
 @dataclasses.dataclass
 class TrainResult:
+    """Where a run ended. The ``*_bits_per_byte`` names come from next-byte training: for
+    another task ``train_bits_per_byte`` is its last loss in bits and the ``val`` fields hold
+    its validation ``objective``; ``val_metrics`` is the task's whole last validation report."""
+
     step: int
     train_bits_per_byte: float | None
     val_bits_per_byte: float | None
     best_val_bits_per_byte: float | None
     stopped_early: bool
     out_dir: Path
+    val_metrics: dict[str, float] | None = None
 
 
-class LossModule(torch.nn.Module):
-    """``model.loss`` as a module's forward, so compile and DDP wrap the loss itself:
-    families with their own loss (bGPT's patch subset, chunked multiscale loss) train
-    through it."""
+class TaskLoss(torch.nn.Module):
+    """``task.loss(model, batch)`` as one module's forward, holding the model and the task's
+    own modules: compile and DDP wrap this module, so they see (and DDP all-reduces the
+    gradients of) everything that trains, and a family's own loss inside ``model.loss``
+    (bGPT's patch subset, chunked multiscale loss) is compiled with the rest."""
 
-    def __init__(self, model: ByteModel):
+    def __init__(self, model: ByteModel, task: Task):
         super().__init__()
         self.model = model
+        self.task_modules = torch.nn.ModuleDict(task.modules())
+        self.task = task  # not a Module: its trainable parts are registered just above
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(tokens, targets, mask)
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.task.loss(self.model, batch)
 
 
 class Trainer:
-    """Trains ``model`` on ``train_corpus``; everything it writes goes to ``out_dir``."""
+    """Trains ``model`` for ``task`` (default: next-byte prediction) on ``train_corpus``;
+    everything it writes goes to ``out_dir``.
+
+    The task decides what is learnt and from which batches: the training batches are
+    ``task.train_batches(train_corpus, seq_len, batch_size, seed).batch(index)``, the
+    validation batches ``task.eval_batches(val_corpus, seq_len, batch_size)``. A task whose
+    batches carry labels (``Batch.labels``) therefore brings its own batch source; the loop
+    itself never changes. ``task.modules()`` (a classification head) are optimised with the
+    model and saved in the trainer state; the task's ``to_dict()`` is recorded there too, and
+    resuming a run with another task is refused.
+    """
 
     def __init__(
         self,
@@ -95,21 +120,23 @@ class Trainer:
         config: TrainConfig,
         out_dir: str | Path,
         val_corpus: ByteCorpus | None = None,
+        task: Task | None = None,
         progress: bool = True,
     ):
         config.validate()
         self.config = config
         self.out_dir = Path(out_dir)
         self.model = model
+        self.task = task if task is not None else NextByteTask()
         self.rank, self.world_size, local_rank = _distributed_setup()
         self.device = resolve_device(config.device)
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
         if config.seq_len > model.max_seq_len:
             raise OmnibyteError(f"--seq-len {config.seq_len} exceeds the model's context of {model.max_seq_len}")
-        self.model.to(self.device)
+        self.loss_module = TaskLoss(model, self.task).to(self.device)  # the model and the task's modules
         self.train_corpus, self.val_corpus = train_corpus, val_corpus
-        self.sampler = WindowSampler(train_corpus, config.seq_len, config.batch_size, seed=config.seed)
+        self.sampler = self.task.train_batches(train_corpus, config.seq_len, config.batch_size, config.seed)
         self.optimizer = self._make_optimizer()
         self.step = 0
         self.best_val: float | None = None
@@ -123,27 +150,32 @@ class Trainer:
         return self.rank == 0
 
     def _make_optimizer(self) -> torch.optim.AdamW:
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        # The model's parameters come first, in their usual order, then the task's: optimizer
+        # state is saved by parameter index, so next-byte runs resume from older states.
+        parameters = list(self.loss_module.parameters())
+        decay = [p for p in parameters if p.dim() >= 2]
+        no_decay = [p for p in parameters if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=(self.config.beta1, self.config.beta2),
                                  fused=self.device.type == "cuda")
 
     def _wrap_model(self) -> torch.nn.Module:
-        model: torch.nn.Module = LossModule(self.model)
+        model: torch.nn.Module = self.loss_module
         if self.config.compile:
             model = torch.compile(model)
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=self.task.unused_parameters)
         return model
 
     # ---- checkpoints --------------------------------------------------------------
     def _trainer_state(self) -> dict:
         return {"step": self.step, "best_val": self.best_val,
                 "evals_without_improvement": self.evals_without_improvement,
-                "train_config": self.config.to_dict(), "world_size": self.world_size}
+                "train_config": self.config.to_dict(), "world_size": self.world_size,
+                "task": self.task.to_dict()}
 
     def save(self) -> None:
         if not self.is_main:
@@ -151,18 +183,35 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
-        checkpoint.save_trainer_state(self.out_dir, self.model, self.optimizer, self._trainer_state(), rng)
-        checkpoint.save_model(self.model, self.out_dir)
+        checkpoint.save_trainer_state(self.out_dir, self.model, self.optimizer, self._trainer_state(), rng,
+                                      task=self.task.name,
+                                      task_weights=self.loss_module.task_modules.state_dict())
+        save_model(self.model, self.out_dir, task=self.task.name)
+
+    def _load_task_tensors(self, weights: dict[str, torch.Tensor]) -> None:
+        try:
+            self.loss_module.task_modules.load_state_dict(weights)
+        except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+            detail = " ".join(str(error).split())
+            raise OmnibyteError(f"task state in {self.out_dir} does not fit task {self.task.name!r}: "
+                                f"{detail}") from None
 
     def resume(self) -> bool:
         """Restore the state in ``out_dir`` if there is one; True when resumed."""
         if not (self.out_dir / checkpoint.TRAINER_STATE_FILE).exists():
             return False
-        document, weights, optimizer_state, rng, state = checkpoint.load_trainer_state(self.out_dir)
+        saved = checkpoint.load_trainer_state(self.out_dir)
+        document, weights, optimizer_state, rng, state = (saved.document, saved.weights, saved.optimizer,
+                                                          saved.rng, saved.state)
         if document["arch"] != self.model.arch or document["config"] != self.model.config.to_dict():
             raise OmnibyteError(f"{self.out_dir} holds a different model ({document['arch']}); "
                                 "use another --out or the same model options")
-        checkpoint.load_weights(self.model, weights, self.out_dir / checkpoint.TRAINER_STATE_FILE)
+        saved_task = state.get("task", {"name": document.get("task", NextByteTask.name)})  # older: next-byte
+        if saved_task != self.task.to_dict():
+            raise OmnibyteError(f"{self.out_dir} was trained for task {_describe_task(saved_task)}, not "
+                                f"{_describe_task(self.task.to_dict())}; use another --out or the same task")
+        load_weights(self.model, weights, self.out_dir / checkpoint.TRAINER_STATE_FILE)
+        self._load_task_tensors(saved.task_weights)
         try:
             self.optimizer.load_state_dict(optimizer_state)
         except (ValueError, KeyError) as error:
@@ -184,42 +233,45 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         for micro in range(config.grad_accum):
             batch_index = (self.step * config.grad_accum + micro) * self.world_size + self.rank
-            batch = self.sampler.batch(batch_index)
-            tokens, targets, mask = (t.to(self.device, non_blocking=True)
-                                     for t in (batch.tokens, batch.targets, batch.mask))
+            batch = self.sampler.batch(batch_index).to(self.device, non_blocking=True)
             sync = micro == config.grad_accum - 1 or self.world_size == 1
             context = self.forward_model.no_sync() if not sync else contextlib.nullcontext()
             with context, autocast(self.device):
-                loss = self.forward_model(tokens, targets, mask)
+                loss = self.forward_model(batch)
                 (loss / config.grad_accum).backward()
             total_loss += loss.detach() / config.grad_accum
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.loss_module.parameters(), config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return float(total_loss)
 
     @torch.no_grad()
-    def validate(self) -> float | None:
-        """Bits per byte over (a fixed prefix of) the validation windows."""
+    def validation_metrics(self) -> dict[str, float] | None:
+        """The task's validation report over (a fixed prefix of) the validation batches;
+        None without validation data."""
         if self.val_corpus is None or self.val_corpus.num_bytes == 0:
             return None
-        self.model.eval()
-        total_bits, total_bytes, windows = 0.0, 0, 0
-        for batch in iter_eval_windows(self.val_corpus, self.config.seq_len, self.config.batch_size):
-            tokens, targets, mask = (t.to(self.device) for t in (batch.tokens, batch.targets, batch.mask))
+        self.loss_module.eval()
+        totals: dict[str, float] = {}
+        windows = 0
+        for batch in self.task.eval_batches(self.val_corpus, self.config.seq_len, self.config.batch_size):
+            batch = batch.to(self.device)
             with autocast(self.device):
-                logits = self.model(tokens)
-            losses = torch.nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-            total_bits += float((losses * mask.flatten()).sum()) / LN2
-            total_bytes += int(mask.sum())
-            windows += tokens.shape[0]
+                sums = self.task.metrics(self.model, batch)
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + value
+            windows += batch.tokens.shape[0]
             if self.config.eval_windows and windows >= self.config.eval_windows:
                 break
-        self.model.train()
-        return total_bits / max(total_bytes, 1)
+        self.loss_module.train()
+        return self.task.summarize(totals) if windows else None
+
+    def validate(self) -> float | None:
+        """The task's validation objective (next-byte: bits per byte); lower is better."""
+        report = self.validation_metrics()
+        return None if report is None else report[self.task.objective]
 
     # ---- the loop -----------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -234,13 +286,14 @@ class Trainer:
         if metrics:
             metrics.truncate_after(self.step)
             (self.out_dir / "train_config.json").write_text(config.to_json() + "\n")
-        self.model.train()
+        self.loss_module.train()
         bytes_per_step = config.batch_size * config.seq_len * config.grad_accum * self.world_size
         bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc="train")
         started = time.time()
         window_start, window_steps, loss_sum = time.time(), 0, 0.0
         last_loss = last_val = None
+        last_report: dict[str, float] | None = None
         stopped_early = False
         try:
             while self.step < config.steps:
@@ -262,8 +315,9 @@ class Trainer:
                     window_start, window_steps, loss_sum = time.time(), 0, 0.0
                 bar.update(1)
                 if config.eval_every and (self.step % config.eval_every == 0 or self.step == config.steps):
-                    last_val = self.validate()
-                    stopped_early = self._record_validation(last_val, metrics)
+                    last_report = self.validation_metrics()
+                    last_val = None if last_report is None else last_report[self.task.objective]
+                    stopped_early = self._record_validation(last_report, metrics)
                 if self.step % config.save_every == 0:
                     self.save()
                 for callback in self.callbacks:
@@ -284,18 +338,22 @@ class Trainer:
             metrics.close()
             if (self.out_dir / "metrics.jsonl").exists():
                 plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss_curve.png")
-        return TrainResult(self.step, last_loss, last_val, self.best_val, stopped_early, self.out_dir)
+        return TrainResult(self.step, last_loss, last_val, self.best_val, stopped_early, self.out_dir,
+                           last_report)
 
-    def _record_validation(self, val_bpb: float | None, metrics: MetricsLog | None) -> bool:
-        """Log a validation result, keep the best model; True when patience ran out."""
-        if val_bpb is None:
+    def _record_validation(self, report: dict[str, float] | None, metrics: MetricsLog | None) -> bool:
+        """Log a validation report (each entry as ``val_<key>``: next-byte logs
+        ``val_bits_per_byte``), keep the best model by the task's objective; True when
+        patience ran out."""
+        if report is None:
             return False
         if metrics:
-            metrics.log({"step": self.step, "val_bits_per_byte": val_bpb})
-        if self.best_val is None or val_bpb < self.best_val:
-            self.best_val, self.evals_without_improvement = val_bpb, 0
+            metrics.log({"step": self.step, **{f"val_{key}": value for key, value in report.items()}})
+        value = report[self.task.objective]
+        if self.best_val is None or value < self.best_val:
+            self.best_val, self.evals_without_improvement = value, 0
             if self.is_main:
-                checkpoint.save_model(self.model, self.out_dir / "best")
+                save_model(self.model, self.out_dir / "best", task=self.task.name)
             return False
         self.evals_without_improvement += 1
         return bool(self.config.patience) and self.evals_without_improvement >= self.config.patience
@@ -311,6 +369,13 @@ def _distributed_setup() -> tuple[int, int, int]:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _describe_task(description: dict) -> str:
+    """A task's name, with its options when it has any."""
+    options = {key: value for key, value in description.items() if key != "name"}
+    name = repr(description.get("name"))
+    return f"{name} {json.dumps(options, sort_keys=True)}" if options else name
 
 
 def _human(rate: float) -> str:

@@ -68,8 +68,26 @@ class PatchModel(MultiscaleModel):
 
     @classmethod
     def upgrade_config(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """omnibyte 0.1's flat bGPT config -> a two-stage multiscale config."""
-        if "stages" in values:
+        """bGPT's flat fields (omnibyte 0.1's config, or ``--set patch_size=8`` on a preset)
+        -> the two stages they describe; fields not given keep the stages' (or bGPT's) values."""
+        given = {name: values.pop(name) for name in _LEGACY_SHAPE_FIELDS if name in values}
+        if not given:
             return values
-        shape = {name: values.pop(name) for name in _LEGACY_SHAPE_FIELDS if name in values}
-        return {**values, "stages": bgpt_stages(**shape)}
+        shape = _shape_of(values["stages"]) if "stages" in values else {}
+        return {**values, "stages": bgpt_stages(**{**shape, **given})}
+
+
+def _shape_of(stages: list[Any]) -> dict[str, Any]:
+    """bGPT's flat fields of two stage dicts (or ``StageConfig``s)."""
+    patches, byte_stage = (stage if isinstance(stage, dict) else stage.to_dict() for stage in stages)
+    shape = {"patch_size": byte_stage["patch_size"],
+             "max_sequence_length": patches["patch_size"] * byte_stage["patch_size"]}
+    for prefix, stage in (("", patches), ("byte_", byte_stage)):
+        for name in ("hidden_size", "num_layers", "num_query_heads", "num_key_value_heads"):
+            if name in stage:
+                shape[prefix + name] = stage[name]
+        # a width that is only the default follows a new hidden_size, as in bGPT's own config
+        width = stage.get("intermediate_size", 0)
+        if width and width != default_intermediate_size(stage.get("hidden_size", 0) or 1):
+            shape[prefix + "intermediate_size"] = width
+    return shape

@@ -1,0 +1,48 @@
+"""``omnibyte info``: describe a saved model (architecture, size, context, training progress)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from omnibyte.cli.common import Subparsers, add_model_options, load_cli_model
+from omnibyte.models.base import ByteModel
+from omnibyte.models.serialization import read_config
+from omnibyte.train.checkpoint import TRAINER_STATE_FILE, load_trainer_state
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("info", help="describe a saved model")
+    add_model_options(parser)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=run)
+
+
+def model_summary(model: ByteModel) -> dict[str, Any]:
+    """Architecture, parameter count, context, training FLOPs per byte and the config."""
+    return {"arch": model.arch, "parameters": model.num_parameters(), "context": model.max_seq_len,
+            "flops_per_byte": model.flops_per_byte(model.max_seq_len), "config": model.config.to_dict()}
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = model_summary(load_cli_model(args, device="cpu"))  # describing needs no accelerator
+    summary["task"] = read_config(args.model)["task"]
+    if (args.model / TRAINER_STATE_FILE).exists():
+        summary["trained_steps"] = load_trainer_state(args.model).state["step"]
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"architecture  {summary['arch']}")
+    print(f"task          {summary['task']}")
+    print(f"parameters    {summary['parameters']:,}")
+    print(f"context       {summary['context']:,} bytes")
+    print(f"FLOPs/byte    {summary['flops_per_byte']:.3g} (training, at full context)")
+    if "trained_steps" in summary:
+        print(f"trained steps {summary['trained_steps']:,}")
+    for key, value in summary["config"].items():
+        print(f"  {key:<22}{value}")
