@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from omnibyte.data import ByteCorpus, Document
 from omnibyte.models import BOS
 
 
@@ -21,3 +22,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def fox_corpus() -> ByteCorpus:
+    """One small, very repetitive document: a model learns it within a few steps."""
+    return ByteCorpus([Document("fox.txt", b"the quick brown fox jumps over the lazy dog. " * 200)])

@@ -55,9 +55,9 @@ def test_padding_of_a_ragged_prefill_never_reaches_a_real_slot():
     decoder = model.decoder(2, 8)
     with torch.no_grad():
         decoder.prefill(tokens, [8, 2])  # row 1's six padding tokens go to the sink slot
-        before = decoder.cache.keys[:, 0, :8].clone()
+        before = decoder.cache.keys[:, 0, :, :8].clone()
         decoder.prefill(tokens, [0, 6])  # row 1 fills up to the capacity; row 0 takes nothing
-        torch.testing.assert_close(decoder.cache.keys[:, 0, :8], before, atol=0, rtol=0)
+        torch.testing.assert_close(decoder.cache.keys[:, 0, :, :8], before, atol=0, rtol=0)
         assert decoder.lengths.tolist() == [8, 8]
 
 

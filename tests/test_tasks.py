@@ -16,11 +16,7 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.tasks import TASKS, NextByteTask, Task, register_task, task_from_dict
 from omnibyte.train import checkpoint
 from omnibyte.train.trainer import TrainConfig, Trainer
-
-
-def text_corpus() -> ByteCorpus:
-    text = b"the quick brown fox jumps over the lazy dog. " * 200
-    return ByteCorpus([Document("fox.txt", text)])
+from helpers import fox_corpus
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -102,7 +98,7 @@ def test_a_classification_task_trains_through_the_trainer(tmp_path):
     model = build_model("flat", "tiny")
     task = AllEvenTask(model.hidden_size)
     initial_head = task.head.weight.detach().clone()
-    train, valid = text_corpus().split(0.1)
+    train, valid = fox_corpus().split(0.1)
     result = Trainer(model, train, small_config(), tmp_path, valid, task=task, progress=False).fit()
 
     records = read_records(tmp_path)
@@ -132,7 +128,7 @@ def run(out_dir, seed: int, resume: bool = False, crash: int | None = None) -> A
     torch.manual_seed(seed)
     model = build_model("flat", "tiny")
     task = AllEvenTask(model.hidden_size)
-    trainer = Trainer(model, text_corpus(), small_config(steps=17, eval_every=0, grad_accum=2),
+    trainer = Trainer(model, fox_corpus(), small_config(steps=17, eval_every=0, grad_accum=2),
                       out_dir, task=task, progress=False)
     if crash is not None:
         trainer.callbacks.append(crash_at(crash))
@@ -151,9 +147,9 @@ def test_the_task_head_is_saved_and_restored_on_resume(tmp_path):
 
 def test_resuming_with_another_task_is_refused(tmp_path):
     model = build_model("flat", "tiny")
-    Trainer(model, text_corpus(), small_config(steps=2, eval_every=0), tmp_path, progress=False).fit()
+    Trainer(model, fox_corpus(), small_config(steps=2, eval_every=0), tmp_path, progress=False).fit()
     other = AllEvenTask(model.hidden_size)
-    trainer = Trainer(build_model("flat", "tiny"), text_corpus(), small_config(steps=4, eval_every=0),
+    trainer = Trainer(build_model("flat", "tiny"), fox_corpus(), small_config(steps=4, eval_every=0),
                       tmp_path, task=other, progress=False)
     with pytest.raises(OmnibyteError, match="trained for task 'next-byte'") as error:
         trainer.fit(resume=True)
@@ -165,7 +161,7 @@ def test_resuming_with_another_task_is_refused(tmp_path):
 def test_next_byte_loss_is_the_model_loss():
     torch.manual_seed(0)
     model = build_model("flat", "tiny")
-    batch = WindowSampler(text_corpus(), 32, 4).batch(0)
+    batch = WindowSampler(fox_corpus(), 32, 4).batch(0)
     expected = model.loss(batch.tokens, batch.targets, batch.mask)
     torch.testing.assert_close(NextByteTask().loss(model, batch), expected, atol=0, rtol=0)
     assert NextByteTask().modules() == {}
@@ -174,7 +170,7 @@ def test_next_byte_loss_is_the_model_loss():
 def test_next_byte_validation_is_bits_per_byte_over_every_target(tmp_path):
     torch.manual_seed(0)
     model = build_model("flat", "tiny").eval()
-    train, valid = text_corpus().split(0.1)
+    train, valid = fox_corpus().split(0.1)
     total_nats, total_bytes = 0.0, 0
     with torch.no_grad():
         for batch in iter_eval_windows(valid, 32, 16):
@@ -192,7 +188,7 @@ def test_batches_carry_labels_to_the_device():
                   torch.ones(2, 3, dtype=torch.bool), labels=torch.tensor([0, 1]))
     moved = batch.to("cpu")
     assert torch.equal(moved.labels, batch.labels)
-    assert WindowSampler(text_corpus(), 8, 2).batch(0).labels is None
+    assert WindowSampler(fox_corpus(), 8, 2).batch(0).labels is None
 
 
 # ---- the registry -----------------------------------------------------------------------------

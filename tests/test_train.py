@@ -11,11 +11,7 @@ from omnibyte.data import ByteCorpus, Document
 from omnibyte.errors import OmnibyteError
 from omnibyte.train.schedule import learning_rate
 from omnibyte.train.trainer import TrainConfig, Trainer
-
-
-def repetitive_corpus() -> ByteCorpus:
-    text = b"the quick brown fox jumps over the lazy dog. " * 200
-    return ByteCorpus([Document("fox.txt", text)])
+from helpers import fox_corpus
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -34,7 +30,7 @@ def test_schedule_warms_up_then_decays_to_floor():
 def test_loss_falls_below_0_1_bits_per_byte_on_repetitive_text(tmp_path):
     torch.manual_seed(0)
     model = build_model("flat", "tiny")
-    train, valid = repetitive_corpus().split(0.1)
+    train, valid = fox_corpus().split(0.1)
     trainer = Trainer(model, train, small_config(steps=300, eval_every=100), tmp_path, valid, progress=False)
     result = trainer.fit()
     assert result.val_bits_per_byte < 0.1
@@ -57,7 +53,7 @@ def crash_at(step: int):
 
 
 def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path):
-    corpus = repetitive_corpus()
+    corpus = fox_corpus()
     config = small_config(steps=17, save_every=5, grad_accum=2)
 
     torch.manual_seed(0)
@@ -81,7 +77,7 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path):
 
 
 def test_new_run_refuses_to_overwrite_and_resume_refuses_other_model(tmp_path):
-    corpus = repetitive_corpus()
+    corpus = fox_corpus()
     Trainer(build_model("flat", "tiny"), corpus, small_config(steps=5), tmp_path, progress=False).fit()
     with pytest.raises(OmnibyteError, match="--resume"):
         Trainer(build_model("flat", "tiny"), corpus, small_config(steps=5), tmp_path, progress=False).fit()
@@ -91,7 +87,7 @@ def test_new_run_refuses_to_overwrite_and_resume_refuses_other_model(tmp_path):
 
 
 def test_run_records_its_task_and_resumes_states_saved_before_tasks(tmp_path):
-    corpus = repetitive_corpus()
+    corpus = fox_corpus()
     Trainer(build_model("flat", "tiny"), corpus, small_config(steps=5), tmp_path, progress=False).fit()
     path = tmp_path / "trainer_state.safetensors"
     with safe_open(str(path), framework="pt") as file:
@@ -110,7 +106,7 @@ def test_run_records_its_task_and_resumes_states_saved_before_tasks(tmp_path):
 
 
 def test_early_stopping_stops_when_validation_stalls(tmp_path):
-    corpus = repetitive_corpus()
+    corpus = fox_corpus()
     train, valid = corpus.split(0.1)
     config = small_config(steps=400, lr=0.0 + 1e-9, eval_every=2, patience=2)  # lr ~ 0: no progress
     result = Trainer(build_model("flat", "tiny"), train, config, tmp_path, valid, progress=False).fit()
@@ -119,7 +115,7 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
 
 def test_saved_model_reloads_with_identical_logits(tmp_path):
     model = build_model("flat", "tiny")
-    Trainer(model, repetitive_corpus(), small_config(steps=3), tmp_path, progress=False).fit()
+    Trainer(model, fox_corpus(), small_config(steps=3), tmp_path, progress=False).fit()
     loaded = load_model(tmp_path)
     tokens = torch.randint(0, 257, (2, 30))
     model.eval()

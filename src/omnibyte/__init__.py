@@ -8,7 +8,7 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.models import BOS, ByteModel, BytePredictor, ModelConfig, build_model, make_config
 from omnibyte.models.serialization import load_model, save_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BOS", "ByteModel", "BytePredictor", "ModelConfig", "OmnibyteError",
