@@ -1,6 +1,7 @@
 """Files written by omnibyte 0.1 (before the per-row decoder): run directories load and give the
 same logits; compressed streams are refused with a message naming the version."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +80,23 @@ def test_a_0_1_stream_is_refused_by_name():
     blob[4] = 1  # the version byte of omnibyte 0.1's streams
     with pytest.raises(OmnibyteError, match="version 1 was made by omnibyte 0.1"):
         decompress(bytes(blob), model)
+
+
+# ---- files really written by omnibyte 0.1 (commit 9aca142), kept in tests/fixtures/v0.1 ----------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v0.1"
+
+
+@pytest.mark.parametrize("name", ["flat", "patch", "multiscale"])
+def test_run_directories_written_by_0_1_load_with_their_logits(name):
+    expected = load_file(str(FIXTURES / "expected_logits.safetensors"))  # computed by 0.1 itself
+    model = load_model(FIXTURES / name)
+    assert model.arch == name
+    with torch.no_grad():
+        torch.testing.assert_close(model(expected["tokens"]), expected[name], atol=1e-5, rtol=1e-5)
+
+
+def test_a_stream_written_by_0_1_is_refused_by_name():
+    model = load_model(FIXTURES / "flat")
+    with pytest.raises(OmnibyteError, match="version 1 was made by omnibyte 0.1"):
+        decompress((FIXTURES / "flat.omb").read_bytes(), model)

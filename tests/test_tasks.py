@@ -13,7 +13,8 @@ from torch import nn
 from omnibyte import build_model
 from omnibyte.data import Batch, ByteCorpus, Document, WindowSampler, iter_eval_windows
 from omnibyte.errors import OmnibyteError
-from omnibyte.tasks import TASKS, NextByteTask, Task, register_task, task_from_dict
+from omnibyte.models.serialization import load_model
+from omnibyte.tasks import TASKS, NextByteTask, Task, load_task, register_task, task_from_dict
 from omnibyte.train import checkpoint
 from omnibyte.train.trainer import TrainConfig, Trainer
 from helpers import fox_corpus
@@ -110,6 +111,13 @@ def test_a_classification_task_trains_through_the_trainer(tmp_path):
     assert not torch.equal(task.head.weight.detach(), initial_head)
     state = checkpoint.load_trainer_state(tmp_path).state
     assert state["task"] == {"name": "test-all-even", "hidden_size": model.hidden_size}
+    # the exported model directory records the task and its head: a classifier can be reloaded
+    loaded_task, loaded_model = load_task(tmp_path), load_model(tmp_path)
+    assert isinstance(loaded_task, AllEvenTask) and loaded_task.hidden_size == model.hidden_size
+    torch.testing.assert_close(loaded_task.head.weight, task.head.weight.detach(), atol=0, rtol=0)
+    batch = next(iter(task.eval_batches(valid, 32, 4)))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_task.logits(loaded_model, batch), task.logits(model.eval(), batch))
 
 
 class Crash(Exception):

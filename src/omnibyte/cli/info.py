@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"architecture  {summary['arch']}")
-    print(f"task          {summary['task']}")
+    options = ", ".join(f"{key}={value}" for key, value in summary["task"].items() if key != "name")
+    print(f"task          {summary['task']['name']}" + (f" ({options})" if options else ""))
     print(f"parameters    {summary['parameters']:,}")
     print(f"context       {summary['context']:,} bytes")
     print(f"FLOPs/byte    {summary['flops_per_byte']:.3g} (training, at full context)")

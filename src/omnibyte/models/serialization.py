@@ -30,6 +30,7 @@ from omnibyte.models.registry import model_class_for
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TASK_WEIGHTS_FILE = "task.safetensors"
 DEFAULT_TASK = "next-byte"
 
 
@@ -59,25 +60,47 @@ def config_document(model: torch.nn.Module) -> dict[str, Any]:
     return {"format": FORMAT_VERSION, "arch": model.arch, "config": model.config.to_dict()}
 
 
-def saved_document(model: torch.nn.Module, task: str = DEFAULT_TASK) -> dict[str, Any]:
+def _task_document(task: str | dict[str, Any]) -> dict[str, Any]:
+    """A task as the files record it: ``{"name": ..., options...}`` (a bare name is accepted)."""
+    return {"name": task} if isinstance(task, str) else dict(task)
+
+
+def saved_document(model: torch.nn.Module, task: str | dict[str, Any] = DEFAULT_TASK) -> dict[str, Any]:
     """``config_document`` plus the task: what ``config.json`` and the weights' metadata hold."""
     document = config_document(model)
-    return {"format": document["format"], "arch": document["arch"], "task": task, "config": document["config"]}
+    return {"format": document["format"], "arch": document["arch"], "task": _task_document(task),
+            "config": document["config"]}
 
 
-def save_model(model: torch.nn.Module, directory: str | Path, task: str = DEFAULT_TASK) -> Path:
+def save_model(
+    model: torch.nn.Module,
+    directory: str | Path,
+    task: str | dict[str, Any] = DEFAULT_TASK,
+    task_weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory``; returns ``directory``.
 
-    The weights go first, so a crash in between leaves the previous config (which still
-    describes weights of the same shapes when a run is being re-saved) rather than a config
-    whose weights are missing.
+    ``task`` (a name, or a task's ``to_dict()``) is recorded in the config; the weights of the
+    task's own modules (a classification head), if any, go to ``task.safetensors``. The weights
+    go first, so a crash in between leaves the previous config (which still describes weights
+    of the same shapes when a run is being re-saved) rather than a config whose weights are
+    missing.
     """
     directory = Path(directory)
     document = saved_document(model, task)
-    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(
-        model_state(model), str(tmp), metadata={"omnibyte": json.dumps(document)}))
+    metadata = {"omnibyte": json.dumps(document)}
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(model_state(model), str(tmp), metadata=metadata))
+    if task_weights:
+        atomic_write(directory / TASK_WEIGHTS_FILE, lambda tmp: save_file(
+            contiguous_cpu(task_weights), str(tmp), metadata=metadata))
     atomic_write_bytes(directory / CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())
     return directory
+
+
+def read_task_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of the task's own modules saved with a model (none for next-byte)."""
+    path = Path(directory) / TASK_WEIGHTS_FILE
+    return read_safetensors(path) if path.exists() else {}
 
 
 def check_document(document: Any, source: Path) -> dict[str, Any]:
@@ -87,9 +110,11 @@ def check_document(document: Any, source: Path) -> dict[str, Any]:
     if document.get("format") != FORMAT_VERSION:
         raise OmnibyteError(f"{source}: unsupported model format {document.get('format')!r} "
                             f"(this version of omnibyte reads format {FORMAT_VERSION})")
-    task = document.setdefault("task", DEFAULT_TASK)  # written before tasks were recorded
-    if not isinstance(task, str) or not task:
-        raise OmnibyteError(f"{source}: 'task' must be a non-empty string, got {task!r}")
+    task = document.get("task", DEFAULT_TASK)  # written before tasks were recorded: next-byte
+    task = _task_document(task) if isinstance(task, (str, dict)) else task
+    if not isinstance(task, dict) or not isinstance(task.get("name"), str) or not task["name"]:
+        raise OmnibyteError(f"{source}: 'task' must be a task name or an object with a 'name', got {task!r}")
+    document["task"] = task
     return document
 
 

@@ -25,6 +25,8 @@ from torch import nn
 
 from omnibyte.data.corpus import ByteCorpus
 from omnibyte.data.sampler import Batch, WindowSampler, iter_eval_windows
+from omnibyte.errors import OmnibyteError
+from omnibyte.models.serialization import read_config, read_task_weights
 
 if TYPE_CHECKING:
     from omnibyte.models.base import ByteModel
@@ -122,3 +124,20 @@ def task_from_dict(values: dict[str, Any]) -> Task:
     if task_class is None:
         raise ValueError(f"unknown task {values['name']!r}; known tasks: {', '.join(sorted(TASKS))}")
     return task_class.from_dict(values)
+
+
+def load_task(directory) -> Task:
+    """The task a saved model was trained for, with the weights of its own modules restored."""
+    try:
+        task = task_from_dict(read_config(directory)["task"])
+    except ValueError as error:
+        raise OmnibyteError(f"{directory}: {error}") from None
+    modules = nn.ModuleDict(task.modules())
+    weights = read_task_weights(directory)
+    if weights or len(modules.state_dict()):
+        try:
+            modules.load_state_dict(weights)
+        except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+            raise OmnibyteError(f"{directory}: task weights do not fit task {task.name!r}: "
+                                f"{' '.join(str(error).split())[:200]}") from None
+    return task

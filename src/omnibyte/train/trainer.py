@@ -186,7 +186,12 @@ class Trainer:
         checkpoint.save_trainer_state(self.out_dir, self.model, self.optimizer, self._trainer_state(), rng,
                                       task=self.task.name,
                                       task_weights=self.loss_module.task_modules.state_dict())
-        save_model(self.model, self.out_dir, task=self.task.name)
+        self._save_model(self.out_dir)
+
+    def _save_model(self, directory: Path) -> None:
+        """The model with its task (and the task's own weights, if it has any)."""
+        save_model(self.model, directory, task=self.task.to_dict(),
+                   task_weights=self.loss_module.task_modules.state_dict())
 
     def _load_task_tensors(self, weights: dict[str, torch.Tensor]) -> None:
         try:
@@ -206,7 +211,7 @@ class Trainer:
         if document["arch"] != self.model.arch or document["config"] != self.model.config.to_dict():
             raise OmnibyteError(f"{self.out_dir} holds a different model ({document['arch']}); "
                                 "use another --out or the same model options")
-        saved_task = state.get("task", {"name": document.get("task", NextByteTask.name)})  # older: next-byte
+        saved_task = state.get("task", document["task"])  # states saved before tasks: next-byte
         if saved_task != self.task.to_dict():
             raise OmnibyteError(f"{self.out_dir} was trained for task {_describe_task(saved_task)}, not "
                                 f"{_describe_task(self.task.to_dict())}; use another --out or the same task")
@@ -353,7 +358,7 @@ class Trainer:
         if self.best_val is None or value < self.best_val:
             self.best_val, self.evals_without_improvement = value, 0
             if self.is_main:
-                save_model(self.model, self.out_dir / "best", task=self.task.name)
+                self._save_model(self.out_dir / "best")
             return False
         self.evals_without_improvement += 1
         return bool(self.config.patience) and self.evals_without_improvement >= self.config.patience
