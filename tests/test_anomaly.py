@@ -170,11 +170,35 @@ def test_cli_prints_regions_and_writes_the_plot(trained, tmp_path, capsys, monke
     with Image.open(plot) as image:
         assert image.format == "PNG"
 
-    monkeypatch.chdir(tmp_path)  # default plot path: FILE's name in the current folder
+    monkeypatch.chdir(tmp_path)  # without --plot, no PNG anywhere
+    before = sorted(tmp_path.iterdir())
     assert main(["anomaly", str(target), "--model", str(root / "model"), "--device", "cpu", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["bytes"] == 3270 and report["regions"][0]["offset"] == offset
-    assert (tmp_path / "fox_corrupt.txt.anomaly.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["bytes"] == 3270 and report["regions"][0]["offset"] == offset and report["plot"] is None
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_cli_plot_overwrites_only_with_force(trained, tmp_path, capsys):
+    _, root = trained
+    target = tmp_path / "fox_corrupt.txt"
+    target.write_bytes(corrupted_text())
+    plot = tmp_path / "old.png"
+    plot.write_bytes(b"keep")
+    args = ["anomaly", str(target), "--model", str(root / "model"), "--device", "cpu", "--plot", str(plot)]
+    assert main(args) == 2
+    assert "exists (use --force to overwrite)" in capsys.readouterr().err and plot.read_bytes() == b"keep"
+    assert main([*args, "--force"]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_reads_stdin(trained, capsys, monkeypatch):
+    import io
+
+    _, root = trained
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(corrupted_text())))
+    assert main(["anomaly", "-", "--model", str(root / "model"), "--device", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["file"] == "stdin" and report["bytes"] == 3270
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -87,6 +87,7 @@ def test_generate_several_prompts_and_samples_write_numbered_files(trained, tmp_
     assert capsys.readouterr().err.count("wrote 12 bytes") == 6
 
     # same seed, same samples
+    (tmp_path / "again").mkdir()
     again = tmp_path / "again" / "batch.bin"
     assert generate(out, "--prompt", "hello", "--prompt-file", str(tmp_path / "prompt.bin"), "--prompt", "",
                     "--num-samples", "2", "--seed", "7", "-o", str(again)) == 0
@@ -171,16 +172,217 @@ def test_invalid_config_and_options(tmp_path):
                           "context")
 
 
-def test_demo_trains_reports_and_samples(tmp_path, capsys):
-    assert main(["demo", "--minutes", "0.05", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
-    output = capsys.readouterr().out
-    assert "held-out bits/byte" in output and "sample" in output
-    assert (tmp_path / "demo" / "model.safetensors").exists()
-
-
 def test_ci_runs_the_readme_test_command():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     command = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert command in (root / "README.md").read_text()
+
+
+# ---- the first hour: conventions --------------------------------------------------------
+
+def subcommand_parsers():
+    """(name, parser) of every subcommand."""
+    import argparse
+
+    from omnibyte.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, list(action.choices.items())
+
+
+def test_version(capsys):
+    import omnibyte
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"omnibyte {omnibyte.__version__}"
+
+
+def test_every_option_of_every_command_has_help_text():
+    parser, commands = subcommand_parsers()
+    missing = [f"omnibyte {name} {' '.join(action.option_strings) or action.dest}"
+               for name, sub in [("", parser), *commands] for action in sub._actions
+               if not (action.help or "").strip()]
+    assert not missing, missing
+    assert {name for name, _ in commands} >= {"train", "eval", "generate", "info", "demo", "detect", "anomaly"}
+
+
+def test_help_shows_defaults(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--steps N optimizer steps in all" in text and "(default: 1000)" in text and "(default: 0.05)" in text
+    assert main(["generate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 256)" in text and "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_an_option_name_means_one_thing_in_every_command():
+    """--batch-size, --context and --max-bytes: the commands that have them share their help text."""
+    from omnibyte.cli.common import BATCH_SIZE_HELP, CONTEXT_HELP
+
+    _, commands = subcommand_parsers()
+    helps: dict[str, dict[str, str]] = {}
+    for name, sub in commands:
+        for action in sub._actions:
+            for option in action.option_strings:
+                helps.setdefault(option, {})[name] = action.help or ""
+    assert all(text.startswith(BATCH_SIZE_HELP) for command, text in helps["--batch-size"].items()
+               if command not in ("compress", "decompress")), helps["--batch-size"]  # compress: other owner
+    assert set(helps["--context"].values()) == {CONTEXT_HELP}
+    assert set(helps["--max-bytes"]) == {"generate"}
+
+
+def test_unknown_and_missing_devices_are_one_line(trained, tmp_path):
+    _, out = trained
+    assert_one_line_error(run_cli("info", "--model", str(out), "--device", "cpu"))  # info has no --device
+    assert_one_line_error(run_cli("eval", "--model", str(out), str(tmp_path), "--device", "mps"), "mps")
+    assert_one_line_error(run_cli("generate", "--model", str(out), "--device", "tpu"), "tpu")
+
+
+def test_load_cli_model_refuses_devices_torch_knows_but_omnibyte_does_not(trained):
+    import argparse
+
+    from omnibyte.cli.common import load_cli_model
+    from omnibyte.errors import OmnibyteError
+
+    _, out = trained
+    with pytest.raises(OmnibyteError, match="unknown device 'meta'"):
+        load_cli_model(argparse.Namespace(model=out, device="meta"))
+
+
+def test_only_rank_zero_prints(trained, capsys, monkeypatch):
+    _, out = trained
+    monkeypatch.setenv("RANK", "1")
+    assert main(["info", "--model", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["info", "--model", str(out)]) == 0
+    assert "architecture" in capsys.readouterr().out
+
+
+def test_eval_per_file_adds_a_row_per_file(trained, capsys):
+    root, out = trained
+    assert main(["eval", "--model", str(out), str(root / "data"), "--device", "cpu"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["eval", "--model", str(out), str(root / "data"), "--device", "cpu", "--per-file"]) == 0
+    per_file = capsys.readouterr().out
+    assert "a.txt" not in plain and "a.txt" in per_file and "b.py" in per_file
+    assert main(["eval", "--model", str(out), str(root / "data"), "--device", "cpu", "--json", "--per-file"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["by_file"]) == 2
+
+
+def test_eval_context_longer_than_the_model_is_refused(trained, capsys):
+    root, out = trained
+    assert main(["eval", "--model", str(out), str(root / "data"), "--device", "cpu", "--context", "100000"]) == 2
+    assert "exceeds the model's context" in capsys.readouterr().err
+
+
+def test_training_shows_validation_and_info_the_saved_step(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_bytes(TEXT)
+    (tmp_path / "data" / "b.txt").write_bytes(TEXT[::-1])
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "data"), "--seq-len", "32", "--batch-size", "2", "--steps", "4",
+                 "--eval-every", "2", "--eval-windows", "2", "--out", str(out), "--device", "cpu",
+                 "--no-progress", "--val-fraction", "0.3"]) == 0
+    output = capsys.readouterr().out
+    assert "step 2: validation" in output and "step 4: validation" in output and "bits/byte" in output
+    assert main(["info", "--model", str(out)]) == 0
+    assert "saved model   from step" in capsys.readouterr().out
+
+
+def test_resuming_a_finished_run_says_so_in_one_line(trained, capsys):
+    root, out = trained
+    steps = json.loads(subprocess.run([sys.executable, "-m", "omnibyte.cli", "info", "--model", str(out), "--json"],
+                                      capture_output=True, text=True, check=True).stdout)["trained_steps"]
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["train", str(root / "data"), "--out", str(out), "--resume", "--steps", str(steps),
+                 "--no-progress", "--val-fraction", "0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines() == [captured.out.strip()] and "already finished" in captured.out
+    assert captured.err == "" and (out / "model.safetensors").read_bytes() == before
+
+
+# ---- the demo -------------------------------------------------------------------------------
+
+def test_demo_trains_reports_and_samples(tmp_path, capsys):
+    assert main(["demo", "--steps", "3", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    output = capsys.readouterr().out
+    assert "held-out bits/byte" in output and "sample" in output and "trained 3 steps" in output
+    assert (tmp_path / "demo" / "model.safetensors").exists()
+    # an earlier demo's folder is replaced ...
+    assert main(["demo", "--steps", "1", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    assert "trained 1 steps" in capsys.readouterr().out
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["demo", "--steps", "1", "--out", str(mine), "--device", "cpu"]) == 2
+    assert "not an earlier demo run" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # a user's file put into a demo's folder keeps it from being replaced
+    from omnibyte.cli.demo import MARKER
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    for name in (MARKER, "config.json", "model.safetensors", "notes.txt"):
+        (demo / name).write_text("keep")
+    assert main(["demo", "--steps", "1", "--out", str(demo), "--device", "cpu"]) == 2
+    assert "notes.txt" in capsys.readouterr().err and (demo / "notes.txt").read_text() == "keep"
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "file"), "--device", "cpu"]) == 2
+
+
+def test_commands_say_when_a_run_folder_holds_its_best_model_not_its_last(trained, tmp_path, capsys):
+    import shutil
+
+    _, out = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    document = json.loads((run / "config.json").read_text())
+    last = json.loads(subprocess.run([sys.executable, "-m", "omnibyte.cli", "info", "--model", str(run), "--json"],
+                                     capture_output=True, text=True, check=True).stdout)["trained_steps"]
+    document["step"] = last - 1  # as if validation had chosen an earlier model
+    (run / "config.json").write_text(json.dumps(document))
+    assert main(["generate", "--model", str(run), "--device", "cpu", "--max-bytes", "4", "--seed", "0",
+                 "-o", str(tmp_path / "sample.bin")]) == 0
+    assert f"using the best model by validation, from step {last - 1} of {last}" in capsys.readouterr().err
+    assert main(["info", "--model", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert f"from step {last - 1} (the best by validation)" in captured.out and captured.err == ""
+    # an error stays one line: the note is only said when the command succeeds
+    assert main(["generate", "--model", str(run), "--device", "cpu", "--max-bytes", "5000"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_sigterm_during_training_saves_and_exits_143(tmp_path):
+    import signal
+    import time
+
+    (tmp_path / "d.txt").write_bytes(TEXT)
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "omnibyte.cli", "train", str(tmp_path / "d.txt"), "--out", str(out),
+                                "--steps", "100000", "--seq-len", "32", "--batch-size", "2", "--log-every", "1",
+                                "--no-progress", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM" in stdout and "Traceback" not in stderr
+    assert (out / "trainer_state.safetensors").exists()
+
+
+def test_save_every_zero_saves_only_at_the_end_and_resumes(tmp_path):
+    (tmp_path / "d.txt").write_bytes(TEXT)
+    args = ["train", str(tmp_path / "d.txt"), "--out", str(tmp_path / "run"), "--seq-len", "32", "--batch-size", "2",
+            "--save-every", "0", "--no-progress", "--device", "cpu", "--val-fraction", "0"]
+    assert main([*args, "--steps", "2"]) == 0
+    assert main([*args, "--steps", "3", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 3

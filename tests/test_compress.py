@@ -1,8 +1,13 @@
-"""omnibyte compress/decompress: exact round trips, the container's checks, the CLI."""
+"""omnibyte compress/decompress: exact round trips, bounded expansion (raw chunks), the
+container's checks (crafted headers, decoder failures, modes the encoder never produces), the CLI."""
+import dataclasses
 import gzip
 import os
+import struct
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,7 @@ from omnibyte.apps import compress as codec
 from omnibyte.apps import container
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
-from omnibyte.models import ARCHITECTURES, build_model
+from omnibyte.models import ARCHITECTURES, BOS, build_model
 from omnibyte.scoring import score_bytes
 from omnibyte.models.serialization import save_model
 from helpers import one_thread  # noqa: F401 (a fixture)
@@ -41,6 +46,40 @@ def tiny(arch: str = "flat", seed: int = 0, sharpen: float = 1.0):
 @pytest.fixture(scope="module")
 def model():
     return tiny(sharpen=30.0)
+
+
+def text(size: int, seed: int = 0) -> bytes:
+    """English-like lines from a small vocabulary: data a briefly trained model knows well."""
+    rng = np.random.default_rng(seed)
+    words = b"the quick brown fox jumps over lazy dog and cat runs far away from home".split()
+    out = bytearray()
+    while len(out) < size:
+        out += b" ".join(words[i] for i in rng.integers(0, len(words), 8)) + b".\n"
+    return bytes(out[:size])
+
+
+def train_briefly(model, data: bytes, steps: int = 120, window: int = 64, seed: int = 0):
+    """A few Adam steps on random windows of ``data``: enough for ``text`` to cost ~1 bit/byte."""
+    torch.manual_seed(seed)
+    tokens = torch.tensor(list(data))
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(tokens) - window, (16,), generator=generator)
+        targets = torch.stack([tokens[start : start + window] for start in starts])
+        inputs = torch.cat([torch.full((16, 1), BOS), targets[:, :-1]], dim=1)
+        loss = model.loss(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    torch.manual_seed(0)
+    return train_briefly(build_model("flat", "tiny"), text(20_000, seed=1))
 
 
 def roundtrip(model, data: bytes, **options) -> bytes:
@@ -121,19 +160,21 @@ def test_roundtrip_real_files_of_every_kind(model):
     roundtrip(model, wav, chunk_size=100, batch_size=5)
 
 
-def test_compressed_size_matches_model_cross_entropy():
-    model = tiny(sharpen=8.0)  # about 9 bits/byte here, with no probability below 2**-24
-    data = (b"static int foo(struct bar *b)\n{\n\treturn b->x + 1;\n}\n" * 12)[:600]
-    chunk_size = 200
-    blob = roundtrip(model, data, chunk_size=chunk_size, batch_size=2)
+def test_compressed_size_matches_model_cross_entropy(text_model):
+    data = text(3000, seed=5)
+    chunk_size = 256
+    blob = roundtrip(text_model, data, chunk_size=chunk_size, batch_size=4)
     header = container.unpack(blob)
+    assert not header.raw_flags().any() and header.raw_data == b""  # model-friendly: every chunk coded
     payload_bits = 8 * sum(len(s) for s in header.streams)
-    model_bits = sum(-score_bytes(model, data[i : i + chunk_size]).log2_probs.sum()
+    model_bits = sum(-score_bytes(text_model, data[i : i + chunk_size]).log2_probs.sum()
                      for i in range(0, len(data), chunk_size))
-    assert abs(model_bits / len(data) - 8) > 0.5  # the size follows the model, not a uniform guess
+    assert model_bits / len(data) < 3  # the size follows the model, not a uniform guess
     # range coding costs at most a few words per stream beyond the model's bits
     assert model_bits - 8 < payload_bits < model_bits + 64 * len(header.streams) + 0.002 * model_bits
-    assert len(blob) - sum(len(s) for s in header.streams) < 80  # header + trailer
+    # header + trailer + one bit per chunk
+    assert len(blob) - sum(len(s) for s in header.streams) < 80
+    assert len(data) / len(blob) > 3
 
 
 def test_quantized_frequencies_are_exact_and_leave_no_byte_at_zero():
@@ -145,6 +186,122 @@ def test_quantized_frequencies_are_exact_and_leave_no_byte_at_zero():
     probs = torch.softmax(logits.double(), -1)
     coded = (weights.double() + 1) / 2**codec.PRECISION
     assert ((coded - probs).abs() <= 300 / 2**codec.PRECISION).all()
+
+
+# ---- bounded expansion: raw chunks ---------------------------------------------------
+
+def documented_bound(size: int, chunk_size: int, batch_size: int) -> int:
+    """docs/compression.md: one member of n < 2**35 bytes grows by at most
+    68 bytes + 5 bytes per group + 1 bit per chunk."""
+    chunks = -(-size // chunk_size)
+    groups = -(-chunks // max(1, min(batch_size, chunks))) if chunks else 0
+    return size + 68 + 5 * groups + -(-chunks // 8)
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 257, 1500])
+@pytest.mark.parametrize("chunk_size, batch_size", [(32, 4), (100, 64), (512, 2)])
+def test_random_bytes_grow_by_at_most_the_documented_bound(text_model, size, chunk_size, batch_size):
+    data = np.random.default_rng(size + chunk_size).bytes(size)  # what no model can compress
+    blob = roundtrip(text_model, data, chunk_size=chunk_size, batch_size=batch_size)
+    assert len(blob) <= codec.max_compressed_size([size], chunk_size, batch_size)
+    assert len(blob) <= documented_bound(size, chunk_size, batch_size)
+    header = container.unpack(blob)
+    assert header.raw_flags().all() and header.raw_data == data and not any(header.streams)
+
+
+@pytest.mark.parametrize("size", [1, 70, 300])
+def test_batches_of_one_row_never_expand_either(text_model, size):
+    data = np.random.default_rng(size).bytes(size)
+    blob = roundtrip(text_model, data, chunk_size=32, batch_size=1)
+    assert len(blob) <= documented_bound(size, 32, 1)
+
+
+def test_an_untrained_model_never_expands_either(model):
+    """The sharpened random model codes most bytes at far more than 8 bits: all raw."""
+    data = text(2000)
+    blob = roundtrip(model, data, chunk_size=CHUNK, batch_size=8)
+    assert len(blob) <= documented_bound(len(data), CHUNK, 8)
+
+
+def test_bound_holds_for_several_members(text_model):
+    members = [np.random.default_rng(i).bytes(size) for i, size in enumerate([0, 5, 300, 64, 1])]
+    blob = codec.compress_members(members, text_model, chunk_size=64, batch_size=3)
+    assert codec.decompress_members(blob, text_model) == members
+    assert len(blob) <= codec.max_compressed_size([len(m) for m in members], 64, 3)
+
+
+def test_mixed_raw_and_coded_chunks_in_one_group_round_trip(text_model):
+    chunk = 128
+    noise = np.random.default_rng(7).bytes(10 * chunk)
+    friendly = text(10 * chunk, seed=9)
+    # alternating chunks, a last short text chunk: raw rows longer than the last coded row
+    data = b"".join(friendly[i * chunk : (i + 1) * chunk] + noise[i * chunk : (i + 1) * chunk] for i in range(5))
+    data += friendly[-40:]
+    for batch_size in (3, 16):  # 16: every chunk in one group
+        blob = roundtrip(text_model, data, chunk_size=chunk, batch_size=batch_size)
+        header = container.unpack(blob)
+        assert header.raw_flags().tolist() == [False, True] * 5 + [False]
+        assert header.raw_data == b"".join(noise[i * chunk : (i + 1) * chunk] for i in range(5))
+        assert len(blob) < 0.7 * len(data)  # the text chunks still compress
+    members = [friendly[:300], noise[:200], b"", friendly[300:333] + noise[:50]]
+    blob = codec.compress_members(members, text_model, chunk_size=64, batch_size=5)
+    assert codec.decompress_members(blob, text_model) == members
+    assert 0 < container.unpack(blob).raw_flags().sum() < container.unpack(blob).num_chunks
+
+
+def test_all_raw_streams_decode_without_running_the_model(text_model, monkeypatch):
+    data = np.random.default_rng(0).bytes(500)
+    blob = codec.compress(data, text_model, chunk_size=64, batch_size=4)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran for raw chunks")
+
+    monkeypatch.setattr(text_model, "decoder", no_model)
+    assert codec.decompress(blob, text_model) == data
+
+
+def test_interval_coding_writes_what_frequency_coding_writes():
+    """The encoder codes each byte with its own (left, frequency) interval; the decoder uses
+    the full 256-byte frequencies. Both must give the same bits."""
+    import constriction
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3000, 256, generator=generator) * torch.tensor([0.01, 1.0, 20.0, 1000.0]).repeat(750)[:, None]
+    weights = codec.quantized_frequencies(logits)
+    symbols = torch.randint(0, 256, (3000,), generator=generator)
+    symbols[::3] = weights[::3].argmax(-1)
+    symbols[1::11], symbols[2::13] = 0, 255
+    left, frequency = codec._intervals(weights, symbols)
+    stream = codec._encode(left.numpy(), frequency.numpy())
+    direct = constriction.stream.queue.RangeEncoder()
+    direct.encode(symbols.numpy().astype(np.int32), codec._family(), weights.numpy())
+    assert stream == direct.get_compressed().astype("<u4").tobytes()
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, "<u4").astype(np.uint32))
+    assert np.array_equal(decoder.decode(codec._family(), weights.numpy()), symbols.numpy())
+
+
+# ---- version 2 streams (omnibyte 0.2.0) -----------------------------------------------------
+
+V2_FIXTURE = Path(__file__).parent / "fixtures" / "v0.2" / "flat-members.omb"  # written by 0.2.0 (d136b21)
+
+
+def test_a_version_2_stream_still_decodes():
+    from omnibyte.models.serialization import load_model
+
+    model = load_model(Path(__file__).parent / "fixtures" / "v0.1" / "flat")
+    blob = V2_FIXTURE.read_bytes()
+    header = container.unpack(blob)
+    assert header.version == 2 and not header.raw_flags().any()
+    assert codec.decompress_members(blob, model) == [
+        b"The quick brown fox jumps over the lazy dog. " * 3, bytes(range(0, 256, 5)), b""]
+    damaged = bytearray(blob)
+    damaged[-9] ^= 1
+    with pytest.raises(OmnibyteError, match="payload checksum"):
+        codec.decompress_members(bytes(damaged), model)
+
+
+def test_new_streams_are_version_3(blob):
+    assert blob[4] == container.VERSION == 3
 
 
 # ---- rejected streams -------------------------------------------------------------
@@ -173,6 +330,156 @@ def repack(blob: bytes, **changes) -> bytes:
 def test_damaged_streams_are_rejected(model, blob, mangle, message):
     with pytest.raises(OmnibyteError, match=message):
         codec.decompress(mangle(blob), model)
+
+
+def varint(value: int) -> bytes:
+    return container.varint(value)
+
+
+def craft(*, version=3, fingerprint=bytes(16), device=0, dtype=0, precision=24, flags=0, chunk_size=32,
+          batch_size=1, original_size=None, digest=bytes(8), members=(10,), streams=(bytes(4),),
+          member_count=None, stream_count=None, stream_sizes=None, bitmap=None, payload=None) -> bytes:
+    """A container with any field values, written field by field (not through ``container.pack``)
+    and with both checksums recomputed, as a hostile file would be."""
+    header = bytearray(container.MAGIC) + bytes([version])
+    original = sum(members) if original_size is None else original_size
+    header += struct.pack("<16sBBBBIIQ8s", fingerprint, device, dtype, precision, flags, chunk_size,
+                          batch_size, original, digest)
+    header += varint(len(members) if member_count is None else member_count) + b"".join(map(varint, members))
+    sizes = [len(stream) for stream in streams] if stream_sizes is None else stream_sizes
+    header += varint(len(sizes) if stream_count is None else stream_count) + b"".join(map(varint, sizes))
+    if version >= 3:
+        chunks = sum(-(-m // chunk_size) for m in members) if chunk_size else 0
+        header += bytes(-(-chunks // 8)) if bitmap is None else bitmap
+    header += struct.pack("<I", zlib.crc32(header))
+    payload = b"".join(streams) if payload is None else payload
+    return bytes(header) + payload + struct.pack("<I", zlib.crc32(payload))
+
+
+HUGE = 2**62
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(batch_size=2**32 - 1), "batch_size = 4,294,967,295"),
+    (dict(batch_size=2**16 + 1), "batch_size = 65,537"),
+    (dict(members=(40,), batch_size=3), "batch_size = 3 exceeds the 2 chunks"),
+    (dict(members=(), member_count=HUGE), "member table lists"),
+    (dict(stream_count=HUGE, streams=()), "stream table lists"),
+    (dict(stream_sizes=[HUGE], streams=(), payload=bytes(4)), "header promises"),
+    (dict(members=(HUGE,), chunk_size=1, bitmap=b""), "header ends early"),  # a bitmap of 2**62 bits
+    (dict(members=(HUGE,), chunk_size=2**32 - 1, bitmap=b""), "header ends early"),
+    (dict(members=(2**40,), chunk_size=2**32 - 1, batch_size=257), "claims 1,099,511,627,776 coded bytes"),
+    (dict(members=(2**20,) * 40, chunk_size=2**20, batch_size=40), "coded streams hold at most"),
+    (dict(original_size=11), "original_size = 11"),
+    (dict(members=(10, 30), streams=(bytes(4),)), "disagree"),
+    (dict(streams=(bytes(3),)), "32-bit words"),
+    (dict(bitmap=b"\x02"), "past the last chunk"),
+    (dict(bitmap=b"\x01", streams=(b"",), payload=bytes(5)), "truncated"),  # a raw chunk that is not there
+    (dict(chunk_size=0), "chunk_size = 0"),
+    (dict(precision=20), "precision = 20"),
+    (dict(precision=255), "precision = 255"),
+    (dict(dtype=2), "dtype = float16 on device cpu"),
+    (dict(dtype=1), "dtype = bfloat16 on device cpu"),
+    (dict(dtype=9), "dtype = 9"),
+    (dict(device=5), "device = 5"),
+    (dict(flags=0x80), "flags = 0x80"),
+    (dict(flags=0x03), "unknown bits 0x02"),
+    (dict(version=4), "version 4"),
+    (dict(version=1), "version 1 was made by omnibyte 0.1"),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_crafted_headers_are_refused_at_once(model, fields, message, monkeypatch):
+    blob = craft(fingerprint=codec.model_fingerprint(model)[:16], **fields)
+    monkeypatch.setattr(model, "decoder", lambda *a, **k: pytest.fail("the model ran"))
+    for parse in (container.unpack, lambda b: codec.decompress(b, model)):
+        start = time.perf_counter()
+        with pytest.raises(OmnibyteError, match=message) as caught:
+            parse(blob)
+        assert time.perf_counter() - start < 1.0
+        assert "\n" not in str(caught.value)
+
+
+def test_a_crafted_header_is_about_65_bytes():
+    blob = craft(batch_size=2**32 - 1)
+    assert len(blob) <= 66
+    with pytest.raises(OmnibyteError, match="batch_size"):
+        container.unpack(blob)
+
+
+def test_group_checks_need_no_model_step(model, monkeypatch):
+    """Streams that pass the container's totals but not the per-group rules."""
+    fingerprint = codec.model_fingerprint(model)[:16]
+    monkeypatch.setattr(model, "decoder", lambda *a, **k: pytest.fail("the model ran"))
+    # every chunk raw, yet a coded stream
+    raw_with_stream = craft(fingerprint=fingerprint, members=(10,), streams=(bytes(4),), bitmap=b"\x01",
+                            payload=bytes(4) + b"0123456789")
+    with pytest.raises(OmnibyteError, match="stores every chunk raw but has a coded stream"):
+        codec.decompress(raw_with_stream, model)
+    # group 0 holds 8,192 chunks of 1,024 coded bytes in 4 bytes; group 1's long stream pays for it
+    # in the container's total, not in its own group
+    rows, chunk = 8192, model.max_seq_len
+    members = (rows * chunk + 10,)
+    streams = (bytes(4), bytes(40))
+    blob = craft(fingerprint=fingerprint, members=members, chunk_size=chunk, batch_size=rows, streams=streams)
+    start = time.perf_counter()
+    with pytest.raises(OmnibyteError, match="group 0 claims 8,388,608 coded bytes"):
+        codec.decompress(blob, model)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_cpu_streams_claiming_16_bit_arithmetic_are_refused_before_decoding(model, blob, monkeypatch):
+    monkeypatch.setattr(model, "decoder", lambda *a, **k: pytest.fail("the model ran"))
+    for dtype in ("float16", "bfloat16"):
+        settings = dataclasses.replace(container.unpack(blob).settings, dtype=dtype)
+        with pytest.raises(OmnibyteError, match=f"dtype = {dtype} on device cpu"):
+            codec.decompress(repack(blob, settings=settings), model)
+
+
+class FakePanic(BaseException):
+    """What a Rust panic inside constriction looks like to Python (pyo3's PanicException)."""
+
+
+@pytest.mark.parametrize("failure", [AssertionError("invalid compressed data"), ValueError("bad"),
+                                     RuntimeError("bad"), FakePanic("panicked at src/lib.rs")],
+                         ids=lambda error: type(error).__name__)
+@pytest.mark.parametrize("where", ["construct", "decode"])
+def test_any_range_decoder_failure_is_a_corrupted_stream(text_model, monkeypatch, failure, where):
+    import constriction
+
+    blob = codec.compress(text(300), text_model, chunk_size=64, batch_size=2)
+    real = constriction.stream.queue.RangeDecoder
+
+    class Failing:
+        def __init__(self, words):
+            if where == "construct":
+                raise failure
+            self.inner = real(words)
+
+        def decode(self, *args):
+            raise failure
+
+    monkeypatch.setattr(constriction.stream.queue, "RangeDecoder", Failing)
+    with pytest.raises(OmnibyteError, match="corrupted stream .group 0 cannot be range-decoded") as caught:
+        codec.decompress(blob, text_model)
+    assert "\n" not in str(caught.value)
+
+
+def test_random_payloads_with_valid_checksums_never_give_wrong_data(text_model):
+    data = text(400, seed=3)
+    blob = codec.compress(data, text_model, chunk_size=100, batch_size=2)
+    header = container.unpack(blob)
+    assert all(header.streams)
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for trial in range(40):
+        streams = tuple(rng.bytes(len(s) + 4 * int(rng.integers(-1, 2))) for s in header.streams)
+        candidate = container.pack(dataclasses.replace(header, streams=streams))
+        try:
+            assert codec.decompress(candidate, text_model) == data
+            outcomes.add("exact")
+        except OmnibyteError as error:
+            assert "\n" not in str(error)
+            outcomes.add("corrupted stream" if "corrupted stream" in str(error) else str(error)[:30])
+    assert outcomes <= {"exact", "corrupted stream", "decoded data fails its"}
 
 
 def test_wrong_model_is_rejected(blob):
@@ -297,3 +604,110 @@ def test_cli_errors_leave_no_output(model_dir, tmp_path, capsys):
         assert not (tmp_path / "bad").exists()
     assert main(["decompress", str(source), "--model", str(model_dir)]) == 2
     assert "magic" in capsys.readouterr().err
+
+
+# ---- the command line checks every output before any work ---------------------------------
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (hidden temporaries included) with its content."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_outputs_are_checked_before_the_model_is_loaded(model_dir, tmp_path, capsys, monkeypatch):
+    import omnibyte.cli.compress as cli_compress
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "a.txt").write_bytes(b"alpha " * 40)
+    (work / "b.txt").write_bytes(b"beta " * 40)
+    (work / "a.txt.omb").write_bytes(b"an existing output")
+    (work / "folder").mkdir()
+    (work / "other").mkdir()
+    (work / "other" / "a.txt").write_bytes(b"same name, other folder")
+    (work / "afile").write_bytes(b"not a folder")
+    packed = codec.compress(b"restored " * 10, tiny(sharpen=30.0), chunk_size=CHUNK)
+    (work / "r.bin.omb").write_bytes(packed)
+    (work / "r.bin").write_bytes(b"an existing output")
+    (work / "s.omb").write_bytes(packed)
+    monkeypatch.setattr(cli_compress, "load_cli_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    w, model = str(work), ["--model", str(model_dir)]
+    cases = [
+        (["compress", f"{w}/a.txt"], "a.txt.omb exists (use --force"),
+        (["compress", f"{w}/a.txt", "-o", f"{w}/folder"], "is a folder"),
+        (["compress", f"{w}/a.txt", "-o", f"{w}/missing/x.omb"], "does not exist"),
+        (["compress", f"{w}/a.txt", "-o", f"{w}/afile/x.omb"], "is not a folder"),
+        (["compress", f"{w}/a.txt", "-o", f"{w}/a.txt", "-f"], "would overwrite its input"),
+        (["compress", f"{w}/b.txt", f"{w}/a.txt", "-o", f"{w}/afile"], "is a file, not a folder"),
+        (["compress", f"{w}/a.txt", f"{w}/other/a.txt", "-o", f"{w}/out", "-f"], "would both be written"),
+        (["compress", f"{w}/b.txt", f"{w}/a.txt"], "a.txt.omb exists"),  # b.txt.omb is not written either
+        (["compress", f"{w}/nothing.txt"], "cannot read"),
+        (["compress", f"{w}/folder"], "is a folder, not a file"),
+        (["compress", "-", "-"], "only once"),
+        (["decompress", f"{w}/r.bin.omb"], "r.bin exists (use --force"),
+        (["decompress", f"{w}/r.bin.omb", "-o", f"{w}/folder"], "is a folder"),
+        (["decompress", f"{w}/r.bin.omb", "-o", f"{w}/missing/r.bin"], "does not exist"),
+        (["decompress", f"{w}/s.omb", f"{w}/r.bin.omb"], "r.bin exists"),
+        (["decompress", f"{w}/a.txt"], "wrong magic"),
+    ]
+    before = snapshot(work)
+    for argv, message in cases:
+        assert main([*argv, *model, "-q"]) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (argv, lines)
+        assert snapshot(work) == before, argv  # nothing written, changed or left behind
+
+
+def test_cli_option_values_are_checked_when_parsed(model_dir, capsys):
+    for option, value in [("--batch-size", "0"), ("--batch-size", str(2**16 + 1)), ("--chunk-size", "-5"),
+                          ("--dtype", "int8"), ("--chunk-size", "x")]:
+        assert main(["compress", "x.txt", "--model", str(model_dir), option, value]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and option in lines[0], lines
+
+
+def test_cli_failed_decoding_leaves_no_temporary_files(model_dir, tmp_path, capsys):
+    source = tmp_path / "x.txt"
+    source.write_bytes(b"abc" * 50)
+    assert main(["compress", str(source), "--model", str(model_dir), "-q"]) == 0
+    packed = (tmp_path / "x.txt.omb").read_bytes()
+    (tmp_path / "x.txt.omb").write_bytes(repack(packed, original_digest=b"\x01" * 8))
+    source.unlink()
+    before = snapshot(tmp_path)
+    assert main(["decompress", str(tmp_path / "x.txt.omb"), "--model", str(model_dir), "-q"]) == 2
+    assert "fails its checksum" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines
+
+
+def test_cli_full_disk_broken_pipe_and_closed_stdin_are_one_line(model_dir, tmp_path):
+    model = ["--model", str(model_dir), "-q"]
+    data = b"piped bytes " * 20
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "wb") as full:
+            result = subprocess.run([sys.executable, "-m", "omnibyte.cli", "compress", "-", *model],
+                                    input=data, stdout=full, stderr=subprocess.PIPE,
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert_one_line_failure(result, "No space left on device")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first write is a broken pipe
+    try:
+        result = subprocess.run([sys.executable, "-m", "omnibyte.cli", "compress", "-", *model],
+                                input=data, stdout=write_end, stderr=subprocess.PIPE,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        os.close(write_end)
+    assert_one_line_failure(result, "broken pipe")
+    result = subprocess.run([sys.executable, "-m", "omnibyte.cli", "compress", "-", *model, "-o",
+                             str(tmp_path / "out.omb")], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=lambda: os.close(0),
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_one_line_failure(result, "stdin")
+    assert not (tmp_path / "out.omb").exists()

@@ -368,3 +368,43 @@ def test_real_gcide_gzip_reads_and_splits():
     train, valid, test = corpus.split_tail_bytes(test_bytes=200_000, validation_bytes=200_000)
     assert train.num_bytes + valid.num_bytes + test.num_bytes == 3_000_000
     assert valid.names == [f"{path}[valid]"] and file_kind(valid.names[0]) == ".txt"
+
+
+# ---- omnibyte's own output is never read as data ---------------------------------------------
+
+def test_a_run_directory_inside_the_data_is_not_read(tmp_path):
+    """``omnibyte train . --out runs/x --resume``: the corpus is the user's files only."""
+    from omnibyte.models import build_model
+    from omnibyte.models.serialization import save_model
+    from omnibyte.train.trainer import TrainConfig, Trainer
+
+    data = write_tree(tmp_path / "project", FILES)
+    before = contents([data])
+    out = data / "runs" / "x"
+    config = TrainConfig(seq_len=16, batch_size=2, steps=2, eval_every=0, device="cpu")
+    Trainer(build_model("flat", "tiny"), ByteCorpus.from_paths([data]), config, out, progress=False).fit()
+    save_model(build_model("flat", "tiny"), data / "exported")  # a model folder (no trainer state)
+    (data / "notes.txt.omb").write_bytes(b"\x89OMB\x02" + bytes(40))  # a compressed stream
+    (data / "copy.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    (data / "other.safetensors").write_bytes(b"\x00" * 16)  # not ours: data like any file
+    assert {"config.json", "metrics.jsonl", "model.safetensors", "trainer_state.safetensors"} <= {
+        path.name for path in out.iterdir()}
+    skipped = SkipLog()
+    found = contents([data], skipped)
+    assert set(found) == set(before) | {str(data / "other.safetensors")}
+    assert skipped.counts["omnibyte run or model folder"] == 2
+    assert skipped.counts["written by omnibyte"] == 2
+    assert "omnibyte run or model folder" in skipped.summary() and str(out) in skipped.summary()
+    corpus = ByteCorpus.from_paths([data], exclude=[data / "sub", data / "a.txt"])  # a --out not yet written
+    assert corpus.skipped.counts["excluded (output of this run)"] == 2
+    assert not any(name.startswith(str(data / "sub")) or name.endswith("a.txt") for name in corpus.names)
+    with pytest.raises(OmnibyteError, match=r"no usable documents in .*x/\* .*omnibyte run or model folder"):
+        contents([str(data / "runs" / "x" / "*")])  # its files, matched one by one
+    with pytest.raises(OmnibyteError, match="no usable documents in .*x .*omnibyte run or model folder"):
+        contents([out])
+
+
+def test_the_stream_magic_is_the_containers():
+    from omnibyte.apps import container
+
+    assert sources.STREAM_MAGIC == container.MAGIC

@@ -238,3 +238,40 @@ def test_detection_is_a_serialisable_dataclass():
     found = detect(wav_bytes())
     assert isinstance(found, Detection)
     assert json.loads(json.dumps(found.to_dict()))["kind"] == "wav"
+
+
+def test_cli_folders_recursively_and_stdin(tmp_path, capsys, monkeypatch):
+    import io
+
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "a.wav").write_bytes(wav_bytes())
+    (tmp_path / "in" / "sub" / "b.txt").write_bytes(b"some words in a line.\n" * 30)
+    (tmp_path / "in" / ".hidden").write_bytes(b"skipped")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(wav_bytes())))
+    assert main(["detect", str(tmp_path / "in"), "-", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(Path(entry["file"]).name, entry["detection"]["kind"]) for entry in report] == [
+        ("a.wav", "wav"), ("b.txt", "text"), ("stdin", "wav")]
+    (tmp_path / "empty").mkdir()
+    assert main(["detect", str(tmp_path / "empty")]) == 2
+    assert "holds no files" in capsys.readouterr().err
+
+
+def test_cli_model_adds_a_surprisal_column(tmp_path, capsys):
+    import torch
+
+    from omnibyte.models import build_model
+    from omnibyte.models.serialization import save_model
+
+    torch.manual_seed(0)
+    save_model(build_model("flat", "tiny"), tmp_path / "model")
+    (tmp_path / "r.bin").write_bytes(random.Random(1).randbytes(3000))
+    (tmp_path / "e.bin").write_bytes(b"")
+    assert main(["detect", str(tmp_path / "r.bin"), str(tmp_path / "e.bin")]) == 0
+    assert "bits/B" not in capsys.readouterr().out
+    assert main(["detect", str(tmp_path / "r.bin"), str(tmp_path / "e.bin"), "--model", str(tmp_path / "model"),
+                 "--device", "cpu"]) == 0
+    header, first, empty = capsys.readouterr().out.splitlines()
+    assert header.split()[4] == "bits/B" and 5.0 < float(first.split()[4]) < 12.0 and empty.split()[4] == "-"
+    assert main(["detect", str(tmp_path / "r.bin"), "--model", str(tmp_path / "model"), "--json"]) == 0
+    assert 5.0 < json.loads(capsys.readouterr().out)[0]["detection"]["model_bits_per_byte"] < 12.0

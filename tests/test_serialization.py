@@ -63,3 +63,47 @@ def test_bad_documents_are_one_line_errors(saved, tmp_path, change, message):
     (tmp_path / CONFIG_FILE).write_text(json.dumps(document))
     with pytest.raises(OmnibyteError, match=message.replace("(", "\\(").replace(")", "\\)")):
         read_config(tmp_path)
+
+
+def test_the_step_is_recorded_but_not_part_of_the_models_identity(tmp_path):
+    from omnibyte.models.serialization import config_document
+
+    model = build_model("flat", "tiny")
+    save_model(model, tmp_path, step=1234)
+    assert read_config(tmp_path)["step"] == 1234
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["step"] == 1234
+    assert "step" not in config_document(model)  # stream fingerprints stay what they were
+    save_model(model, tmp_path / "plain")
+    assert "step" not in read_config(tmp_path / "plain")
+
+
+def test_files_are_identical_whatever_the_hash_order(tmp_path):
+    """safetensors writes metadata in hash-map order; omnibyte sorts it, so identical states
+    make identical files."""
+    from safetensors import safe_open
+
+    from omnibyte.models.serialization import write_safetensors
+
+    tensors = {"b": torch.ones(3), "a": torch.zeros(2, 2, dtype=torch.bfloat16)}
+    metadata = {f"key{i}": json.dumps({"value": i, "text": "é\n"}) for i in range(8)}
+    written = set()
+    for attempt in range(6):
+        path = tmp_path / f"{attempt}.safetensors"
+        write_safetensors(path, tensors, dict(reversed(metadata.items())) if attempt % 2 else metadata)
+        written.add(path.read_bytes())
+        with safe_open(str(path), framework="pt") as file:
+            assert file.metadata() == metadata and torch.equal(file.get_tensor("b"), tensors["b"])
+    assert len(written) == 1
+
+
+def test_a_bad_config_read_from_a_file_names_the_file_wherever_it_is_built(tmp_path):
+    from omnibyte.errors import OmnibyteError
+    from omnibyte.models.serialization import model_from_config
+
+    save_model(build_model("flat", "tiny"), tmp_path)
+    document = json.loads((tmp_path / CONFIG_FILE).read_text())
+    document["config"]["hidden_size"] = "64"
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(document))
+    with pytest.raises(OmnibyteError) as error:
+        model_from_config(read_config(tmp_path))  # as `train --resume` builds the run's model
+    assert str(error.value) == f"{tmp_path / CONFIG_FILE}: invalid model config: hidden_size must be an integer, got '64'"

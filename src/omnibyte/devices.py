@@ -1,23 +1,37 @@
-"""Choosing the device and the autocast dtype."""
+"""Choosing the device, the autocast dtype and the number of CPU threads."""
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 
 from omnibyte.errors import OmnibyteError
 
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
+    """'auto' picks CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:N' and 'mps' are checked
+    against what this machine has, so an unusable device is one line, not a traceback later."""
+    if not isinstance(name, str) or not DEVICE_NAME.match(name):
+        raise OmnibyteError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise OmnibyteError("--device cuda asked for, but no CUDA GPU is available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise OmnibyteError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise OmnibyteError(f"--device {name} asked for, but no CUDA GPU is available")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise OmnibyteError(f"--device {name} asked for, but this machine has "
+                                f"{torch.cuda.device_count()} CUDA GPU(s)")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise OmnibyteError("--device mps asked for, but Apple's MPS is not available here")
+    return torch.device(name)
 
 
 def autocast(device: torch.device, enabled: bool = True):
@@ -25,3 +39,92 @@ def autocast(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# ---- CPU threads ----------------------------------------------------------------------------
+# torch starts one intra-op thread per logical CPU of the machine. On a laptop with SMT, or
+# under a CPU quota, or next to a busy process, that oversubscribes the cores: OpenMP threads
+# spin waiting for each other, and a training step can take ten times longer. omnibyte uses one
+# thread per physical core the process may run on instead.
+
+SYSFS_CPUS = Path("/sys/devices/system/cpu")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def allowed_cpus() -> set[int]:
+    """The logical CPUs this process may run on (its affinity; all of them where unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def core_of_cpu(cpu: int, sysfs: Path = SYSFS_CPUS) -> tuple[int, int] | None:
+    """(package, core) of a logical CPU from sysfs; None where the topology is not readable."""
+    topology = sysfs / f"cpu{cpu}" / "topology"
+    try:
+        package = int((topology / "physical_package_id").read_text())
+        core = int((topology / "core_id").read_text())
+    except (OSError, ValueError):
+        return None
+    return package, core
+
+
+def cpu_quota(cgroup: Path = CGROUP_ROOT) -> float | None:
+    """CPUs' worth of time the cgroup grants per period (``docker --cpus``); None: no quota."""
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def choose_cpu_threads(
+    cpus: Iterable[int],
+    core_of: Callable[[int], tuple[int, int] | None],
+    omp_num_threads: str | None = None,
+    quota: float | None = None,
+) -> tuple[int, int]:
+    """(intra-op, inter-op) threads for a process that may run on ``cpus``.
+
+    Intra-op: ``OMP_NUM_THREADS`` when it is set to a positive integer (the user chose);
+    otherwise one per physical core among ``cpus`` (SMT siblings share a core, so they count
+    once; a CPU of unknown topology counts as a core of its own), at most the CPU quota
+    (rounded down, at least 1). Inter-op: 1, as omnibyte runs one operator at a time (eager
+    training and decoding), so a second pool would only compete with the first."""
+    if omp_num_threads is not None:
+        with contextlib.suppress(ValueError):
+            requested = int(omp_num_threads.strip().split(",")[0])
+            if requested >= 1:
+                return requested, 1
+    cores = {core_of(cpu) or ("cpu", cpu) for cpu in cpus}
+    threads = max(1, len(cores))
+    if quota is not None and quota > 0:
+        threads = min(threads, max(1, math.floor(quota)))
+    return threads, 1
+
+
+_interop_set = False
+
+
+def configure_cpu_threads() -> int:
+    """Set torch's intra-op threads (and, while that is still possible, its inter-op threads)
+    per ``choose_cpu_threads`` for this process; returns the intra-op count in force.
+
+    Never raises the count: a lower one was chosen by the user (``torch.set_num_threads``),
+    and is kept. Called by the CLI at start and by the Trainer on CPU."""
+    global _interop_set
+    cpus = allowed_cpus()
+    intra, inter = choose_cpu_threads(cpus, core_of_cpu, os.environ.get("OMP_NUM_THREADS"), cpu_quota())
+    if intra < torch.get_num_threads():
+        torch.set_num_threads(intra)
+    if not _interop_set:
+        _interop_set = True
+        with contextlib.suppress(RuntimeError):  # only possible before any inter-op work started
+            torch.set_num_interop_threads(inter)
+    return torch.get_num_threads()

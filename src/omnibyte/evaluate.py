@@ -61,7 +61,7 @@ class EvalReport:
         report = {**self.overall.to_dict(),
                   "files": len(self.by_file),
                   "by_type": {kind: stats.to_dict() for kind, stats in sorted(self.by_type.items())},
-                  "skipped": self.skipped.summary()}
+                  "skipped": self.skipped.summary() if self.skipped.total else ""}
         if per_file:
             report["by_file"] = {name: stats.to_dict() for name, stats in self.by_file.items()}
         return report
@@ -75,6 +75,11 @@ def evaluate_documents(
     progress: bool = True,
     skipped: SkipLog | None = None,
 ) -> EvalReport:
+    # checked before the first file is read; score_bytes checks them again for its own callers
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if context is not None and context < 1:
+        raise ValueError(f"context must be at least 1, got {context}")
     overall, by_type, by_file = ScoreStats(), defaultdict(ScoreStats), {}
     bar = tqdm(documents, disable=not progress, unit="file", desc="eval", dynamic_ncols=True)
     for document in bar:

@@ -8,6 +8,9 @@ per-row generator calls).
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -48,6 +51,18 @@ class GumbelNoise:
         return self.table[:, step - self.first]
 
 
+def check_sampling_options(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
+    """ValueError for options that would otherwise be ignored or sample garbage: a NaN or
+    negative temperature, ``top_k`` < 1 and ``top_p`` outside (0, 1] (and NaN)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0 \
+            or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1] (or None), got {top_p!r}")
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """``logits`` [B, V] with everything outside the top-k / top-p nucleus set to -inf."""
     if top_k is not None and 0 < top_k < logits.shape[-1]:
@@ -72,6 +87,7 @@ def sample_next(
     """One byte per row from ``logits`` [B, V]: greedy at temperature 0, else a draw from
     softmax(logits / temperature) restricted to top-k / top-p. ``noise`` [B, V] is the rows'
     Gumbel noise (``GumbelNoise``); without it the draw uses torch's global generator."""
+    check_sampling_options(temperature, top_k, top_p)  # a few comparisons: nothing next to a model step
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(dim=-1)

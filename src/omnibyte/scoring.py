@@ -46,6 +46,12 @@ def score_bytes(
     ``context``, i.e. non-overlapping); each byte is scored once, by the first window that
     holds it with at least ``context - stride`` bytes of history (when overlapping).
     """
+    # a batch of 0 or -1 would score nothing and report 0 bits/byte: refuse, never guess
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for name, value in (("context", context), ("stride", stride)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     array = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else np.asarray(data, np.uint8)
     num_bytes = len(array)
     context = min(context or model.max_seq_len, model.max_seq_len)

@@ -11,6 +11,7 @@ average of a step crosses it), merged when closer than half a window.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -86,6 +87,8 @@ def surprisal(
     first window is predicted from at least half a context: non-overlapping windows would
     put a spike of context-free bytes at every window start.
     """
+    if context is not None and context < 1:  # 0 would silently mean the default
+        raise ValueError(f"context must be at least 1, got {context}")
     context = min(context or model.max_seq_len, model.max_seq_len)
     stride = stride or max(context // 2, 1)
     was_training = model.training
@@ -188,6 +191,19 @@ def find_regions(
     return report_from_bits(bits, window=window, threshold=threshold, top_k=top_k, min_spread=min_spread).regions
 
 
+def check_region_options(window: int, threshold: float | None, top_k: int | None) -> None:
+    """ValueError for options that would silently find nothing (a NaN threshold compares
+    false everywhere) or everything."""
+    if threshold is None and top_k is None:
+        raise ValueError("finding regions needs a threshold, a top_k or both")
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+
 def report_from_bits(
     bits: np.ndarray,
     name: str = "",
@@ -197,8 +213,7 @@ def report_from_bits(
     min_spread: float = MIN_SPREAD_BITS,
 ) -> AnomalyReport:
     """Smoothed curve, baseline and regions (see ``find_regions``) of per-byte surprisal."""
-    if threshold is None and top_k is None:
-        raise ValueError("finding regions needs a threshold, a top_k or both")
+    check_region_options(window, threshold, top_k)
     bits = np.asarray(bits, dtype=np.float64)
     smoothed = smooth(bits, window)
     baseline, spread = robust_baseline(smoothed, min_spread)
@@ -227,6 +242,7 @@ def analyze(
     batch_size: int = 8,
 ) -> AnomalyReport:
     """Score ``data`` with ``model`` and find its surprising regions."""
+    check_region_options(window, threshold, top_k)  # before the scoring, which takes the time
     bits = surprisal(data, model, context=context, stride=stride, batch_size=batch_size)
     return report_from_bits(bits, name=name, window=window, threshold=threshold, top_k=top_k)
 

@@ -4,11 +4,13 @@ The input is cut into chunks of ``chunk_size`` bytes; each chunk is coded on its
 from BOS. Chunks are coded ``batch_size`` at a time as the rows of one batch ("a group"): at
 every step the model consumes one token per row through its incremental interface
 (``model.decoder``: eager, or static-shape and CUDA-graph replayed when ``fast``), the
-next-byte distributions are
-quantized to integer frequencies, and the group's byte at that step of every still-active
-row is range-coded (``constriction``) into the group's stream, rows interleaved step by step.
-The decoder runs the very same computation (same batch shape, device type, dtype, path) and
-recovers each byte before feeding it back, so it sees bit-identical frequencies.
+next-byte distributions are quantized to integer frequencies, and the encoder records the
+interval (cumulative frequency, frequency) of every row's byte. After the group's last step,
+a chunk the model codes in at least as many bits as it has is flagged raw and stored as it
+is; the others are range-coded (``constriction``) into the group's stream, rows interleaved
+step by step. The decoder runs the very same computation (same batch shape, device type,
+dtype, path, and the raw rows' stored bytes as their tokens) and recovers each coded byte
+before feeding it back, so it sees bit-identical frequencies.
 
 Container format: ``omnibyte.apps.container``; spec and limits: docs/compression.md.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Callable, Iterator, Sequence
@@ -30,14 +33,15 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import BOS, NUM_BYTES, ByteModel
 from omnibyte.models.serialization import config_document
 
-PRECISION = 24  # constriction's range coder codes with 24-bit frequencies
+PRECISION = container.PRECISION  # constriction's range coder codes with 24-bit frequencies
 DEFAULT_CHUNK_SIZE = 64 * 1024  # clamped to the model's context
 DEFAULT_BATCH_SIZE = 256
-MAX_BATCH_SIZE = 1 << 16
+MAX_BATCH_SIZE = container.MAX_BATCH_SIZE
+ENCODE_SLICE = 1 << 20  # symbols per range-coder call (bounds the temporary parameter array)
 SUFFIX = ".omb"
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# progress(bytes coded by this step, compressed bits so far or None when unknown)
+# progress(bytes coded by this step, compressed bits so far (an estimate while a group codes) or None)
 Progress = Callable[[int, "int | None"], None]
 
 
@@ -101,28 +105,35 @@ def coding_model(model: ByteModel, settings: CodingSettings) -> ByteModel:
 
 class _BatchStepper:
     """Steps ``rows`` chunks through the model's decoder; ``restart`` gives every row a fresh
-    context and reuses the decoder (and its captured CUDA graphs)."""
+    context and reuses the decoder (and its captured CUDA graphs). The decoder (and on CUDA
+    the coding copy of the model) is only made when a group first needs it, so a stream whose
+    chunks are all raw decodes without running the model."""
 
-    def __init__(self, model: ByteModel, rows: int, max_len: int, fast: bool):
-        self.model, self.rows = model, rows
-        self.decoder = model.decoder(rows, max_len, fast=fast)
+    def __init__(self, model: ByteModel, settings: CodingSettings, max_len: int):
+        self.model, self.settings, self.max_len = model, settings, max_len
+        self.rows = settings.batch_size
+        self.device = model.device
+        self.decoder = None
 
     def restart(self) -> None:
-        self.decoder.reset()
+        if self.decoder is None:
+            coder = coding_model(self.model, self.settings)
+            self.decoder = coder.decoder(self.rows, self.max_len, fast=self.settings.fast)
+        else:
+            self.decoder.reset()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.decoder.step(tokens)
 
 
 @contextlib.contextmanager
-def _stepping(model: ByteModel, settings: CodingSettings) -> Iterator[_BatchStepper]:
+def _stepping(model: ByteModel, settings: CodingSettings, max_len: int) -> Iterator[_BatchStepper]:
     """The stepper both directions code with, under the coding numerics, ``model`` in eval mode."""
     was_training = model.training
     model.eval()
     try:
         with numerics(settings):
-            yield _BatchStepper(coding_model(model, settings), settings.batch_size,
-                                settings.chunk_size, settings.fast)
+            yield _BatchStepper(model, settings, max_len)
     finally:
         model.train(was_training)
 
@@ -130,54 +141,62 @@ def _stepping(model: ByteModel, settings: CodingSettings) -> Iterator[_BatchStep
 # ---- the coding plan --------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class Chunk:
-    member: int
-    start: int
-    length: int
+class Plan:
+    """Every chunk (in member, offset order: the order of the raw-chunk bitmap) and the order
+    they are coded in: longest first (stable), so the rows still coding are always a prefix."""
+
+    starts: np.ndarray  # [chunks] offset in the members' concatenation
+    lengths: np.ndarray  # [chunks]
+    order: np.ndarray  # [chunks] chunk indices in coding order
+
+    @property
+    def longest(self) -> int:
+        return int(self.lengths[self.order[0]]) if len(self.order) else 0
+
+    def groups(self, rows: int) -> list[np.ndarray]:
+        """The chunk indices of every group, in row order."""
+        return [self.order[first : first + rows] for first in range(0, len(self.order), rows)]
 
 
-def plan_chunks(member_sizes: Sequence[int], chunk_size: int) -> list[Chunk]:
-    """All chunks, longest first (stable), so the rows still coding are always a prefix."""
-    chunks = [Chunk(index, start, min(chunk_size, size - start))
-              for index, size in enumerate(member_sizes) for start in range(0, size, chunk_size)]
-    return sorted(chunks, key=lambda chunk: -chunk.length)
+def plan_chunks(member_sizes: Sequence[int], chunk_size: int) -> Plan:
+    lengths = container.chunk_lengths(member_sizes, chunk_size)
+    starts = np.cumsum(lengths) - lengths
+    return Plan(starts, lengths, np.argsort(-lengths, kind="stable"))
 
 
 def count_chunks(member_sizes: Sequence[int], chunk_size: int) -> int:
-    return sum(-(-size // chunk_size) for size in member_sizes)
+    return container.count_chunks(member_sizes, chunk_size)
 
 
-def _groups(chunks: list[Chunk], rows: int) -> list[list[Chunk]]:
-    return [chunks[first : first + rows] for first in range(0, len(chunks), rows)]
+def _padded(values: np.ndarray, rows: int, fill=0) -> np.ndarray:
+    out = np.full(rows, fill, dtype=values.dtype)  # padding rows have length 0 and only step dummies
+    out[: len(values)] = values
+    return out
 
 
 def _run_group(
     step: _BatchStepper,
     lengths: np.ndarray,
-    code_step: Callable[[int, np.ndarray], np.ndarray],
+    steps: int,
+    code_step: Callable[[int, int, torch.Tensor], torch.Tensor],
     progress: Progress | None,
     bits: Callable[[], int | None],
-) -> None:
-    """Step one group; ``code_step(t, frequencies of the active rows)`` codes position ``t`` and
-    returns every row's byte at ``t`` (0 past a row's end: the dummy token), fed back next step."""
-    device = step.model.device
+) -> int:
+    """Step one group ``steps`` times; ``code_step(t, active rows, their quantized frequencies)``
+    codes position ``t`` and returns every row's token for the next step (its byte at ``t``; 0,
+    the dummy token, past a row's end). Returns the bytes reported to ``progress``."""
     descending = -lengths
-    tokens = torch.full((step.rows,), BOS, dtype=torch.long, device=device)
+    tokens = torch.full((step.rows,), BOS, dtype=torch.long, device=step.device)
     step.restart()
-    for t in range(int(lengths[0])):
+    done = 0
+    for t in range(steps):
         logits = step(tokens)
         active = int(np.searchsorted(descending, -t, side="left"))  # rows with length > t
-        frequencies = quantized_frequencies(logits[:active]).cpu().numpy()
-        column = code_step(t, frequencies)
-        tokens = torch.from_numpy(column.astype(np.int64)).to(device)
+        tokens = code_step(t, active, quantized_frequencies(logits[:active]))
+        done += active
         if progress is not None:
             progress(active, bits())
-
-
-def _group_lengths(group: list[Chunk], rows: int) -> np.ndarray:
-    lengths = np.zeros(rows, dtype=np.int64)  # padding rows have length 0 and only step dummies
-    lengths[: len(group)] = [chunk.length for chunk in group]
-    return lengths
+    return done
 
 
 # ---- settings -----------------------------------------------------------------------
@@ -217,8 +236,28 @@ def coding_settings(
     if fast is None:
         fast = device.type == "cuda"
     rows = max(1, min(batch_size, count_chunks(member_sizes, chunk_size)))
-    return CodingSettings(device.type, dtype, chunk_size, rows, PRECISION, fast)
+    return CodingSettings(device.type, dtype, chunk_size, rows, PRECISION, bool(fast))
 
+
+def max_compressed_size(member_sizes: Sequence[int], chunk_size: int, batch_size: int) -> int:
+    """The most bytes ``compress_members`` writes for members of these sizes, with this
+    (resolved) chunk size and batch size: the expansion bound of docs/compression.md.
+
+    Every chunk costs its own length at most (raw), every group's stream is shorter than
+    the group's coded bytes (else the whole group is stored raw), and the header adds the
+    fixed 57 bytes, the two tables and one bit per chunk."""
+    chunks = count_chunks(member_sizes, chunk_size)
+    rows = max(1, min(batch_size, chunks))
+    plan = plan_chunks(member_sizes, chunk_size)
+    group_bytes = [int(plan.lengths[group].sum()) for group in plan.groups(rows)]
+    varint = lambda value: len(container.varint(value))  # noqa: E731
+    return (sum(member_sizes) + container.FIXED_OVERHEAD
+            + varint(len(member_sizes)) + sum(varint(size) for size in member_sizes)
+            + varint(len(group_bytes)) + sum(varint(size) for size in group_bytes)
+            + container.bitmap_bytes(chunks))
+
+
+# ---- range coding -------------------------------------------------------------------
 
 def _family():
     import constriction
@@ -226,7 +265,134 @@ def _family():
     return constriction.stream.model.Categorical(perfect=False)
 
 
+def _interval_models(left: np.ndarray, frequency: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 3-symbol categorical per coded byte whose quantized interval is exactly ``(left,
+    frequency)`` out of 2**24, and the symbol to code with it.
+
+    ``Categorical(perfect=False)`` gives symbol ``i`` of weights summing exactly to
+    ``2**24 - n`` the interval ``[sum(w[:i]) + i, + w[i] + 1)``, which is how the 256-byte
+    frequencies are coded too (``quantized_frequencies``): coding the byte with its own
+    interval writes the very same bits, at a fraction of the cost, and needs only two numbers
+    per byte to be kept until the group's raw chunks are known."""
+    total = 2**PRECISION
+    n = len(left)
+    left = left.astype(np.int64)
+    frequency = frequency.astype(np.int64)
+    params = np.empty((n, 3), dtype=np.float32)
+    symbols = np.ones(n, dtype=np.int32)  # general case: the middle symbol
+    params[:, 0], params[:, 1], params[:, 2] = left - 1, frequency - 1, total - 1 - left - frequency
+    first = left == 0  # starts at 0: the first symbol
+    params[first, 0], params[first, 1], params[first, 2] = frequency[first] - 1, 0, total - 2 - frequency[first]
+    symbols[first] = 0
+    last = left + frequency == total  # ends at the total: the last symbol
+    params[last, 0], params[last, 1], params[last, 2] = left[last] - 2, 0, frequency[last] - 1
+    symbols[last] = 2
+    return symbols, params
+
+
+@functools.lru_cache(maxsize=None)
+def _check_interval_coding() -> None:
+    """Once per process: coding bytes by their intervals writes what coding them with the
+    256-byte frequencies writes (so a constriction that quantizes differently is caught
+    before anything is compressed with it)."""
+    import constriction
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(512, NUM_BYTES, generator=generator) * torch.tensor([0.1, 3.0, 30.0, 300.0]).repeat(128)[:, None]
+    weights = quantized_frequencies(logits)
+    symbols = torch.randint(0, NUM_BYTES, (512,), generator=generator)
+    symbols[::5] = weights[::5].argmax(-1)
+    symbols[1::7], symbols[2::7] = 0, NUM_BYTES - 1
+    left, frequency = _intervals(weights, symbols)
+    direct = constriction.stream.queue.RangeEncoder()
+    direct.encode(symbols.numpy().astype(np.int32), _family(), weights.numpy())
+    by_interval = constriction.stream.queue.RangeEncoder()
+    interval_symbols, params = _interval_models(left.numpy(), frequency.numpy())
+    by_interval.encode(interval_symbols, _family(), params)
+    if not np.array_equal(direct.get_compressed(), by_interval.get_compressed()):
+        raise OmnibyteError("this version of constriction quantizes probabilities differently from the one "
+                            "omnibyte was built for; compression is disabled (decompression still works)")
+
+
+def _intervals(weights: torch.Tensor, symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left cumulative frequency, frequency) out of 2**24 of each row's symbol, as coded."""
+    counts = weights.to(torch.int64)  # integer-valued float32 below 2**24: exact
+    picked = counts.gather(1, symbols[:, None]).squeeze(1)
+    below = counts.cumsum(1).gather(1, symbols[:, None]).squeeze(1) - picked
+    return below + symbols, picked + 1
+
+
+def _encode(left: np.ndarray, frequency: np.ndarray) -> bytes:
+    """Range-code bytes given by their intervals, in order; the stream's bytes."""
+    import constriction
+
+    encoder = constriction.stream.queue.RangeEncoder()
+    family = _family()
+    for first in range(0, len(left), ENCODE_SLICE):
+        symbols, params = _interval_models(left[first : first + ENCODE_SLICE], frequency[first : first + ENCODE_SLICE])
+        encoder.encode(symbols, family, params)
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def _corrupted(group: int, error: BaseException) -> OmnibyteError:
+    return OmnibyteError(f"corrupted stream (group {group} cannot be range-decoded: the coded data is invalid "
+                         f"for the model's probabilities; {type(error).__name__})")
+
+
+def _fatal(error: BaseException) -> bool:
+    """Errors that are not the range decoder refusing its input."""
+    return isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError))
+
+
+class _GroupDecoder:
+    """constriction's range decoder for one group, with every failure it can raise (an
+    ``AssertionError`` or a Rust panic on invalid data among them) turned into one
+    "corrupted stream" ``OmnibyteError``."""
+
+    def __init__(self, stream: bytes, group: int):
+        import constriction
+
+        self.group, self.family = group, _family()
+        try:
+            self.decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, "<u4").astype(np.uint32))
+        except BaseException as error:  # noqa: BLE001 -- a panic is a BaseException
+            if _fatal(error):
+                raise
+            raise _corrupted(group, error) from None
+
+    def decode(self, frequencies: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self.decoder.decode(self.family, frequencies))
+        except BaseException as error:  # noqa: BLE001
+            if _fatal(error):
+                raise
+            raise _corrupted(self.group, error) from None
+
+    def finish(self) -> None:
+        """Every coded word must have been used: an encoder never writes more."""
+        try:
+            exhausted = self.decoder.maybe_exhausted()
+        except BaseException as error:  # noqa: BLE001
+            if _fatal(error):
+                raise
+            raise _corrupted(self.group, error) from None
+        if not exhausted:
+            raise OmnibyteError(f"corrupted stream (group {self.group} has coded data left over after its last byte)")
+
+
 # ---- compress -----------------------------------------------------------------------
+
+def _group_matrix(data: np.ndarray, plan: Plan, group: np.ndarray, rows: int, steps: int,
+                  which: np.ndarray | None = None) -> np.ndarray:
+    """[steps, rows] bytes of the group's chunks (of the rows in ``which``), 0 past each end."""
+    matrix = np.zeros((steps, rows), dtype=np.uint8)
+    for row, chunk in enumerate(group):
+        if which is None or which[row]:
+            length = min(int(plan.lengths[chunk]), steps)
+            start = int(plan.starts[chunk])
+            matrix[:length, row] = data[start : start + length]
+    return matrix
+
 
 @torch.inference_mode()
 def compress_members(
@@ -240,36 +406,57 @@ def compress_members(
     fingerprint: bytes | None = None,
 ) -> bytes:
     """Compress several byte strings into one container; each is coded independently (own chunks,
-    each from BOS), only the header and the batch are shared. ``decompress_members`` inverts it."""
-    import constriction
+    each from BOS), only the header and the batch are shared. ``decompress_members`` inverts it.
 
+    A chunk that the model codes in at least 8 bits per byte is stored raw, and so is every
+    chunk of a group whose stream would not be shorter than its coded chunks: no input grows
+    by more than ``max_compressed_size`` allows."""
+    _check_interval_coding()
     members = [bytes(member) for member in members]
     sizes = [len(member) for member in members]
     settings = coding_settings(model, sizes, chunk_size, batch_size, dtype, fast)
-    chunks = plan_chunks(sizes, settings.chunk_size)
-    family = _family()
+    rows = settings.batch_size
+    plan = plan_chunks(sizes, settings.chunk_size)
+    data = np.frombuffer(b"".join(members), dtype=np.uint8)
+    raw = np.zeros(len(plan.lengths), dtype=bool)
     streams: list[bytes] = []
     done_bits = 0
-    with _stepping(model, settings) as stepper:
-        for group in _groups(chunks, settings.batch_size):
-            lengths = _group_lengths(group, settings.batch_size)
-            matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)  # [t, row]
-            for row, chunk in enumerate(group):
-                matrix[: chunk.length, row] = np.frombuffer(
-                    members[chunk.member], np.uint8, chunk.length, chunk.start)
-            encoder = constriction.stream.queue.RangeEncoder()
+    with _stepping(model, settings, plan.longest) as stepper:
+        for group in plan.groups(rows):
+            lengths = _padded(plan.lengths[group], rows)
+            steps = int(lengths[0])
+            matrix = _group_matrix(data, plan, group, rows, steps)
+            symbols = torch.from_numpy(matrix.astype(np.int64)).to(stepper.device)  # [t, row]
+            left = np.zeros((steps, rows), dtype=np.int64)
+            frequency = np.full((steps, rows), 2**PRECISION, dtype=np.int64)  # costs 0 bits past the end
+            group_bits = 0.0
 
-            def encode_step(t: int, frequencies: np.ndarray) -> np.ndarray:
-                symbols = matrix[t, : len(frequencies)].astype(np.int32)
-                encoder.encode(symbols, family, frequencies)
-                return matrix[t]
+            def encode_step(t: int, active: int, weights: torch.Tensor) -> torch.Tensor:
+                nonlocal group_bits
+                interval = torch.stack(_intervals(weights, symbols[t, :active])).cpu().numpy()
+                left[t, :active], frequency[t, :active] = interval
+                if progress is not None:
+                    group_bits += float(np.sum(PRECISION - np.log2(interval[1])))
+                return symbols[t]
 
-            _run_group(stepper, lengths, encode_step, progress, lambda: done_bits + encoder.num_bits())
-            streams.append(encoder.get_compressed().astype("<u4").tobytes())
-            done_bits += 8 * len(streams[-1])
+            _run_group(stepper, lengths, steps, encode_step, progress, lambda: done_bits + int(group_bits))
+            costs = np.sum(PRECISION - np.log2(frequency.astype(np.float64)), axis=0)  # bits per row
+            coded = (lengths > 0) & (costs < 8 * lengths)
+            stream = b""
+            if coded.any():
+                mask = coded[None, :] & (np.arange(steps)[:, None] < lengths[None, :])  # t-major, rows in order
+                stream = _encode(left[mask], frequency[mask])
+                if len(stream) >= int(lengths[coded].sum()):  # the group's stream saves nothing
+                    coded[:], stream = False, b""
+            raw[group] = ~coded[: len(group)]
+            streams.append(stream)
+            done_bits += 8 * len(stream) + 8 * int(lengths[~coded].sum())
+    raw_data = b"".join(data[plan.starts[chunk] : plan.starts[chunk] + plan.lengths[chunk]].tobytes()
+                        for chunk in np.flatnonzero(raw))
     return container.pack(Container(
         fingerprint=fingerprint or model_fingerprint(model), settings=settings,
-        member_sizes=tuple(sizes), original_digest=container.digest(members), streams=tuple(streams)))
+        member_sizes=tuple(sizes), original_digest=container.digest(members), streams=tuple(streams),
+        raw_bitmap=np.packbits(raw, bitorder="little").tobytes(), raw_data=raw_data))
 
 
 def compress(data: bytes, model: ByteModel, chunk_size: int | None = None,
@@ -281,7 +468,8 @@ def compress(data: bytes, model: ByteModel, chunk_size: int | None = None,
 # ---- decompress ---------------------------------------------------------------------
 
 def check_compatible(header: Container, model: ByteModel, fingerprint: bytes | None = None) -> None:
-    """Refuse a stream this model (as loaded) cannot decode, before doing any work."""
+    """Refuse a stream this model (as loaded) cannot decode, before doing any work.
+    (``container.unpack`` has already checked the stream against the format and its length.)"""
     settings = header.settings
     if settings.precision != PRECISION:
         raise OmnibyteError(f"unsupported coding precision {settings.precision} bits (this build codes with {PRECISION})")
@@ -293,13 +481,22 @@ def check_compatible(header: Container, model: ByteModel, fingerprint: bytes | N
         raise OmnibyteError(f"the stream was made on {settings.device} ({settings.dtype}) and decodes only "
                             f"there; the model is on {model.device.type}")
     if settings.chunk_size > model.max_seq_len:
-        raise OmnibyteError("corrupted stream (chunk size exceeds the model's context)")
-    chunks = count_chunks(header.member_sizes, settings.chunk_size)
-    rows = max(1, min(settings.batch_size, chunks))
-    if rows != settings.batch_size or len(header.streams) != -(-chunks // rows):
-        raise OmnibyteError("corrupted stream (chunk and stream tables disagree)")
-    if any(len(stream) % 4 for stream in header.streams):
-        raise OmnibyteError("corrupted stream (a coded stream is not a whole number of words)")
+        raise OmnibyteError(f"corrupted stream (header field chunk_size = {settings.chunk_size:,} exceeds the "
+                            f"model's context of {model.max_seq_len:,} bytes)")
+
+
+def check_groups(header: Container, plan: Plan, raw: np.ndarray) -> None:
+    """Every group's stream against what it has to code: empty exactly when all its chunks are
+    raw, and no more coded bytes than a stream of its length can hold."""
+    for index, (group, stream) in enumerate(zip(plan.groups(header.settings.batch_size), header.streams)):
+        coded = int(plan.lengths[group][~raw[group]].sum())
+        if coded and not stream:
+            raise OmnibyteError(f"corrupted stream (group {index} has {coded:,} coded bytes but an empty stream)")
+        if stream and not coded:
+            raise OmnibyteError(f"corrupted stream (group {index} stores every chunk raw but has a coded stream)")
+        if coded > container.coded_capacity(len(stream)):
+            raise OmnibyteError(f"corrupted stream (group {index} claims {coded:,} coded bytes; its "
+                                f"{len(stream):,}-byte stream holds at most {container.coded_capacity(len(stream)):,})")
 
 
 @torch.inference_mode()
@@ -309,30 +506,53 @@ def decompress_members(
     progress: Progress | None = None,
     fingerprint: bytes | None = None,
 ) -> list[bytes]:
-    """Inverse of ``compress_members``; checks the model, the settings and the end-to-end digest."""
-    import constriction
-
+    """Inverse of ``compress_members``; checks the stream, the model, the settings and the
+    end-to-end digest. Any failure is one ``OmnibyteError``; wrong data is never returned."""
     header = container.unpack(blob)
     check_compatible(header, model, fingerprint)
     settings = header.settings
-    chunks = plan_chunks(header.member_sizes, settings.chunk_size)
-    members = [bytearray(size) for size in header.member_sizes]
-    family = _family()
-    with _stepping(model, settings) as stepper:
-        for group, stream in zip(_groups(chunks, settings.batch_size), header.streams):
-            lengths = _group_lengths(group, settings.batch_size)
-            matrix = np.zeros((int(lengths[0]), settings.batch_size), dtype=np.uint8)
-            decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, "<u4").astype(np.uint32))
+    rows = settings.batch_size
+    plan = plan_chunks(header.member_sizes, settings.chunk_size)
+    raw = header.raw_flags()
+    check_groups(header, plan, raw)
+    out = np.zeros(header.original_size, dtype=np.uint8)
+    raw_data = np.frombuffer(header.raw_data, dtype=np.uint8)
+    raw_starts = np.cumsum(plan.lengths * raw) - plan.lengths * raw  # in raw_data
+    for chunk in np.flatnonzero(raw):
+        start, length, source = int(plan.starts[chunk]), int(plan.lengths[chunk]), int(raw_starts[chunk])
+        out[start : start + length] = raw_data[source : source + length]
+    # version 2 stepped a decoder of chunk_size tokens; version 3 one of the longest chunk's
+    max_len = settings.chunk_size if header.version == 2 else plan.longest
+    with _stepping(model, settings, max_len) as stepper:
+        for index, (group, stream) in enumerate(zip(plan.groups(rows), header.streams)):
+            lengths = _padded(plan.lengths[group], rows)
+            coded_rows = np.flatnonzero(~_padded(raw[group], rows, True) & (lengths > 0))
+            if not len(coded_rows):  # all raw: no model needed
+                if progress is not None:
+                    progress(int(lengths.sum()), None)
+                continue
+            coded_lengths = lengths[coded_rows]  # descending, like the rows
+            steps = int(coded_lengths[0])  # the raw rows' later steps are not needed
+            matrix = _group_matrix(out, plan, group, rows, steps, which=_padded(raw[group], rows, False))
+            device_rows = torch.from_numpy(coded_rows).to(stepper.device)
+            decoder = _GroupDecoder(stream, index)
 
-            def decode_step(t: int, frequencies: np.ndarray) -> np.ndarray:
-                matrix[t, : len(frequencies)] = decoder.decode(family, frequencies)
-                return matrix[t]
+            def decode_step(t: int, active: int, weights: torch.Tensor) -> torch.Tensor:
+                coding = int(np.searchsorted(-coded_lengths, -t, side="left"))  # coded rows with length > t
+                frequencies = weights[device_rows[:coding]].cpu().numpy()
+                matrix[t, coded_rows[:coding]] = decoder.decode(frequencies)
+                return torch.from_numpy(matrix[t].astype(np.int64)).to(stepper.device)
 
-            _run_group(stepper, lengths, decode_step, progress, lambda: None)
-            for row, chunk in enumerate(group):
-                end = chunk.start + chunk.length
-                members[chunk.member][chunk.start : end] = matrix[: chunk.length, row].tobytes()
-    members = [bytes(member) for member in members]
+            done = _run_group(stepper, lengths, steps, decode_step, progress, lambda: None)
+            decoder.finish()
+            for row in coded_rows:
+                chunk = group[row]
+                start, length = int(plan.starts[chunk]), int(plan.lengths[chunk])
+                out[start : start + length] = matrix[:length, row]
+            if progress is not None and int(lengths.sum()) > done:
+                progress(int(lengths.sum()) - done, None)
+    ends = np.cumsum(header.member_sizes, dtype=np.int64) if header.member_sizes else np.zeros(0, np.int64)
+    members = [out[end - size : end].tobytes() for size, end in zip(header.member_sizes, ends)]
     if container.digest(members) != header.original_digest:
         raise OmnibyteError(
             f"decoded data fails its checksum: the stream is corrupted, or it was made on another kind of "

@@ -1,49 +1,68 @@
-"""The ``.omb`` container: header, stream table, coded streams, trailer.
+"""The ``.omb`` container: header, stream table, raw-chunk bitmap, coded streams, raw chunks.
 
-Layout (version 2, all integers little-endian; spec in docs/compression.md)::
+Layout (version 3, all integers little-endian; spec in docs/compression.md)::
 
     magic            4   b"\\x89OMB"
-    version          1   2
+    version          1   3
     fingerprint     16   first 16 bytes of the model's SHA-256 fingerprint
     device           1   0 cpu, 1 cuda      -- where the probabilities were computed
-    dtype            1   0 float32, 1 bfloat16, 2 float16
+    dtype            1   0 float32, 1 bfloat16, 2 float16 (float32 only on the CPU)
     precision        1   log2 of the frequency total (24)
     flags            1   bit 0: probabilities came from the family's fast decoder
     chunk_size       4   u32, bytes per chunk (each chunk starts from BOS)
-    batch_size       4   u32, rows stepped together (the batch shape)
+    batch_size       4   u32, rows stepped together (the batch shape), 1..65,536
     original_size    8   u64, bytes of all members together
     original_digest  8   BLAKE2b-64 of the members, concatenated
     num_members      varint, then one varint size per member      -- the chunk table
     num_streams      varint, then one varint byte length per stream -- the stream table
+    raw_bitmap       ceil(chunks / 8) bytes: bit k (LSB first) set = chunk k is stored raw
     header_crc       4   CRC32 of every byte above
-    streams              the coded streams, concatenated
-    payload_crc      4   CRC32 of the streams
+    streams              the groups' coded streams, concatenated in group order
+    raw chunks           the raw chunks' bytes, concatenated in chunk order
+    payload_crc      4   CRC32 of the streams and the raw chunks
 
-Every parse error is an ``OmnibyteError`` with a one-line message.
+Version 2 is the same without ``raw_bitmap`` and the raw chunks (every chunk coded); it is
+still read. Every size is checked against the format's limits and the blob's own length
+before anything proportional to it is allocated; every parse error is an ``OmnibyteError``
+with a one-line message.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import struct
 import zlib
+
+import numpy as np
 
 from omnibyte.errors import OmnibyteError
 
 MAGIC = b"\x89OMB"
-VERSION = 2
-# version 1 (omnibyte 0.1) had this layout too, but its probabilities came from the old decoder
-# (separate q/k/v projections, per-batch positions), which no longer exists: its streams are
-# refused by name rather than decoded into garbage
+VERSION = 3
+READ_VERSIONS = (2, 3)  # version 2 (omnibyte 0.2.0): version 3 without raw chunks
+# version 1 (omnibyte 0.1) had the layout of version 2, but its probabilities came from the old
+# decoder (separate q/k/v projections, per-batch positions), which no longer exists: its streams
+# are refused by name rather than decoded into garbage
 RETIRED_VERSIONS = {1: "omnibyte 0.1"}
 FINGERPRINT_BYTES = 16
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
-MIN_PRECISION, MAX_PRECISION = 9, 24  # constriction's range coder codes with 24-bit frequencies
+PRECISION = 24  # the only precision this build codes (constriction's 24-bit frequencies)
+KNOWN_FLAGS = 0b1  # bit 0: fast decoder
+MAX_BATCH_SIZE = 1 << 16  # rows per group, the encoder's limit
+MAX_CHUNK_SIZE = (1 << 32) - 1  # u32
+# the most probable byte is coded with frequency at most 2**24 - 255 out of 2**24, so every
+# coded byte costs at least this many bits: a coded stream of S bytes holds at most
+# (8 * S + STREAM_SLACK_BITS) / MIN_BITS_PER_CODED_BYTE bytes (about 365,000 per stream byte)
+MIN_BITS_PER_CODED_BYTE = math.log2(2**PRECISION / (2**PRECISION - 255))
+STREAM_SLACK_BITS = 64  # range-coder state that a flush may leave out (measured: none)
 
 # fixed part after magic + version
 _FIXED = struct.Struct("<16sBBBBIIQ8s")
 _CRC = struct.Struct("<I")
+# magic, version, the fixed fields and both CRCs: every container has these 57 bytes
+FIXED_OVERHEAD = len(MAGIC) + 1 + _FIXED.size + 2 * _CRC.size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +73,7 @@ class CodingSettings:
     dtype: str  # "float32", "bfloat16" or "float16"
     chunk_size: int
     batch_size: int
-    precision: int = 24
+    precision: int = PRECISION
     fast: bool = False  # computed through model.decoder(..., fast=True)
 
 
@@ -65,10 +84,53 @@ class Container:
     member_sizes: tuple[int, ...]
     original_digest: bytes
     streams: tuple[bytes, ...]
+    # ceil(chunks / 8) bytes, bit k (LSB first) = chunk k (in member, offset order) is raw;
+    # b"" means no chunk is raw
+    raw_bitmap: bytes = b""
+    raw_data: bytes = b""  # the raw chunks, concatenated in chunk order
+    version: int = VERSION  # the version read (pack writes this version: 2 or 3)
 
     @property
     def original_size(self) -> int:
         return sum(self.member_sizes)
+
+    @property
+    def num_chunks(self) -> int:
+        return count_chunks(self.member_sizes, self.settings.chunk_size)
+
+    def raw_flags(self) -> np.ndarray:
+        """One bool per chunk (member, offset order): stored raw."""
+        chunks = self.num_chunks
+        if not self.raw_bitmap:
+            return np.zeros(chunks, dtype=bool)
+        bits = np.unpackbits(np.frombuffer(self.raw_bitmap, np.uint8), bitorder="little")
+        return bits[:chunks].astype(bool)
+
+
+def count_chunks(member_sizes, chunk_size: int) -> int:
+    """Chunks of ``chunk_size`` bytes (the last of a member shorter); an empty member has none."""
+    return sum(-(-size // chunk_size) for size in member_sizes)
+
+
+def chunk_lengths(member_sizes, chunk_size: int) -> np.ndarray:
+    """The length of every chunk, in member, offset order (int64)."""
+    sizes = np.asarray(member_sizes, dtype=np.int64).reshape(-1)
+    counts = -(-sizes // chunk_size)
+    lengths = np.full(int(counts.sum()), chunk_size, dtype=np.int64)
+    last = np.cumsum(counts)[counts > 0] - 1
+    lengths[last] = sizes[counts > 0] - (counts[counts > 0] - 1) * chunk_size
+    return lengths
+
+
+def bitmap_bytes(chunks: int) -> int:
+    return -(-chunks // 8)
+
+
+def coded_capacity(stream_bytes: int) -> int:
+    """The most bytes a coded stream of ``stream_bytes`` bytes can decode to (0 for none)."""
+    if stream_bytes <= 0:
+        return 0
+    return int((8 * stream_bytes + STREAM_SLACK_BITS) / MIN_BITS_PER_CODED_BYTE)
 
 
 def digest(members: list[bytes] | tuple[bytes, ...]) -> bytes:
@@ -81,7 +143,7 @@ def digest(members: list[bytes] | tuple[bytes, ...]) -> bytes:
 
 # ---- varints (unsigned LEB128) ----------------------------------------------------
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -90,11 +152,11 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(blob: bytes, offset: int) -> tuple[int, int]:
+def _read_varint(blob: bytes, offset: int, field: str) -> tuple[int, int]:
     value = shift = 0
     while True:
         if offset >= len(blob):
-            raise OmnibyteError("truncated stream (header ends early)")
+            raise OmnibyteError(f"truncated stream (header ends inside the {field})")
         byte = blob[offset]
         offset += 1
         value |= (byte & 0x7F) << shift
@@ -102,78 +164,169 @@ def _read_varint(blob: bytes, offset: int) -> tuple[int, int]:
             return value, offset
         shift += 7
         if shift > 63:
-            raise OmnibyteError("corrupted stream (bad size field in header)")
+            raise OmnibyteError(f"corrupted stream (a number in the {field} is longer than 64 bits)")
 
 
-def _read_list(blob: bytes, offset: int) -> tuple[list[int], int]:
-    count, offset = _read_varint(blob, offset)
+def _read_list(blob: bytes, offset: int, field: str) -> tuple[list[int], int]:
+    count, offset = _read_varint(blob, offset, field)
     if count > len(blob) - offset:  # every entry takes at least one byte
-        raise OmnibyteError("corrupted or truncated stream (table longer than the stream)")
+        raise OmnibyteError(f"corrupted or truncated stream ({field} lists {count:,} entries, but only "
+                            f"{len(blob) - offset:,} bytes follow)")
     values = []
     for _ in range(count):
-        value, offset = _read_varint(blob, offset)
+        value, offset = _read_varint(blob, offset, field)
         values.append(value)
     return values, offset
 
 
-# ---- writing / reading ------------------------------------------------------------
+# ---- writing --------------------------------------------------------------------------
 
 def pack(container: Container) -> bytes:
     settings = container.settings
+    if container.version not in READ_VERSIONS:
+        raise ValueError(f"cannot write container version {container.version}")
     header = bytearray(MAGIC)
-    header.append(VERSION)
+    header.append(container.version)
     header += _FIXED.pack(
         container.fingerprint[:FINGERPRINT_BYTES], DEVICES.index(settings.device),
         DTYPES.index(settings.dtype), settings.precision, int(settings.fast), settings.chunk_size,
         settings.batch_size, container.original_size, container.original_digest)
     for table in (container.member_sizes, [len(s) for s in container.streams]):
-        header += _varint(len(table)) + b"".join(_varint(value) for value in table)
+        header += varint(len(table)) + b"".join(varint(value) for value in table)
+    if container.version >= 3:
+        size = bitmap_bytes(container.num_chunks)
+        header += container.raw_bitmap or bytes(size)
+    elif container.raw_bitmap.strip(b"\x00") or container.raw_data:
+        raise ValueError("version 2 has no raw chunks")
     header += _CRC.pack(zlib.crc32(header))
-    payload = b"".join(container.streams)
+    payload = b"".join(container.streams) + container.raw_data
     return bytes(header) + payload + _CRC.pack(zlib.crc32(payload))
 
 
-def unpack(blob: bytes) -> Container:
-    """Parse and check a container; raise ``OmnibyteError`` on anything malformed."""
-    blob = bytes(blob)
-    if len(blob) < len(MAGIC) + 1 or blob[: len(MAGIC)] != MAGIC:
+# ---- reading ----------------------------------------------------------------------------
+
+def read_version(blob: bytes) -> int:
+    """The version byte, after the magic; refuses retired and unknown versions by name."""
+    if len(blob) < len(MAGIC) + 1 or bytes(blob[: len(MAGIC)]) != MAGIC:
         raise OmnibyteError("not an omnibyte compressed stream (wrong magic bytes)")
     version = blob[len(MAGIC)]
     if version in RETIRED_VERSIONS:
         raise OmnibyteError(f"stream version {version} was made by {RETIRED_VERSIONS[version]}, whose decoder "
-                            f"this build no longer has (it reads version {VERSION}); decompress it with "
-                            f"{RETIRED_VERSIONS[version]}")
-    if version != VERSION:
-        raise OmnibyteError(f"unsupported omnibyte stream version {version} (this build reads {VERSION})")
+                            f"this build no longer has (it reads versions {READ_VERSIONS[0]} to {VERSION}); "
+                            f"decompress it with {RETIRED_VERSIONS[version]}")
+    if version not in READ_VERSIONS:
+        raise OmnibyteError(f"unsupported omnibyte stream version {version} (this build reads versions "
+                            f"{READ_VERSIONS[0]} to {VERSION})")
+    return version
+
+
+def _check_coding_mode(device: int, dtype: int, precision: int, flags: int, chunk_size: int,
+                       batch_size: int) -> None:
+    """Only settings the encoder produces; each refusal names its header field."""
+    if device >= len(DEVICES):
+        raise OmnibyteError(f"corrupted stream (header field device = {device}, not 0 (cpu) or 1 (cuda))")
+    if dtype >= len(DTYPES):
+        raise OmnibyteError(f"corrupted stream (header field dtype = {dtype}, not 0 (float32), 1 (bfloat16) "
+                            f"or 2 (float16))")
+    if DEVICES[device] == "cpu" and DTYPES[dtype] != "float32":
+        raise OmnibyteError(f"unsupported coding mode: header field dtype = {DTYPES[dtype]} on device cpu "
+                            f"(the encoder codes on the CPU in float32 only)")
+    if precision != PRECISION:
+        raise OmnibyteError(f"unsupported coding mode: header field precision = {precision} bits "
+                            f"(this build codes with {PRECISION})")
+    if flags & ~KNOWN_FLAGS:
+        raise OmnibyteError(f"unsupported coding mode: header field flags = {flags:#04x} has unknown bits "
+                            f"{flags & ~KNOWN_FLAGS:#04x} (only bit 0, fast decoder, is defined)")
+    if chunk_size < 1:
+        raise OmnibyteError("corrupted stream (header field chunk_size = 0)")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise OmnibyteError(f"corrupted stream (header field batch_size = {batch_size:,}, outside the "
+                            f"format's 1..{MAX_BATCH_SIZE:,})")
+
+
+def raw_bytes(member_sizes, chunk_size: int, raw: np.ndarray) -> int:
+    """Total length of the chunks flagged in ``raw`` (one bool per chunk, member, offset order)."""
+    total = int(raw.sum()) * chunk_size
+    if not total:
+        return 0
+    last = -1
+    for size in member_sizes:  # a member's last chunk is shorter by its shortfall
+        count = -(-size // chunk_size)
+        last += count
+        if count and raw[last]:
+            total -= count * chunk_size - size
+    return total
+
+
+def unpack(blob: bytes) -> Container:
+    """Parse and check a container; raise ``OmnibyteError`` on anything malformed.
+
+    Nothing proportional to a size read from the header is allocated before that size is
+    checked against the format's limits and against ``len(blob)``.
+    """
+    blob = bytes(blob)
+    version = read_version(blob)
     offset = len(MAGIC) + 1
     if len(blob) < offset + _FIXED.size:
         raise OmnibyteError("truncated stream (header ends early)")
     (fingerprint, device, dtype, precision, flags, chunk_size, batch_size, original_size,
      original_digest) = _FIXED.unpack_from(blob, offset)
     offset += _FIXED.size
-    member_sizes, offset = _read_list(blob, offset)
-    stream_sizes, offset = _read_list(blob, offset)
-    if len(blob) < offset + _CRC.size:
-        raise OmnibyteError("truncated stream (header ends early)")
+    member_sizes, offset = _read_list(blob, offset, "member table")
+    stream_sizes, offset = _read_list(blob, offset, "stream table")
+    # the chunk count is arithmetic on the member table (at most one entry per blob byte)
+    chunks = count_chunks(member_sizes, chunk_size) if chunk_size else 0
+    bitmap_size = bitmap_bytes(chunks) if version >= 3 else 0
+    if len(blob) < offset + bitmap_size + _CRC.size:
+        raise OmnibyteError(f"truncated stream (header ends early: {len(blob):,} bytes, the header of "
+                            f"{chunks:,} chunks needs {offset + bitmap_size + _CRC.size:,})")
+    raw_bitmap = blob[offset : offset + bitmap_size]
+    offset += bitmap_size
     if _CRC.unpack_from(blob, offset)[0] != zlib.crc32(blob[:offset]):
         raise OmnibyteError("corrupted stream (header checksum mismatch)")
     offset += _CRC.size
-    if device >= len(DEVICES) or dtype >= len(DTYPES) or flags > 1:
-        raise OmnibyteError("corrupted stream (unknown coding settings)")
-    if not MIN_PRECISION <= precision <= MAX_PRECISION or chunk_size < 1 or batch_size < 1:
-        raise OmnibyteError("corrupted stream (invalid coding settings)")
+
+    # -- every field against the format's limits ------------------------------------------
+    _check_coding_mode(device, dtype, precision, flags, chunk_size, batch_size)
     if sum(member_sizes) != original_size:
-        raise OmnibyteError("corrupted stream (member sizes do not add up)")
-    payload_end = offset + sum(stream_sizes)
+        raise OmnibyteError(f"corrupted stream (header field original_size = {original_size:,}, but the member "
+                            f"table adds up to {sum(member_sizes):,})")
+    if batch_size > max(1, chunks):
+        raise OmnibyteError(f"corrupted stream (header field batch_size = {batch_size:,} exceeds the "
+                            f"{chunks:,} chunks; the encoder uses min(batch, chunks) rows)")
+    groups = -(-chunks // batch_size)
+    if len(stream_sizes) != groups:
+        raise OmnibyteError(f"corrupted stream (chunk and stream tables disagree: {chunks:,} chunks in groups "
+                            f"of {batch_size:,} need {groups:,} streams, the table lists {len(stream_sizes):,})")
+    for index, size in enumerate(stream_sizes):
+        if size % 4:
+            raise OmnibyteError(f"corrupted stream (stream {index} is {size:,} bytes, not whole 32-bit words)")
+    raw = np.zeros(chunks, dtype=bool)
+    if bitmap_size:
+        bits = np.unpackbits(np.frombuffer(raw_bitmap, np.uint8), bitorder="little")
+        if bits[chunks:].any():
+            raise OmnibyteError("corrupted stream (raw-chunk bitmap has bits set past the last chunk)")
+        raw = bits[:chunks].astype(bool)
+
+    # -- ... and against the blob's own length ----------------------------------------------
+    coded_size = sum(stream_sizes)
+    raw_size = raw_bytes(member_sizes, chunk_size, raw)
+    payload_end = offset + coded_size + raw_size
     if len(blob) < payload_end + _CRC.size:
         raise OmnibyteError(f"truncated stream ({len(blob):,} bytes, header promises {payload_end + _CRC.size:,})")
     if len(blob) > payload_end + _CRC.size:
         raise OmnibyteError("corrupted stream (trailing bytes after the payload)")
+    capacity = sum(coded_capacity(size) for size in stream_sizes)
+    if original_size - raw_size > capacity:
+        raise OmnibyteError(f"corrupted stream (the header claims {original_size - raw_size:,} coded bytes; "
+                            f"{coded_size:,} bytes of coded streams hold at most {capacity:,})")
     if _CRC.unpack_from(blob, payload_end)[0] != zlib.crc32(blob[offset:payload_end]):
         raise OmnibyteError("corrupted stream (payload checksum mismatch)")
     streams = []
     for size in stream_sizes:
         streams.append(blob[offset : offset + size])
         offset += size
-    settings = CodingSettings(DEVICES[device], DTYPES[dtype], chunk_size, batch_size, precision, bool(flags))
-    return Container(fingerprint, settings, tuple(member_sizes), original_digest, tuple(streams))
+    settings = CodingSettings(DEVICES[device], DTYPES[dtype], chunk_size, batch_size, precision,
+                              bool(flags & 1))
+    return Container(fingerprint, settings, tuple(member_sizes), original_digest, tuple(streams),
+                     raw_bitmap=raw_bitmap, raw_data=blob[offset:payload_end], version=version)

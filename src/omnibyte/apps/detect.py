@@ -60,6 +60,7 @@ class Detection:
     mime: str
     label: str
     size: int = 0
+    model_bits_per_byte: float | None = None  # the model's mean surprisal, when one was given
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -511,13 +512,15 @@ class ModalityDetector:
         bits = model_bits_per_byte(model, data)
         evidence = detection.evidence + [{"model_bits_per_byte": round(bits, 3)}]
         if detection.kind == "binary" and bits > self.random_bits_per_byte:
-            return make_detection("random", 0.7, [f"model surprisal {bits:.2f} bits/byte > "
-                                                  f"{self.random_bits_per_byte}"] + evidence, detection.size)
-        if detection.kind == "random":
+            detection = make_detection("random", 0.7, [f"model surprisal {bits:.2f} bits/byte > "
+                                                       f"{self.random_bits_per_byte}"] + evidence, detection.size)
+        elif detection.kind == "random":
             agrees = bits > self.random_bits_per_byte
             confidence = min(0.99, detection.confidence + 0.04) if agrees else detection.confidence * 0.8
-            return make_detection("random", confidence, evidence, detection.size)
-        return dataclasses.replace(detection, evidence=evidence)
+            detection = make_detection("random", confidence, evidence, detection.size)
+        else:
+            detection = dataclasses.replace(detection, evidence=evidence)
+        return dataclasses.replace(detection, model_bits_per_byte=round(bits, 3))
 
 
 DEFAULT_DETECTOR = ModalityDetector()

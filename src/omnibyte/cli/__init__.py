@@ -6,8 +6,13 @@ All argparse code of the package lives in this package.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
+import os
+import sys
+from typing import Iterator
 
+from omnibyte import __version__
+from omnibyte.devices import configure_cpu_threads
 from omnibyte.cli import anomaly, common, compress, demo, detect, generate, info, train
 from omnibyte.cli import eval as eval_command  # the module name would shadow the builtin
 
@@ -15,17 +20,45 @@ from omnibyte.cli import eval as eval_command  # the module name would shadow th
 COMMAND_MODULES = (train, eval_command, generate, info, demo, compress, detect, anomaly)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omnibyte", description="Universal byte-level models.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def build_parser() -> common.Parser:
+    parser = common.Parser(prog="omnibyte", description="Universal byte-level models.")
+    parser.add_argument("--version", action="version", version=f"omnibyte {__version__}",
+                        help="print the version and exit")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       help="what to do (omnibyte COMMAND --help lists its options)")
     for module in COMMAND_MODULES:
         module.add_parser(subparsers)
     return parser
 
 
+@contextlib.contextmanager
+def _standard_streams() -> Iterator[None]:
+    """Closed stdin/stdout become one-line errors when used; under ``torchrun`` only rank 0
+    prints to stdout (every rank would print its own summary), errors still show on stderr."""
+    saved = sys.stdin, sys.stdout
+    if sys.stdin is None:
+        sys.stdin = common.ClosedStream("stdin")
+    if sys.stdout is None:
+        sys.stdout = common.ClosedStream("stdout")
+    try:
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                yield
+        else:
+            yield
+    finally:
+        sys.stdin, sys.stdout = saved
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return common.run_handler(args.handler, args)
+    """Run ``omnibyte ARGS``; returns the exit code (0, 1 for a failed stdout/stdin, 2 for bad input)."""
+    with _standard_streams():
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help, --version, or a one-line usage error
+            return done.code if isinstance(done.code, int) else 0
+        configure_cpu_threads()  # torch's default oversubscribes a busy CPU: 10x slower training
+        return common.run_handler(args.handler, args)
 
 
 __all__ = ["build_parser", "main"]

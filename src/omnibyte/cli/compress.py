@@ -1,7 +1,9 @@
 """``omnibyte compress`` and ``omnibyte decompress``: lossless coding of files with a model.
 
-The coding itself is ``omnibyte.apps.compress``; this module names outputs, loads the model on
-the device the stream needs, and reports progress and ratios on stderr.
+The coding itself is ``omnibyte.apps.compress``; this module names outputs, checks every
+input and output before the model is loaded, loads the model on the device the stream needs,
+and reports progress and ratios on stderr. Files are written atomically (a temporary file
+renamed into place), so a failure never leaves a partial output.
 """
 from __future__ import annotations
 
@@ -14,28 +16,41 @@ from typing import Callable
 import torch
 
 from omnibyte.apps import container
-from omnibyte.apps.compress import DEFAULT_BATCH_SIZE, SUFFIX, compress, decompress, model_fingerprint
-from omnibyte.cli.common import Subparsers, add_model_options, load_cli_model
+from omnibyte.apps.compress import (DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, SUFFIX, compress, decompress,
+                                    model_fingerprint)
+from omnibyte.cli.common import Subparsers, add_model_options, check_output_file, int_in, load_cli_model
 from omnibyte.errors import OmnibyteError
-from omnibyte.fileio import STDIO, read_input, write_output
+from omnibyte.fileio import STDIO, check_output_folder, check_writable, read_input, write_output
 from omnibyte.models.base import ByteModel
 
 # ratio_of(bytes done, compressed bits so far or None) -> the text shown after the progress bar
 RatioText = Callable[[int, "int | None"], str]
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
 def add_parser(subparsers: Subparsers) -> None:
-    compress_parser = subparsers.add_parser("compress", help="compress files losslessly with a model")
+    compress_parser = subparsers.add_parser(
+        "compress", help="compress files losslessly with a model",
+        description="Compress files losslessly with a model (range coding of its next-byte probabilities). "
+                    "Chunks the model cannot shrink are stored raw, so no input grows by more than a few "
+                    "bytes per chunk (docs/compression.md).")
     _add_common(compress_parser)
-    compress_parser.add_argument("--chunk-size", type=int, default=None,
-                                 help="bytes per independently coded chunk (default: 64 KiB or the model's context)")
-    compress_parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                                 help="chunks coded together as one batch (more is faster on a GPU)")
-    compress_parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA), float32, bfloat16, float16")
+    compress_parser.add_argument("--chunk-size", type=int_in(1), default=None, metavar="BYTES",
+                                 help="bytes per independently coded chunk (default: 64 KiB, at most the "
+                                      "model's context)")
+    compress_parser.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
+                                 metavar="N", help="chunks coded together as one batch of the model (more is "
+                                                   "faster on a GPU and needs more memory)")
+    compress_parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                                 help="arithmetic of the model while coding: auto is bfloat16 on CUDA, float32 "
+                                      "on the CPU (the only one there)")
     compress_parser.add_argument("--portable", action="store_true",
                                  help="code on the CPU in float32, so any CPU machine can decode (slow)")
     compress_parser.set_defaults(handler=run_compress)
-    decompress_parser = subparsers.add_parser("decompress", help="restore files made by omnibyte compress")
+    decompress_parser = subparsers.add_parser(
+        "decompress", help="restore files made by omnibyte compress",
+        description="Restore files made by omnibyte compress, with the same model; the result is checked "
+                    "against the original's digest before anything is written.")
     _add_common(decompress_parser)
     decompress_parser.set_defaults(handler=run_decompress)
 
@@ -43,9 +58,12 @@ def add_parser(subparsers: Subparsers) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="input files; - reads stdin")
     # no --device means: auto for compress, the stream's own device for decompress
-    add_model_options(parser, device_default=None)
-    parser.add_argument("-o", "--output", default=None,
-                        help="output file (- for stdout); a folder when there are several inputs")
+    add_model_options(parser, device_default=None,
+                      device_help="where the model runs: auto, cpu, cuda or cuda:N (default: auto for "
+                                  "compress, the stream's own device for decompress)")
+    parser.add_argument("-o", "--output", default=None, metavar="PATH",
+                        help="output file (- for stdout); a folder when there are several inputs (default: "
+                             "next to each input, FILE.omb for compress, FILE without .omb for decompress)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
@@ -72,6 +90,50 @@ def output_for(name: str, args: argparse.Namespace, compressing: bool) -> str:
     return str(target)
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Every input is a readable file (or stdin, named once), before any work."""
+    if args.files.count(STDIO) > 1:
+        raise OmnibyteError("stdin (-) can be named only once")
+    for name in args.files:
+        if name == STDIO:
+            continue
+        path = Path(name)
+        if path.is_dir():
+            raise OmnibyteError(f"{name} is a folder, not a file")
+        if not path.is_file():
+            raise OmnibyteError(f"cannot read {name}: " + ("not a regular file" if path.exists()
+                                                          else "No such file or directory"))
+
+
+def plan_outputs(args: argparse.Namespace, compressing: bool) -> list[tuple[str, str]]:
+    """(input, output) for every input, every output checked before any work: not a folder, in
+    an existing folder, not an input, and (without --force) not an existing file; two inputs
+    never share an output."""
+    pairs = [(name, output_for(name, args, compressing)) for name in args.files]
+    several = len(args.files) > 1
+    folder_missing = False
+    if several and args.output is not None:
+        check_output_folder(args.output, "-o")
+        folder_missing = not Path(args.output).is_dir()  # created when the first file is written
+    seen: dict[str, str] = {}
+    for name, target in pairs:
+        if target == STDIO:
+            if STDIO in seen:
+                raise OmnibyteError(f"{seen[STDIO]} and {name} would both be written to stdout")
+            seen[STDIO] = name
+            continue
+        key = str(Path(target).resolve())
+        if key in seen:
+            raise OmnibyteError(f"{seen[key]} and {name} would both be written to {target}")
+        seen[key] = name
+        if Path(target).is_dir():
+            raise OmnibyteError(f"output {target} is a folder; name a file")
+        check_writable(target, force=args.force, source=name)  # never an input, even with --force
+        if not folder_missing:
+            check_output_file(target, force=args.force)
+    return pairs
+
+
 def _progress_bar(args: argparse.Namespace, name: str, total: int, ratio_of: RatioText):
     """tqdm bar in KB/s with the running ratio; off for --quiet and when stderr is not a terminal."""
     from tqdm import tqdm
@@ -92,7 +154,7 @@ def _progress_bar(args: argparse.Namespace, name: str, total: int, ratio_of: Rat
 
 def _load_coding_model(args: argparse.Namespace, device: str) -> tuple[ByteModel, bytes]:
     """The model and its fingerprint; a stream coded on CUDA needs CUDA to decode."""
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise OmnibyteError("this needs a CUDA GPU (streams made on cuda decode only on one; "
                             "compress with --portable for CPU decoding)")
     model = load_cli_model(args, device=device)
@@ -108,17 +170,24 @@ def _summary(args: argparse.Namespace, name: str, original: int, compressed: int
           f"in {seconds:.1f} s ({original / 1024 / max(seconds, 1e-9):.1f} KB/s)", file=sys.stderr)
 
 
+def _ratio_text(done: int, bits: int | None) -> str:
+    return f"ratio {8 * done / bits:.2f}x" if bits else ""
+
+
 def run_compress(args: argparse.Namespace) -> int:
     device = "cpu" if args.portable else (args.device or "auto")
     if args.portable and args.device not in (None, "cpu"):
         raise OmnibyteError("--portable codes on the CPU; drop --device")
+    if args.portable and args.dtype not in ("auto", "float32"):
+        raise OmnibyteError("--portable codes in float32; drop --dtype")
     dtype = "float32" if args.portable else args.dtype
+    check_inputs(args)
+    pairs = plan_outputs(args, compressing=True)
+    stdin = read_input(STDIO) if STDIO in args.files else None  # a closed stdin fails here, before the model
     model, fingerprint = _load_coding_model(args, device)
-    for name in args.files:
-        target = output_for(name, args, compressing=True)
-        data = read_input(name)
-        bar, update = _progress_bar(args, name, len(data),
-                                    lambda done, bits: f"ratio {8 * done / max(bits or 1, 1):.2f}x")
+    for name, target in pairs:
+        data = stdin if name == STDIO else read_input(name)
+        bar, update = _progress_bar(args, name, len(data), _ratio_text)
         start = time.perf_counter()
         with bar:
             blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype,
@@ -129,13 +198,16 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_decompress(args: argparse.Namespace) -> int:
-    blobs = [(name, read_input(name)) for name in args.files]
-    headers = [container.unpack(blob) for _, blob in blobs]  # reject bad streams before loading anything
+    check_inputs(args)
+    blobs = [read_input(name) for name in args.files]
+    for blob in blobs:  # "not an omnibyte stream" says more than any complaint about its name
+        container.read_version(blob)
+    pairs = plan_outputs(args, compressing=False)
+    headers = [container.unpack(blob) for blob in blobs]  # reject bad streams before loading anything
     devices = {header.settings.device for header in headers}
     device = args.device or (devices.pop() if len(devices) == 1 else "auto")
     model, fingerprint = _load_coding_model(args, device)
-    for (name, blob), header in zip(blobs, headers):
-        target = output_for(name, args, compressing=False)
+    for (name, target), blob, header in zip(pairs, blobs, headers):
         ratio = f"ratio {header.original_size / max(len(blob), 1):.2f}x"
         bar, update = _progress_bar(args, name, header.original_size, lambda done, bits: ratio)
         start = time.perf_counter()

@@ -1,27 +1,32 @@
-"""``omnibyte eval``: bits per byte of a model on files, overall and per file type."""
+"""``omnibyte eval``: bits per byte of a model on files, overall, per file type and per file."""
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
 
-from omnibyte.cli.common import Subparsers, add_model_options, load_cli_model
+from omnibyte.cli.common import Subparsers, add_model_options, add_scoring_options, check_context, load_cli_model
+from omnibyte.data.sources import SkipLog, expand_path
 from omnibyte.evaluate import evaluate_paths
 
 
 def add_parser(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="bits per byte of a model on files")
-    parser.add_argument("data", nargs="+", metavar="DATA")
+    parser = subparsers.add_parser("eval", help="bits per byte of a model on files",
+                                   description="Bits per byte of a model on files, overall and per file type.")
+    parser.add_argument("data", nargs="+", metavar="DATA",
+                        help="files, folders (recursive), globs, .gz/.xz/.bz2 files or .tar/.zip archives")
     add_model_options(parser)
-    parser.add_argument("--context", type=int, default=None, help="window length (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--json", action="store_true", help="print a JSON report")
-    parser.add_argument("--per-file", action="store_true", help="include every file in the report")
+    add_scoring_options(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
+    parser.add_argument("--per-file", action="store_true", help="add one row (or JSON entry) per file")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    for path in args.data:  # a missing input fails before the model loads or a bar is drawn
+        expand_path(path, SkipLog())
     model = load_cli_model(args)
+    check_context(args.context, model)
     report = evaluate_paths(model, args.data, context=args.context, batch_size=args.batch_size,
                             progress=not args.json).to_dict(per_file=args.per_file)
     if args.json:
@@ -32,14 +37,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    """The overall numbers, then one row per file type, largest first."""
+    """The overall numbers, one row per file type (largest first) and, with --per-file, per file."""
     print(f"{report['files']} files, {report['bytes']:,} bytes: {report['bits_per_byte']:.4f} bits/byte, "
           f"accuracy {report['accuracy']:.3f}, perplexity {report['perplexity']:.2f}, "
           f"mean p(true byte) {report['mean_true_byte_prob']:.3f}")
-    rows = [(kind, stats["bytes"], stats["bits_per_byte"], stats["accuracy"])
-            for kind, stats in report["by_type"].items()]
-    print(f"{'type':<12}{'bytes':>14}{'bits/byte':>12}{'accuracy':>10}")
-    for kind, size, bpb, accuracy in sorted(rows, key=lambda row: -row[1]):
-        print(f"{kind:<12}{size:>14,}{bpb:>12.4f}{accuracy:>10.3f}")
+    print_rows("type", report["by_type"], largest_first=True)
+    if "by_file" in report:
+        print_rows("file", report["by_file"], largest_first=False)
     if report["skipped"]:
-        print(f"skipped: {report['skipped']}")
+        print(report["skipped"])  # "skipped N inputs: ..."
+
+
+def print_rows(title: str, stats_by_name: dict[str, dict[str, Any]], largest_first: bool) -> None:
+    rows = [(name, stats["bytes"], stats["bits_per_byte"], stats["accuracy"]) for name, stats in stats_by_name.items()]
+    if largest_first:
+        rows.sort(key=lambda row: -row[1])
+    width = max([12, *(len(row[0]) + 2 for row in rows)])
+    print(f"{title:<{width}}{'bytes':>14}{'bits/byte':>12}{'accuracy':>10}")
+    for name, size, bpb, accuracy in rows:
+        print(f"{name:<{width}}{size:>14,}{bpb:>12.4f}{accuracy:>10.3f}")

@@ -5,16 +5,15 @@ import argparse
 import json
 from typing import Any
 
-from omnibyte.cli.common import Subparsers, add_model_options, load_cli_model
+from omnibyte.cli.common import Subparsers, add_model_options, load_cli_model, saved_step, trained_steps
 from omnibyte.models.base import ByteModel
 from omnibyte.models.serialization import read_config
-from omnibyte.train.checkpoint import TRAINER_STATE_FILE, load_trainer_state
 
 
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("info", help="describe a saved model")
-    add_model_options(parser)
-    parser.add_argument("--json", action="store_true")
+    add_model_options(parser, device=False)  # describing a model runs nothing: always on the CPU
+    parser.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
     parser.set_defaults(handler=run)
 
 
@@ -25,10 +24,12 @@ def model_summary(model: ByteModel) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = model_summary(load_cli_model(args, device="cpu"))  # describing needs no accelerator
+    summary = model_summary(load_cli_model(args, device="cpu", announce=False))  # it says the step itself
     summary["task"] = read_config(args.model)["task"]
-    if (args.model / TRAINER_STATE_FILE).exists():
-        summary["trained_steps"] = load_trainer_state(args.model).state["step"]
+    summary["saved_step"] = saved_step(args.model)  # the step the saved weights are from (a run's best)
+    last = trained_steps(args.model)
+    if last is not None:
+        summary["trained_steps"] = last
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -45,5 +46,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"FLOPs/byte    {summary['flops_per_byte']:.3g} (training, at full context)")
     if "trained_steps" in summary:
         print(f"trained steps {summary['trained_steps']:,}")
+    step = summary["saved_step"]
+    if step is not None:
+        best = " (the best by validation)" if step != summary.get("trained_steps", step) else ""
+        print(f"saved model   from step {step:,}{best}")
+    else:
+        print("saved model   step not recorded")
     for key, value in summary["config"].items():
         print(f"  {key:<22}{value}")

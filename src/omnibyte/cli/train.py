@@ -3,44 +3,85 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from omnibyte.cli.common import EXIT_INTERRUPTED, Subparsers, parse_overrides
+from omnibyte.cli.common import (
+    BATCH_SIZE_HELP,
+    DEVICE_NAMES,
+    Subparsers,
+    add_allow_large_option,
+    check_run_folder,
+    device_name,
+    int_in,
+    non_negative_int,
+    non_negative_real,
+    parse_overrides,
+    positive_int,
+    positive_real,
+    real_in,
+    seed_int,
+    show_validation,
+    trained_steps,
+)
 from omnibyte.data import ByteCorpus
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import ARCHITECTURES, make_config, model_class_for
 from omnibyte.models.base import ByteModel
 from omnibyte.models.serialization import CONFIG_FILE, model_from_config, read_config
-from omnibyte.train.trainer import TrainConfig, Trainer
+from omnibyte.train.trainer import TrainConfig, Trainer, seeded_model
 
-# train options that map one-to-one onto TrainConfig fields
-TRAIN_OPTIONS = {
-    "seq_len": int, "batch_size": int, "steps": int, "grad_accum": int, "lr": float,
-    "warmup_steps": int, "weight_decay": float, "grad_clip": float, "eval_every": int,
-    "eval_windows": int, "patience": int, "save_every": int, "log_every": int, "seed": int,
-    "time_limit": float,
-}
+# options that map one-to-one onto TrainConfig fields: (field, type, metavar, help). Their
+# defaults are TrainConfig's (or the resumed run's), so ``None`` here means "not given".
+TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
+    ("seq_len", positive_int, "BYTES", "bytes per training sequence (at most the model's context)"),
+    ("batch_size", positive_int, "N", BATCH_SIZE_HELP + ", per device and micro-step"),
+    ("steps", positive_int, "N", "optimizer steps in all (a resumed run trains up to this step)"),
+    ("grad_accum", positive_int, "N", "micro-steps whose gradients add up to one optimizer step"),
+    ("lr", positive_real, "LR", "peak learning rate (after warmup, then cosine decay)"),
+    ("warmup_steps", int_in(-1), "N", "linear warmup steps; -1: 5%% of --steps, at most 1000"),
+    ("weight_decay", non_negative_real, "W", "AdamW weight decay of matrices"),
+    ("grad_clip", non_negative_real, "NORM", "clip the gradient norm to this; 0: no clipping"),
+    ("eval_every", non_negative_int, "N", "validate every N steps and keep the best model; 0: never"),
+    ("eval_windows", non_negative_int, "N", "validation windows of --seq-len per validation; 0: all"),
+    ("patience", non_negative_int, "N", "stop after N validations without improvement; 0: never stop early"),
+    ("save_every", non_negative_int, "N",
+     "save a checkpoint every N steps; 0: only at the end (always also at the end and on Ctrl-C/SIGTERM)"),
+    ("log_every", positive_int, "N", "log the training loss every N steps"),
+    ("seed", seed_int, "S", "seed of the initial weights, data order and dropout"),
+    ("time_limit", non_negative_real, "SECONDS", "stop cleanly after this much training; 0: no limit"),
+)
 # TrainConfig fields with options of their own; ``None`` (not given) keeps the saved/default value
 OTHER_CONFIG_OPTIONS = ("device", "compile", "tensorboard")
 
 
 def add_parser(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a model on files, folders, globs or archives")
-    parser.add_argument("data", nargs="+", metavar="DATA")
-    parser.add_argument("--arch", default="flat", help=f"model family ({', '.join(ARCHITECTURES)})")
+    defaults = TrainConfig()
+    parser = subparsers.add_parser("train", help="train a model on files, folders, globs or archives",
+                                   description="Train a model, or continue a run with --resume.")
+    parser.add_argument("data", nargs="+", metavar="DATA",
+                        help="files, folders (recursive), globs, .gz/.xz/.bz2 files or .tar/.zip archives")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="run folder: model, checkpoints, metrics and loss curve")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    parser.add_argument("--arch", default="flat", choices=list(ARCHITECTURES), help="model family")
     parser.add_argument("--preset", default="tiny", help="named size of the family (tiny, small, base, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model config field, e.g. --set num_layers=4 (JSON values)")
-    parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, metrics, plot)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda")
-    parser.add_argument("--val-fraction", type=float, default=0.05)
+                        help="override a model config field, e.g. --set num_layers=4 (JSON values; repeatable)")
+    add_allow_large_option(parser)
+    parser.add_argument("--device", default=None, type=device_name,
+                        help=f"where to train: {DEVICE_NAMES} (default: auto, or the resumed run's)")
+    parser.add_argument("--val-fraction", type=real_in(0.0, 1.0, include_high=False), default=0.05,
+                        metavar="F", help="share of the data held out for validation")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    parser.add_argument("--tensorboard", action="store_true", default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    for name, kind in TRAIN_OPTIONS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    parser.add_argument("--tensorboard", action="store_true", default=None,
+                        help="also log metrics for TensorBoard (in DIR/tensorboard)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, kind, metavar, text in TRAIN_OPTIONS:
+        # the default shown is TrainConfig's; the value stays None so a resumed run keeps its own
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar,
+                            help=f"{text} (default: {getattr(defaults, name)})")
     parser.set_defaults(handler=run)
 
 
@@ -49,8 +90,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     saved = args.out / "train_config.json"
     values: dict[str, Any] = {}
     if args.resume and saved.exists():
-        values = json.loads(saved.read_text())
-    for name in [*TRAIN_OPTIONS, *OTHER_CONFIG_OPTIONS]:
+        try:
+            values = json.loads(saved.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise OmnibyteError(f"cannot read {saved}: {error}") from None
+    for name in [*(option[0] for option in TRAIN_OPTIONS), *OTHER_CONFIG_OPTIONS]:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     try:
@@ -59,35 +103,37 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         raise OmnibyteError(f"invalid training options: {error}") from None
 
 
-def train_model(args: argparse.Namespace) -> ByteModel:
-    """The resumed run's model, or a new one from --arch, --preset and --set."""
+def train_model(args: argparse.Namespace, seed: int) -> ByteModel:
+    """The resumed run's model (its weights come from the checkpoint), or a new one from
+    --arch, --preset and --set with initial weights from ``seed``."""
     if args.resume and (args.out / CONFIG_FILE).exists():
         return model_from_config(read_config(args.out))
     try:
         config = make_config(args.arch, args.preset, **parse_overrides(args.overrides))
     except (TypeError, ValueError) as error:
         raise OmnibyteError(f"invalid model config: {error}") from None
-    return model_class_for(args.arch)(config)
+    return seeded_model(lambda: model_class_for(args.arch)(config), seed)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_folder(args.out)  # before reading data or building anything
     config = train_config(args)
-    if not 0 <= args.val_fraction < 1:
-        raise OmnibyteError("--val-fraction must be in [0, 1)")
-    model = train_model(args)
-    corpus = ByteCorpus.from_paths(args.data)
+    finished = trained_steps(args.out) if args.resume else None
+    if finished is not None and finished >= config.steps:  # one line, before the data is read
+        print(f"{args.out} already finished at step {finished:,}; nothing to do (pass a larger --steps to continue)")
+        return 0
+    model = train_model(args, config.seed)
+    corpus = ByteCorpus.from_paths(args.data, exclude=[args.out])  # never its own checkpoints
     train_corpus, val_corpus = corpus.split(args.val_fraction)
     print(f"{model.arch} model, {model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {corpus.num_documents} files, {corpus.num_bytes:,} bytes "
           f"({train_corpus.num_bytes:,} train / {val_corpus.num_bytes:,} validation)"
-          + (f"; skipped {corpus.skipped.summary()}" if corpus.skipped.total else ""))
+          + (f"; {corpus.skipped.summary()}" if corpus.skipped.total else ""))
     trainer = Trainer(model, train_corpus, config, args.out, val_corpus, progress=not args.no_progress)
+    trainer.callbacks.append(show_validation)
     try:
         result = trainer.fit(resume=args.resume)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED  # the trainer saved a checkpoint; --resume continues
-    summary = f"step {result.step}: train {result.train_bits_per_byte:.4f} bits/byte"
-    if result.val_bits_per_byte is not None:
-        summary += f", validation {result.val_bits_per_byte:.4f} (best {result.best_val_bits_per_byte:.4f})"
-    print(summary + (" (stopped early)" if result.stopped_early else "") + f"; saved to {args.out}")
+    except KeyboardInterrupt as stopped:  # the trainer saved a checkpoint and said so; --resume continues
+        return 128 + getattr(stopped, "signal_number", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+    print(result.summary())
     return 0

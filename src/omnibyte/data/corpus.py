@@ -44,15 +44,21 @@ class ByteCorpus:
 
     @classmethod
     def from_paths(
-        cls, paths: Sequence[str | Path] | str | Path, max_bytes: int | None = None
+        cls,
+        paths: Sequence[str | Path] | str | Path,
+        max_bytes: int | None = None,
+        exclude: Sequence[str | Path] = (),
     ) -> ByteCorpus:
-        """Read files/folders/globs/archives; stop (cutting the last document) at ``max_bytes``."""
+        """Read files/folders/globs/archives; stop (cutting the last document) at ``max_bytes``.
+        Nothing in or at a path of ``exclude`` is read (``train`` passes its ``--out``), and
+        omnibyte's own runs, models and streams found in folders are skipped (see
+        ``omnibyte.data.sources``); ``skipped`` notes both."""
         if max_bytes is not None and max_bytes <= 0:
             raise OmnibyteError(f"max_bytes must be positive, got {max_bytes}")
         skipped = SkipLog()
         documents: list[Document] = []
         total = 0
-        for document in iter_documents(paths, skipped):
+        for document in iter_documents(paths, skipped, exclude):
             if max_bytes is not None and total + len(document) >= max_bytes:
                 documents.append(Document(document.name, document.data[: max_bytes - total]))
                 break

@@ -12,12 +12,20 @@ Every input becomes one or more ``Document`` objects (a display name plus its by
 Nothing is unpacked to disk. Empty and unreadable inputs are skipped and counted in a
 ``SkipLog``; a missing path, an input with no usable document and a corrupt archive raise
 ``OmnibyteError`` naming the path. Archives nested inside archives are plain bytes.
+
+What omnibyte itself wrote is never read as data when it turns up in a folder or a glob (a run
+directory inside the data, as ``omnibyte train . --out runs/x`` makes): a folder holding an
+omnibyte run or model (``trainer_state.safetensors``, or an omnibyte ``config.json`` next to
+``model.safetensors``) is skipped whole, and so are safetensors files carrying omnibyte's
+metadata and compressed ``.omb`` streams; each is noted in the ``SkipLog``. ``exclude`` names
+paths never to read at all (the run's own ``--out``).
 """
 from __future__ import annotations
 
 import bz2
 import glob
 import gzip
+import json
 import lzma
 import os
 import re
@@ -46,6 +54,15 @@ CORRUPT_DATA_ERRORS = (
     OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error,
 )
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
+# what marks omnibyte's own output (the file names of omnibyte.models.modelfiles and
+# omnibyte.train.checkpoint, the magic of omnibyte.apps.container; data depends on neither)
+TRAINER_STATE_NAME = "trainer_state.safetensors"
+MODEL_FILES = ("config.json", "model.safetensors")
+STREAM_MAGIC = b"\x89OMB"
+SAFETENSORS_HEADER_MAX = 100 << 20  # a header longer than this is not one omnibyte wrote
+OMNIBYTE_FOLDER = "omnibyte run or model folder"
+OMNIBYTE_FILE = "written by omnibyte"
+EXCLUDED = "excluded (output of this run)"
 SPLIT_PIECE_SUFFIX = re.compile(r"\[[a-z]+\]$")  # "name[valid]" pieces made by ByteCorpus
 
 
@@ -109,20 +126,27 @@ def file_kind(name: str) -> str:
 
 
 def iter_documents(
-    paths: Sequence[str | Path] | str | Path, skipped: SkipLog | None = None
+    paths: Sequence[str | Path] | str | Path,
+    skipped: SkipLog | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> Iterator[Document]:
-    """Yield the documents of every input path, in a deterministic order."""
+    """Yield the documents of every input path, in a deterministic order; files in or at a
+    path of ``exclude`` are left out (noted in ``skipped``)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
         raise OmnibyteError("no input paths given")
     skipped = skipped if skipped is not None else SkipLog()
     seen_files: set[str] = set()
+    excluded = [os.path.realpath(path) for path in exclude]
     for argument in paths:
         local_skips = SkipLog()
         found_any = False
         try:
-            for file_name in expand_path(str(argument), local_skips):
+            for file_name in expand_path(str(argument), local_skips, excluded):
+                if _is_excluded(file_name, excluded):
+                    local_skips.add(EXCLUDED, file_name)
+                    continue
                 if _already_seen(file_name, seen_files):
                     local_skips.add("duplicate", file_name)
                     found_any = True  # its documents were already read for an earlier input
@@ -137,10 +161,13 @@ def iter_documents(
             raise OmnibyteError(f"no usable documents in {argument}{detail}")
 
 
-def expand_path(argument: str, skipped: SkipLog) -> list[str]:
-    """Files named by one input: the file itself, a folder's files, or a glob's matches."""
+def expand_path(argument: str, skipped: SkipLog, excluded: Sequence[str] = ()) -> list[str]:
+    """Files named by one input: the file itself, a folder's files, or a glob's matches.
+    A file named outright is read whatever it is; what a folder or a glob turns up is
+    checked for omnibyte's own output first; folders in ``excluded`` (real paths) are not
+    walked."""
     if os.path.isdir(argument):
-        return _walk_folder(argument, skipped)
+        return _walk_folder(argument, skipped, excluded)
     if os.path.lexists(argument):
         return [argument]
     if GLOB_CHARACTERS.search(argument):
@@ -149,20 +176,103 @@ def expand_path(argument: str, skipped: SkipLog) -> list[str]:
             raise OmnibyteError(f"no files match {argument}")
         files: list[str] = []
         for match in matches:
-            files.extend(_walk_folder(match, skipped) if os.path.isdir(match) else [match])
+            if os.path.isdir(match):
+                files.extend(_walk_folder(match, skipped, excluded))
+            elif _omnibyte_folder(os.path.dirname(match) or "."):
+                skipped.add(OMNIBYTE_FOLDER, match)
+            elif not _skipped_as_omnibyte_file(match, skipped):
+                files.append(match)
         return files
     raise OmnibyteError(f"input not found: {argument}")
 
 
-def _walk_folder(folder: str, skipped: SkipLog) -> list[str]:
+def _walk_folder(folder: str, skipped: SkipLog, excluded: Sequence[str] = ()) -> list[str]:
     files: list[str] = []
     for root, folders, names in os.walk(folder):
+        if _is_excluded(root, excluded):  # noted once, not file by file
+            skipped.add(EXCLUDED, root)
+            folders[:] = []
+            continue
+        if _omnibyte_folder(root, folders + names):  # a run or model: none of it is data
+            skipped.add(OMNIBYTE_FOLDER, root)
+            folders[:] = []
+            continue
         # Hidden entries (.git, .cache, ...) are metadata, not data; a hidden folder counts once.
         for hidden in sorted(name for name in folders + names if name.startswith(".")):
             skipped.add("hidden", os.path.join(root, hidden))
         folders[:] = sorted(name for name in folders if not name.startswith("."))
-        files.extend(os.path.join(root, name) for name in sorted(names) if not name.startswith("."))
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if not name.startswith(".") and not _skipped_as_omnibyte_file(path, skipped):
+                files.append(path)
     return files
+
+
+def _is_excluded(file_name: str, excluded: Sequence[str]) -> bool:
+    if not excluded:
+        return False
+    real = os.path.realpath(file_name)
+    return any(real == path or real.startswith(path.rstrip(os.sep) + os.sep) for path in excluded)
+
+
+def _omnibyte_folder(folder: str, names: list[str] | None = None) -> bool:
+    """True when ``folder`` holds an omnibyte run (its trainer state) or model (omnibyte's
+    ``config.json`` next to ``model.safetensors``)."""
+    if names is None:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return False
+    if TRAINER_STATE_NAME in names:
+        return True
+    return all(name in names for name in MODEL_FILES) and _is_omnibyte_config(os.path.join(folder, MODEL_FILES[0]))
+
+
+def _is_omnibyte_config(path: str) -> bool:
+    """An omnibyte model document: {"format": ..., "arch": ..., "config": {...}}."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(1 << 20)
+        document = json.loads(text)
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and {"format", "arch", "config"} <= set(document)
+
+
+def _skipped_as_omnibyte_file(path: str, skipped: SkipLog) -> bool:
+    """Note and skip a file omnibyte wrote: a compressed stream, or a safetensors file with
+    omnibyte's metadata (a model or trainer state copied out of its folder)."""
+    lowered = path.lower()
+    if not lowered.endswith((".omb", ".safetensors")):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            if lowered.endswith(".omb"):
+                ours = handle.read(len(STREAM_MAGIC)) == STREAM_MAGIC
+            else:
+                ours = _safetensors_metadata_has_omnibyte(handle)
+    except OSError:
+        return False  # unreadable: documents_of_file notes it
+    if ours:
+        skipped.add(OMNIBYTE_FILE, path)
+    return ours
+
+
+def _safetensors_metadata_has_omnibyte(handle: BinaryIO) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and the
+    header's JSON, whose ``__metadata__`` carries omnibyte's config document."""
+    prefix = handle.read(8)
+    if len(prefix) != 8:
+        return False
+    length = int.from_bytes(prefix, "little")
+    if not 2 <= length <= SAFETENSORS_HEADER_MAX:
+        return False
+    try:
+        header = json.loads(handle.read(length))
+    except ValueError:
+        return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and "omnibyte" in metadata
 
 
 def _already_seen(file_name: str, seen_files: set[str]) -> bool:

@@ -25,10 +25,12 @@ as a CUDA graph; the eager and the fast path run the same block code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence, Union
 
 import numpy as np
@@ -36,7 +38,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from omnibyte.models import modelfiles
 from omnibyte.models.layers import fuse_legacy_projections
+from omnibyte.models.validation import (
+    ConfigError,
+    Limit,
+    ModelSize,
+    check_finite,
+    check_model_size,
+    check_range,
+    field_path,
+)
 from omnibyte.sampling import GumbelNoise, sample_next
 
 BOS = 256
@@ -47,7 +59,11 @@ INPUT_VOCAB = 257  # bytes + BOS
 # ---- configs --------------------------------------------------------------------------
 
 def _coerce(hint: Any, value: Any, name: str) -> Any:
-    """``value`` checked against the type ``hint`` of field ``name``; nested configs are built."""
+    """``value`` checked against the type ``hint`` of field ``name``; nested configs are built.
+
+    Strict on purpose: a bool is not a number, a string is not a number (``"64"``), an integer
+    field refuses ``1024.5`` and ``1e9`` (JSON reads both as floats), a float field refuses NaN
+    and infinities. Errors are ``ConfigError``s that name the field."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         options = typing.get_args(hint)
@@ -58,40 +74,92 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             try:
                 return _coerce(option, value, name)
             except ValueError as error:
-                errors.append(str(error))
-        raise ValueError(errors[0] if errors else f"{name}: invalid value {value!r}")
+                errors.append(error)
+        raise errors[0] if errors else ConfigError(name, f"has an invalid value {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+            raise ConfigError(name, f"must be a list, got {type(value).__name__}")
         (item,) = typing.get_args(hint) or (Any,)
         return [_coerce(item, element, f"{name}[{index}]") for index, element in enumerate(value)]
     if isinstance(hint, type) and issubclass(hint, BaseConfig):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"{name} must be an object ({hint.__name__}), got {type(value).__name__}")
-        return hint.from_dict(value)
+        return _sub_config(hint, value, name)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
+            raise ConfigError(name, f"must be true or false, got {value!r}")
     elif hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise ConfigError(name, f"must be an integer, got {value!r}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        check_finite(name, value)
         return float(value)
     elif hint is str and not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {value!r}")
+        raise ConfigError(name, f"must be a string, got {value!r}")
     return value
+
+
+def _sub_config(hint: type[BaseConfig], value: Any, name: str) -> BaseConfig:
+    """A nested config from a dict (or an existing one, checked again: it may have been
+    changed since it was built); its errors name the field under ``name``."""
+    with field_path(name):
+        if isinstance(value, hint):
+            value.validate()
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError("", f"must be an object ({hint.__name__}), got {type(value).__name__}")
+        return hint.from_dict(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _field_hints(config_class: type) -> dict[str, Any]:
+    return typing.get_type_hints(config_class)
 
 
 @dataclasses.dataclass
 class BaseConfig:
-    """Config base class: a dataclass that round-trips through JSON. ``from_dict`` checks every
-    value against its field's type and builds nested sub-configs (fields typed as a
-    ``BaseConfig`` subclass, or a list of them), so a family with several parts has one
-    config document."""
+    """Config base class: a dataclass that round-trips through JSON and is checked when it is
+    built, from ``from_dict`` (JSON, ``--set``) and from Python alike.
+
+    Every field is checked against its type (nested sub-configs, fields typed as a
+    ``BaseConfig`` subclass or a list of them, are built from dicts), against its range in
+    ``LIMITS`` and its allowed values in ``CHOICES``; then ``fill_defaults`` replaces
+    placeholders (``intermediate_size=0``), then ``validate`` applies the rules between
+    fields. Errors are ``ConfigError``s (a ``ValueError`` and an ``OmnibyteError``) naming the
+    field and what it may be. A family with several parts has one config document."""
+
+    LIMITS: ClassVar[dict[str, Limit]] = {}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __post_init__(self) -> None:
+        self._check_fields()  # first, so nothing is derived from a value out of range
+        self.fill_defaults()
+        self.validate()
+
+    def fill_defaults(self) -> None:
+        """Replace placeholder values by what they stand for (runs after the field checks)."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` on a field of the wrong type or out of range, or on fields
+        that do not fit together. Families add their rules after ``super().validate()``."""
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        hints = _field_hints(type(self))
+        for field in dataclasses.fields(self):
+            name = field.name
+            value = _coerce(hints.get(name, Any), getattr(self, name), name)
+            if name in self.LIMITS:
+                check_range(name, value, self.LIMITS[name], "an integer" if isinstance(value, int) else "a number")
+            choices = self.CHOICES.get(name)
+            if choices is not None and value not in choices:
+                raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+            setattr(self, name, value)  # coerced: int -> float, dict -> sub-config
+
+    def estimate_size(self) -> ModelSize | None:
+        """Parameters and build memory of the model this config describes, from the config
+        alone (None: no estimate; the size limit then does not apply)."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,23 +170,18 @@ class BaseConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
         if not isinstance(values, dict):
-            raise ValueError(f"{cls.__name__} must be an object, got {type(values).__name__}")
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(values) - known)
+            raise ConfigError("", f"{cls.__name__} must be an object, got {type(values).__name__}")
+        known = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = sorted((name for name in values if name not in known), key=str)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-        typed = {name: _coerce(hints.get(name, Any), value, name) for name, value in values.items()}
-        config = cls(**typed)
-        config.validate()
+            raise ConfigError("", f"unknown {cls.__name__} field {unknown[0]!r} (fields: {', '.join(known)})")
+        config = cls(**values)
+        config.validate()  # again: a family's own __post_init__ may not chain to ours
         return config
 
     @classmethod
     def from_json(cls, text: str):
         return cls.from_dict(json.loads(text))
-
-    def validate(self) -> None:
-        """Raise ValueError on an inconsistent config."""
 
 
 # ---- the model interface ------------------------------------------------------------------
@@ -134,6 +197,9 @@ class ByteModel(nn.Module):
     def __init__(self, config: BaseConfig):
         super().__init__()
         config.validate()
+        # families call this first, so a model above the size limit is refused before any
+        # of its weights is allocated
+        check_model_size(config.estimate_size())
         self.config = config
 
     # ---- required by every family -------------------------------------------------
@@ -192,6 +258,49 @@ class ByteModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    # ---- the huggingface_hub convention (PyTorchModelHubMixin), on local folders ----------
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        config: BaseConfig | dict[str, Any] | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Save ``config.json`` + ``model.safetensors`` (omnibyte's format: any command loads
+        the folder with ``--model``) and a model card ``README.md`` if there is none, like
+        ``PyTorchModelHubMixin.save_pretrained``; returns None. Offline: ``push_to_hub`` is
+        refused; ``repo_id`` and ``model_card_kwargs`` are accepted for compatibility."""
+        modelfiles.save_pretrained(self, save_directory, config=config, push_to_hub=push_to_hub)
+        return None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        force_download: bool = False,
+        resume_download: bool | None = None,
+        proxies: dict | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        map_location: str | torch.device = "cpu",
+        strict: bool = False,
+        config: BaseConfig | dict[str, Any] | None = None,
+    ) -> "ByteModel":
+        """Load a folder written by ``save_pretrained`` (or any omnibyte model or run folder),
+        like ``PyTorchModelHubMixin.from_pretrained``: weights onto ``map_location``, eval
+        mode, ``strict=False`` by default as in the mixin. ``ByteModel.from_pretrained``
+        returns the family the folder names; a family's own class refuses another family in
+        one line. Local folders only: omnibyte never downloads, so the Hub's download options
+        are accepted and ignored."""
+        return modelfiles.from_pretrained(cls, pretrained_model_name_or_path, map_location=map_location,
+                                          strict=strict, config=config)
 
     # ---- checkpoints written by earlier versions ------------------------------------------
     @classmethod

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -9,7 +10,9 @@ import torch.nn as nn
 
 from omnibyte.models.base import INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel, Decoder
 from omnibyte.models.graphs import GraphSteps
+from omnibyte.models.validation import Limit, ModelSize
 from omnibyte.models.layers import (
+    STACK_LIMITS,
     StackConfig,
     TransformerStack,
     default_intermediate_size,
@@ -20,6 +23,12 @@ from omnibyte.models.layers import (
 @dataclasses.dataclass
 class ModelConfig(BaseConfig):
     """Flat model config; the defaults are the reference spec (the ``base`` preset)."""
+
+    LIMITS: ClassVar[dict[str, Limit]] = {
+        **STACK_LIMITS,
+        "vocab_size": Limit(NUM_BYTES, NUM_BYTES),
+        "intermediate_size": Limit(0, STACK_LIMITS["intermediate_size"].high),  # 0: the default
+    }
 
     vocab_size: int = NUM_BYTES
     hidden_size: int = 1024
@@ -32,7 +41,7 @@ class ModelConfig(BaseConfig):
     norm_eps: float = 1e-6
     qk_norm: bool = True
 
-    def __post_init__(self):
+    def fill_defaults(self) -> None:
         if self.intermediate_size == 0:
             self.intermediate_size = default_intermediate_size(self.hidden_size)
 
@@ -50,9 +59,13 @@ class ModelConfig(BaseConfig):
         )
 
     def validate(self) -> None:
-        if self.vocab_size != NUM_BYTES:
-            raise ValueError(f"vocab_size must be {NUM_BYTES} (bytes)")
+        super().validate()
         self.stack().validate()
+
+    def estimate_size(self) -> ModelSize:
+        """Byte embedding, the stack and the head."""
+        embeddings = (INPUT_VOCAB + self.vocab_size) * self.hidden_size
+        return self.stack().size() + ModelSize.of_parameters(embeddings)
 
 
 FLAT_PRESETS: dict[str, dict] = {

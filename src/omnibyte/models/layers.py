@@ -14,6 +14,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from omnibyte.models.validation import ConfigError, Limit, ModelSize, check_finite, check_range
+
+
+# The ranges of the fields that shape a transformer stack, shared by every family's config (so
+# `hidden_size` means the same thing, and is refused the same way, in all of them). The upper
+# ends only stop absurd values early; the model size limit is what bounds a model.
+STACK_LIMITS: dict[str, Limit] = {
+    "hidden_size": Limit(1, 65536),
+    "num_layers": Limit(1, 1024),
+    "num_query_heads": Limit(1, 1024),
+    "num_key_value_heads": Limit(1, 1024),
+    "intermediate_size": Limit(1, 2**20),
+    "max_sequence_length": Limit(1, 2**24),
+    "rope_theta": Limit(0.0, None, low_open=True),
+    "norm_eps": Limit(0.0, 1.0, low_open=True),
+}
+_FLOAT_FIELDS = ("rope_theta", "norm_eps")
+ROPE_BUILD_BYTES = 32  # per table element at build: float64 angles, cos and sin, then float32 copies
+
 
 @dataclasses.dataclass
 class StackConfig:
@@ -34,21 +53,41 @@ class StackConfig:
         return self.hidden_size // self.num_query_heads
 
     def validate(self) -> None:
-        if self.hidden_size % self.num_query_heads:
-            raise ValueError("hidden_size must be divisible by num_query_heads")
-        if self.num_key_value_heads < 1 or self.num_query_heads % self.num_key_value_heads:
-            raise ValueError("num_key_value_heads must divide num_query_heads")
+        """Ranges first (each message names its field), then the rules between fields."""
+        for name, limit in STACK_LIMITS.items():
+            value = getattr(self, name)
+            integer = name not in _FLOAT_FIELDS
+            if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+                raise ConfigError(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+            check_finite(name, value)
+            check_range(name, value, limit, "an integer" if integer else "a number")
+        heads, kv_heads = self.num_query_heads, self.num_key_value_heads
+        if self.hidden_size % heads:
+            raise ConfigError("hidden_size", f"must be a multiple of num_query_heads ({heads}), "
+                                             f"got {self.hidden_size}")
+        if heads % kv_heads:
+            raise ConfigError("num_key_value_heads", f"must divide num_query_heads ({heads}), got {kv_heads}")
         if self.head_dim % 2:
-            raise ValueError("head dimension (hidden_size / num_query_heads) must be even for RoPE")
-        for name in ("num_layers", "intermediate_size", "max_sequence_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+            raise ConfigError("hidden_size", f"/ num_query_heads (the head dimension) must be even for "
+                                             f"rotary embeddings, got {self.hidden_size} / {heads} = {self.head_dim}")
 
     def num_parameters(self) -> int:
+        """Parameters of the matmuls (what training FLOPs count); norms are left out."""
         d, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
         attention = 2 * d * d + 2 * d * kv
         mlp = 3 * d * self.intermediate_size
         return self.num_layers * (attention + mlp)
+
+    def size(self) -> ModelSize:
+        """Every parameter (matmuls and norms) and the memory building the stack takes,
+        rotary tables included, without building it."""
+        d, head_dim = self.hidden_size, self.head_dim
+        norms = 2 * d + (2 * head_dim if self.qk_norm else 0)
+        heads = self.num_query_heads + 2 * self.num_key_value_heads
+        per_layer = norms + d * heads * head_dim + self.num_query_heads * head_dim * d + 3 * d * self.intermediate_size
+        parameters = self.num_layers * per_layer + d
+        rope = ROPE_BUILD_BYTES * self.max_sequence_length * head_dim
+        return ModelSize.of_parameters(parameters) + ModelSize(0, rope)
 
     def flops_per_token(self, context: int) -> float:
         """Training FLOPs per token, PaLM's MFU convention: 6 per matmul weight plus

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from omnibyte.models.layers import RMSNorm
+from omnibyte.models.validation import check_positive_int
 
 try:  # optional fused CUDA kernels
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
@@ -386,6 +387,35 @@ class MambaBlock(nn.Module):
         return x + self.mixer(self.norm(x), conv_state, ssm_state)
 
 
+MAMBA_LIMITS = {"hidden_size": 65536, "num_layers": 1024, "state_size": 1024, "conv_size": 64,
+                "expand": 64, "dt_rank": 65536}  # upper ends: only absurd values are refused
+
+
+def _check_shape(hidden_size, num_layers, state_size, conv_size, expand, dt_rank) -> None:
+    """Each size an integer in [1, its limit] (``dt_rank`` may be None: ceil(hidden / 16));
+    the message names the argument and its range."""
+    values = dict(hidden_size=hidden_size, num_layers=num_layers, state_size=state_size,
+                  conv_size=conv_size, expand=expand, dt_rank=dt_rank)
+    for name, value in values.items():
+        if value is not None or name != "dt_rank":
+            check_positive_int(name, value, MAMBA_LIMITS[name])
+
+
+def mamba_num_parameters(
+    hidden_size: int, num_layers: int, state_size: int = 16, conv_size: int = 4, expand: int = 2,
+    dt_rank: int | None = None,
+) -> int:
+    """Parameters of ``MambaStack(...)`` with these arguments, without building it."""
+    inner, rank = expand * hidden_size, dt_rank or math.ceil(hidden_size / 16)
+    mixer = (hidden_size * 2 * inner  # in_proj
+             + inner * conv_size + inner  # depthwise conv and its bias
+             + inner * (rank + 2 * state_size)  # x_proj
+             + rank * inner + inner  # dt_proj and its bias
+             + inner * state_size + inner  # A_log, D
+             + inner * hidden_size)  # out_proj
+    return num_layers * (mixer + hidden_size) + hidden_size  # + each block's norm, the final norm
+
+
 class MambaStack(nn.Module):
     """``num_layers`` Mamba blocks plus a final norm over hidden states [B, T, D];
     a drop-in block type next to ``TransformerStack`` (same ``forward(x, cache)``)."""
@@ -401,10 +431,7 @@ class MambaStack(nn.Module):
         norm_eps: float = 1e-6,
     ):
         super().__init__()
-        for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
-                            ("state_size", state_size), ("conv_size", conv_size), ("expand", expand)):
-            if value < 1:
-                raise ValueError(f"{name} must be positive")
+        _check_shape(hidden_size, num_layers, state_size, conv_size, expand, dt_rank)
         mixer_options = dict(state_size=state_size, conv_size=conv_size, expand=expand, dt_rank=dt_rank)
         self.layers = nn.ModuleList(
             MambaBlock(hidden_size, norm_eps, **mixer_options) for _ in range(num_layers)

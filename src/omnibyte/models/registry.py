@@ -4,7 +4,10 @@ A new family registers here (one line in ``ARCHITECTURES``); the conformance sui
 (tests/test_conformance.py) then runs every check on it."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
+
+import torch
 
 from omnibyte.models.base import BaseConfig, ByteModel
 from omnibyte.models.flat import FLAT_PRESETS, BytePredictor
@@ -32,7 +35,8 @@ def model_class_for(arch: str) -> type[ByteModel]:
 
 
 def make_config(arch: str, preset: str = "tiny", **overrides: Any) -> BaseConfig:
-    """Config of ``arch`` from a named preset plus field overrides."""
+    """Config of ``arch`` from a named preset plus field overrides (``--set``), every field
+    checked: errors are ``ConfigError``s naming the field and its allowed range."""
     model_class = model_class_for(arch)
     presets = ARCHITECTURES[arch][1]
     if preset not in presets:
@@ -41,5 +45,23 @@ def make_config(arch: str, preset: str = "tiny", **overrides: Any) -> BaseConfig
     return model_class.config_class.from_dict(values)
 
 
-def build_model(arch: str = "flat", preset: str = "tiny", **overrides: Any) -> ByteModel:
-    return model_class_for(arch)(make_config(arch, preset, **overrides))
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Inside, torch's CPU generator starts from ``seed`` (None: left alone), so what is built
+    inside (a model's initial weights) is the same in every run; the caller's generator state
+    is restored afterwards."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_model(arch: str = "flat", preset: str = "tiny", *, seed: int | None = None, **overrides: Any) -> ByteModel:
+    """A new model of ``arch`` from ``preset`` and field ``overrides``; with ``seed`` its
+    initial weights are the same in every run (``seeded``). A model above the size limit is
+    refused before anything is allocated (``omnibyte.models.validation.model_size_limit``)."""
+    config = make_config(arch, preset, **overrides)
+    with seeded(seed):
+        return model_class_for(arch)(config)

@@ -2,6 +2,13 @@
 validation with early stopping, atomic checkpoints and exact resume, single or multi-GPU
 (``torchrun``: DistributedDataParallel).
 
+A run directory holds the model that ``load_model(RUN)`` loads (``config.json`` +
+``model.safetensors``): the best one by validation (also copied to ``best/``), or the latest
+without validation data; its ``config.json`` records the step it is from (``"step"``). ``trainer_state.safetensors``
+holds the latest state, from which ``--resume`` continues. Runs are reproducible: the config's
+``seed`` fixes the data order and every random draw in training, and ``seeded_model`` the
+initial weights. SIGTERM and SIGINT finish the step in progress, save, and stop.
+
 The loop trains a ``Task`` (``omnibyte.tasks``), next-byte prediction unless told otherwise,
 and knows it only through the task interface: the loss, the validation sums and report, the
 task's own trainable modules, and where batches come from."""
@@ -12,29 +19,65 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from omnibyte.data import Batch, ByteCorpus
-from omnibyte.devices import autocast, resolve_device
+from omnibyte.devices import DEVICE_NAME, autocast, configure_cpu_threads, resolve_device
 from omnibyte.errors import OmnibyteError
+from omnibyte.fileio import atomic_write_bytes, check_output_folder, remove_stale_temporaries
 from omnibyte.models.base import BaseConfig, ByteModel
+from omnibyte.models.registry import seeded
 from omnibyte.models.serialization import load_weights, save_model
+from omnibyte.models.validation import ConfigError, Limit
 from omnibyte.tasks import NextByteTask, Task
 from omnibyte.train import checkpoint
 from omnibyte.train.metrics import MetricsLog, plot_loss_curve
 from omnibyte.train.schedule import learning_rate
 
 LN2 = math.log(2)
+BEST_DIR = "best"  # a copy of the best model, as the run directory has always had
+MAX_COUNT = 2**40  # steps, windows, ...: far beyond any run, small enough for int64 arithmetic
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def seeded_model(build: Callable[[], M], seed: int) -> M:
+    """``build()`` with torch's generator seeded by ``seed``: the same initial weights in every
+    run (the CLI builds the model with ``TrainConfig.seed``, then hands it to the Trainer)."""
+    with seeded(seed):
+        return build()
 
 
 @dataclasses.dataclass
 class TrainConfig(BaseConfig):
+    LIMITS: ClassVar[dict[str, Limit]] = {
+        "seq_len": Limit(1, 2**24),
+        "batch_size": Limit(1, 2**20),
+        "grad_accum": Limit(1, 2**20),
+        "steps": Limit(1, MAX_COUNT),
+        "lr": Limit(0.0, None, low_open=True),
+        "min_lr_ratio": Limit(0.0, 1.0),
+        "warmup_steps": Limit(-1, MAX_COUNT),
+        "weight_decay": Limit(0.0, None),
+        "beta1": Limit(0.0, 1.0, high_open=True),
+        "beta2": Limit(0.0, 1.0, high_open=True),
+        "grad_clip": Limit(0.0, None),
+        "eval_every": Limit(0, MAX_COUNT),
+        "eval_windows": Limit(0, MAX_COUNT),
+        "patience": Limit(0, MAX_COUNT),
+        "save_every": Limit(0, MAX_COUNT),
+        "log_every": Limit(1, MAX_COUNT),
+        "seed": Limit(0, 2**63 - 1),
+        "time_limit": Limit(0.0, None),
+    }
+
     seq_len: int = 1024
     batch_size: int = 8  # per device and micro-step
     grad_accum: int = 1
@@ -45,24 +88,22 @@ class TrainConfig(BaseConfig):
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 250
+    grad_clip: float = 1.0  # 0: no clipping
+    eval_every: int = 250  # 0: never validate
     eval_windows: int = 64  # validation windows of seq_len per evaluation (0: all)
     patience: int = 0  # evaluations without improvement before stopping (0: never stop early)
-    save_every: int = 500
+    save_every: int = 500  # 0: save only at the end (and when interrupted)
     log_every: int = 10
-    seed: int = 0
+    seed: int = 0  # data order and every random draw in training (seeded_model: initial weights)
     compile: bool = False
     device: str = "auto"
     time_limit: float = 0.0  # seconds of training before stopping cleanly (0: none)
     tensorboard: bool = False
 
     def validate(self) -> None:
-        for name in ("seq_len", "batch_size", "grad_accum", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
+        super().validate()
+        if not DEVICE_NAME.match(self.device):
+            raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
     @property
     def warmup(self) -> int:
@@ -73,7 +114,9 @@ class TrainConfig(BaseConfig):
 class TrainResult:
     """Where a run ended. The ``*_bits_per_byte`` names come from next-byte training: for
     another task ``train_bits_per_byte`` is its last loss in bits and the ``val`` fields hold
-    its validation ``objective``; ``val_metrics`` is the task's whole last validation report."""
+    its validation ``objective``; ``val_metrics`` is the task's whole last validation report.
+    ``best_step`` is the step of the model saved in ``out_dir`` when validation chose it.
+    ``already_finished``: ``fit(resume=True)`` found the run complete and did nothing."""
 
     step: int
     train_bits_per_byte: float | None
@@ -82,6 +125,43 @@ class TrainResult:
     stopped_early: bool
     out_dir: Path
     val_metrics: dict[str, float] | None = None
+    best_step: int | None = None
+    already_finished: bool = False
+
+    @property
+    def model_step(self) -> int:
+        """The step of the model in ``out_dir`` (what ``load_model(out_dir)`` loads)."""
+        return self.best_step if self.best_step is not None else self.step
+
+    def summary(self) -> str:
+        """One line for the user, whatever is known (no field may be None-formatted)."""
+        best = (f"best validation {self.best_val_bits_per_byte:.4f} at step {self.model_step:,}"
+                if self.best_val_bits_per_byte is not None else "")
+        if self.already_finished:
+            why = "stopped early" if self.stopped_early else "finished"
+            advice = "raise --patience or --steps" if self.stopped_early else "pass a larger --steps"
+            return (f"{self.out_dir} already {why} at step {self.step:,}" + (f" ({best})" if best else "")
+                    + f"; nothing to do ({advice} to continue)")
+        details = []
+        if self.train_bits_per_byte is not None:
+            details.append(f"train {self.train_bits_per_byte:.4f} bits/byte")
+        if self.val_bits_per_byte is not None:
+            details.append(f"validation {self.val_bits_per_byte:.4f}")
+        if best:
+            details.append(best)
+        line = f"step {self.step:,}" + (": " + ", ".join(details) if details else "")
+        line += " (stopped early)" if self.stopped_early else ""
+        return line + f"; model of step {self.model_step:,} saved to {self.out_dir}"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after saving a complete checkpoint. A
+    ``KeyboardInterrupt``, so callers that handle Ctrl-C handle it; ``signal_number`` tells
+    which signal (exit status ``128 + signal_number`` by convention)."""
+
+    def __init__(self, signal_number: int, step: int):
+        super().__init__(f"{signal.Signals(signal_number).name}: checkpoint saved at step {step}")
+        self.signal_number, self.step = signal_number, step
 
 
 class TaskLoss(torch.nn.Module):
@@ -125,25 +205,34 @@ class Trainer:
     ):
         config.validate()
         self.config = config
-        self.out_dir = Path(out_dir)
+        self.out_dir = check_output_folder(out_dir, "--out")
         self.model = model
         self.task = task if task is not None else NextByteTask()
         self.rank, self.world_size, local_rank = _distributed_setup()
         self.device = resolve_device(config.device)
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
+        if self.device.type == "cpu":
+            configure_cpu_threads()
         if config.seq_len > model.max_seq_len:
             raise OmnibyteError(f"--seq-len {config.seq_len} exceeds the model's context of {model.max_seq_len}")
+        # every random draw of a new run (bGPT's patch subsets, dropout) follows the seed; a
+        # resumed run restores the generator it saved instead
+        torch.manual_seed(config.seed)
         self.loss_module = TaskLoss(model, self.task).to(self.device)  # the model and the task's modules
         self.train_corpus, self.val_corpus = train_corpus, val_corpus
         self.sampler = self.task.train_batches(train_corpus, config.seq_len, config.batch_size, config.seed)
         self.optimizer = self._make_optimizer()
         self.step = 0
         self.best_val: float | None = None
+        self.best_step: int | None = None
         self.evals_without_improvement = 0
+        self.stopped_early = False
         self.progress = progress and self.is_main
         self.callbacks: list[Callable[[Trainer], None]] = []  # run after every optimizer step
         self.forward_model = self._wrap_model()
+        self._stop_signal: int | None = None  # set by SIGINT/SIGTERM during fit
+        self._mid_step = False  # True while train_step changes the state (a save then would be torn)
 
     @property
     def is_main(self) -> bool:
@@ -172,12 +261,15 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------
     def _trainer_state(self) -> dict:
-        return {"step": self.step, "best_val": self.best_val,
+        return {"step": self.step, "best_val": self.best_val, "best_step": self.best_step,
                 "evals_without_improvement": self.evals_without_improvement,
+                "stopped_early": self.stopped_early,
                 "train_config": self.config.to_dict(), "world_size": self.world_size,
                 "task": self.task.to_dict()}
 
     def save(self) -> None:
+        """The full state, for ``--resume``; and the model in ``out_dir`` while validation has
+        not chosen one (afterwards ``out_dir`` keeps the best, saved when it was found)."""
         if not self.is_main:
             return
         rng = {"torch": torch.get_rng_state()}
@@ -186,12 +278,13 @@ class Trainer:
         checkpoint.save_trainer_state(self.out_dir, self.model, self.optimizer, self._trainer_state(), rng,
                                       task=self.task.name,
                                       task_weights=self.loss_module.task_modules.state_dict())
-        self._save_model(self.out_dir)
+        if self.best_val is None:
+            self._save_model(self.out_dir)
 
     def _save_model(self, directory: Path) -> None:
-        """The model with its task (and the task's own weights, if it has any)."""
+        """The model with its task (and the task's own weights, if it has any) and its step."""
         save_model(self.model, directory, task=self.task.to_dict(),
-                   task_weights=self.loss_module.task_modules.state_dict())
+                   task_weights=self.loss_module.task_modules.state_dict(), step=self.step)
 
     def _load_task_tensors(self, weights: dict[str, torch.Tensor]) -> None:
         try:
@@ -202,12 +295,14 @@ class Trainer:
                                 f"{detail}") from None
 
     def resume(self) -> bool:
-        """Restore the state in ``out_dir`` if there is one; True when resumed."""
-        if not (self.out_dir / checkpoint.TRAINER_STATE_FILE).exists():
+        """Restore the state in ``out_dir`` if there is one; True when resumed. Whatever the
+        file holds is checked against this model, task and optimizer first: a damaged or
+        crafted state is a one-line ``OmnibyteError``."""
+        state_file = self.out_dir / checkpoint.TRAINER_STATE_FILE
+        if not state_file.exists():
             return False
         saved = checkpoint.load_trainer_state(self.out_dir)
-        document, weights, optimizer_state, rng, state = (saved.document, saved.weights, saved.optimizer,
-                                                          saved.rng, saved.state)
+        document, state = saved.document, saved.state
         if document["arch"] != self.model.arch or document["config"] != self.model.config.to_dict():
             raise OmnibyteError(f"{self.out_dir} holds a different model ({document['arch']}); "
                                 "use another --out or the same model options")
@@ -215,24 +310,52 @@ class Trainer:
         if saved_task != self.task.to_dict():
             raise OmnibyteError(f"{self.out_dir} was trained for task {_describe_task(saved_task)}, not "
                                 f"{_describe_task(self.task.to_dict())}; use another --out or the same task")
-        load_weights(self.model, weights, self.out_dir / checkpoint.TRAINER_STATE_FILE)
+        load_weights(self.model, saved.weights, state_file)
         self._load_task_tensors(saved.task_weights)
+        self._load_optimizer(saved.optimizer, state_file)
+        self._restore_rng(saved.rng, state_file)
+        self.step = state["step"]
+        self.best_val = state.get("best_val")
+        self.best_step = state.get("best_step")
+        self.evals_without_improvement = state.get("evals_without_improvement", 0)
+        self.stopped_early = state.get("stopped_early", False)
+        return True
+
+    def _load_optimizer(self, optimizer_state: dict[str, Any], source: Path) -> None:
+        """Load a saved optimizer state after checking it fits the parameters: AdamW itself
+        would accept mis-shaped moments and fail only at the next step."""
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for index, values in optimizer_state["state"].items():
+            if index >= len(parameters):
+                raise OmnibyteError(f"optimizer state in {source} is for parameter {index}; "
+                                    f"the model has {len(parameters)}")
+            for key, tensor in values.items():
+                expected = () if key == "step" else tuple(parameters[index].shape)
+                if tuple(tensor.shape) != expected or not tensor.is_floating_point():
+                    raise OmnibyteError(f"optimizer state in {source}: {key} of parameter {index} has "
+                                        f"{tensor.dtype} shape {tuple(tensor.shape)}, expected {expected}")
+        for current, saved in zip(self.optimizer.param_groups, optimizer_state["param_groups"]):
+            for key, value in current.items():
+                if key != "params" and key in saved and not _same_kind(value, saved[key]):
+                    raise OmnibyteError(f"optimizer state in {source}: {key!r} is {saved[key]!r}")
         try:
             self.optimizer.load_state_dict(optimizer_state)
-        except (ValueError, KeyError) as error:
-            raise OmnibyteError(f"optimizer state in {self.out_dir} does not fit: {error}") from None
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        self.step = int(state["step"])
-        self.best_val = state.get("best_val")
-        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
-        return True
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
+            raise OmnibyteError(f"optimizer state in {source} does not fit: {error}") from None
+
+    def _restore_rng(self, rng: dict[str, torch.Tensor], source: Path) -> None:
+        try:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise OmnibyteError(f"RNG state in {source} cannot be restored: {str(error).splitlines()[0]}") from None
 
     # ---- one step -----------------------------------------------------------------
     def train_step(self) -> float:
         """One optimizer step over ``grad_accum`` micro-batches; returns mean loss (nats)."""
         config = self.config
+        self._mid_step = True
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, config.lr, config.warmup, config.steps, config.min_lr_ratio)
         total_loss = torch.zeros((), device=self.device)
@@ -250,6 +373,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self._mid_step = False  # not in a finally: an exception part-way leaves the state torn
         return float(total_loss)
 
     @torch.no_grad()
@@ -279,89 +403,196 @@ class Trainer:
         return None if report is None else report[self.task.objective]
 
     # ---- the loop -----------------------------------------------------------------
+    def is_finished(self) -> bool:
+        """True when the run has nothing left to do: all ``steps`` done, or stopped early
+        with patience still exhausted (a larger ``steps`` or ``patience`` continues it)."""
+        patience_spent = bool(self.config.patience) and self.evals_without_improvement >= self.config.patience
+        return self.step >= self.config.steps or (self.stopped_early and patience_spent)
+
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``config.steps`` (or early stopping, or the time limit) and save.
+
+        ``resume``: continue the run in ``out_dir``; a run that is already complete is left
+        untouched and the result says so (``already_finished``, ``summary()``). SIGINT and
+        SIGTERM end the step in progress, save a complete checkpoint and raise
+        ``TrainingInterrupted``."""
         config = self.config
+        self._prepare_out_dir()
         if resume:
-            if self.resume() and self.is_main:
-                print(f"resumed from step {self.step} in {self.out_dir}")
+            if self.resume():
+                if self.is_finished():
+                    return self._result(None, None, None, already_finished=True)
+                if self.is_main:
+                    print(f"resumed from step {self.step} in {self.out_dir}")
         elif (self.out_dir / checkpoint.TRAINER_STATE_FILE).exists():
             raise OmnibyteError(f"{self.out_dir} already holds a run: pass --resume or choose another --out")
         metrics = MetricsLog(self.out_dir / "metrics.jsonl",
                              self.out_dir / "tensorboard" if config.tensorboard else None) if self.is_main else None
         if metrics:
             metrics.truncate_after(self.step)
-            (self.out_dir / "train_config.json").write_text(config.to_json() + "\n")
+            atomic_write_bytes(self.out_dir / "train_config.json", (config.to_json() + "\n").encode())
         self.loss_module.train()
-        bytes_per_step = config.batch_size * config.seq_len * config.grad_accum * self.world_size
         bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc="train")
-        started = time.time()
-        window_start, window_steps, loss_sum = time.time(), 0, 0.0
-        last_loss = last_val = None
-        last_report: dict[str, float] | None = None
-        stopped_early = False
+        self._stop_signal = None
         try:
-            while self.step < config.steps:
-                loss = self.train_step()
-                loss_sum, window_steps = loss_sum + loss, window_steps + 1
-                last_loss = loss / LN2
-                if not math.isfinite(loss):
-                    raise OmnibyteError(f"loss became {loss} at step {self.step}; lower --lr")
-                if self.step % config.log_every == 0 or self.step == config.steps:
-                    elapsed = time.time() - window_start
-                    record = {"step": self.step, "loss": loss_sum / window_steps,
-                              "bits_per_byte": loss_sum / window_steps / LN2,
-                              "lr": self.optimizer.param_groups[0]["lr"],
-                              "bytes_per_s": bytes_per_step * window_steps / max(elapsed, 1e-9)}
-                    if metrics:
-                        metrics.log(record)
-                    bar.set_postfix(bpb=f"{record['bits_per_byte']:.3f}",
-                                    bytes_s=_human(record["bytes_per_s"]))
-                    window_start, window_steps, loss_sum = time.time(), 0, 0.0
-                bar.update(1)
-                if config.eval_every and (self.step % config.eval_every == 0 or self.step == config.steps):
-                    last_report = self.validation_metrics()
-                    last_val = None if last_report is None else last_report[self.task.objective]
-                    stopped_early = self._record_validation(last_report, metrics)
-                if self.step % config.save_every == 0:
-                    self.save()
-                for callback in self.callbacks:
-                    callback(self)
-                if stopped_early:
-                    break
-                if config.time_limit and time.time() - started > config.time_limit:
-                    break
-        except KeyboardInterrupt:
+            with self._signals_stop_training():
+                last_loss, last_report, last_eval_step = self._loop(bar, metrics)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
             bar.close()
-            self.save()
-            if self.is_main:
-                print(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")
+            self._save_after_interrupt()
             raise
         bar.close()
+        if self._stop_signal is None and last_eval_step != self.step and config.eval_every:
+            # stopped by the time limit between evaluations: the final weights compete too
+            last_report = self.validation_metrics()
+            self._record_validation(last_report, metrics, count_patience=False)
         self.save()
         if metrics:
             metrics.close()
             if (self.out_dir / "metrics.jsonl").exists():
                 plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss_curve.png")
-        return TrainResult(self.step, last_loss, last_val, self.best_val, stopped_early, self.out_dir,
-                           last_report)
+        if self._stop_signal is not None:
+            if self.is_main:
+                print(f"stopped by {signal.Signals(self._stop_signal).name}: checkpoint saved at step "
+                      f"{self.step}; continue with --resume")
+            raise TrainingInterrupted(self._stop_signal, self.step)
+        last_val = None if last_report is None else last_report[self.task.objective]
+        return self._result(last_loss, last_val, last_report)
 
-    def _record_validation(self, report: dict[str, float] | None, metrics: MetricsLog | None) -> bool:
+    def _loop(self, bar: tqdm, metrics: MetricsLog | None) -> tuple[float | None, dict | None, int | None]:
+        """Steps until done, stopped early, out of time or asked to stop by a signal (after the
+        step in progress, its evaluation and checkpoint). Returns the last loss (bits), the
+        last validation report and the step it was made at."""
+        config = self.config
+        bytes_per_step = config.batch_size * config.seq_len * config.grad_accum * self.world_size
+        started = window_start = time.time()
+        window_steps, loss_sum = 0, 0.0
+        last_loss = last_report = last_eval_step = None
+        while self.step < config.steps:
+            loss = self.train_step()
+            loss_sum, window_steps = loss_sum + loss, window_steps + 1
+            last_loss = loss / LN2
+            if not math.isfinite(loss):
+                raise OmnibyteError(f"loss became {loss} at step {self.step}; lower --lr")
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                elapsed = time.time() - window_start
+                record = {"step": self.step, "loss": loss_sum / window_steps,
+                          "bits_per_byte": loss_sum / window_steps / LN2,
+                          "lr": self.optimizer.param_groups[0]["lr"],
+                          "bytes_per_s": bytes_per_step * window_steps / max(elapsed, 1e-9)}
+                if metrics:
+                    metrics.log(record)
+                bar.set_postfix(bpb=f"{record['bits_per_byte']:.3f}", bytes_s=_human(record["bytes_per_s"]),
+                                **self._val_postfix())
+                window_start, window_steps, loss_sum = time.time(), 0, 0.0
+            bar.update(1)
+            if config.eval_every and (self.step % config.eval_every == 0 or self.step == config.steps):
+                last_report, last_eval_step = self.validation_metrics(), self.step
+                self.stopped_early = self._record_validation(last_report, metrics)
+            if config.save_every and self.step % config.save_every == 0:
+                self.save()
+            for callback in self.callbacks:
+                callback(self)
+            time_up = bool(config.time_limit) and time.time() - started > config.time_limit
+            if self.stopped_early or self._agree_to_stop(time_up):
+                break
+        return last_loss, last_report, last_eval_step
+
+    def _agree_to_stop(self, time_up: bool) -> bool:
+        """True when this step is the last: a signal arrived or time is up. Under torchrun
+        every rank must stop after the same step (or the others wait forever in the next
+        all-reduce), so the ranks agree: one rank's reason stops them all."""
+        reasons = [self._stop_signal is not None, time_up]
+        if self.world_size > 1:
+            flags = torch.tensor(reasons, dtype=torch.int32, device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            reasons = [bool(flag) for flag in flags.tolist()]
+            if reasons[0] and self._stop_signal is None:
+                self._stop_signal = int(signal.SIGTERM)  # another rank was signalled
+        return any(reasons)
+
+    def _val_postfix(self) -> dict[str, str]:
+        return {} if self.best_val is None else {"best_val": f"{self.best_val:.3f}"}
+
+    def _result(self, last_loss, last_val, last_report, already_finished: bool = False) -> TrainResult:
+        return TrainResult(self.step, last_loss, last_val, self.best_val, self.stopped_early, self.out_dir,
+                           last_report, self.best_step, already_finished)
+
+    def _prepare_out_dir(self) -> None:
+        """Create ``out_dir`` (one-line error when it cannot be) and remove temporaries that a
+        save killed part-way left in it."""
+        if not self.is_main:
+            return
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OmnibyteError(f"cannot create --out {self.out_dir}: {error.strerror or error}") from None
+        remove_stale_temporaries(self.out_dir)
+
+    def _save_after_interrupt(self) -> None:
+        """Save unless the interrupt tore a step apart (the last checkpoint then stays)."""
+        if self._mid_step:
+            if self.is_main:
+                print(f"interrupted during step {self.step + 1}: the last checkpoint stays; "
+                      "continue with --resume")
+            return
+        self.save()
+        if self.is_main:
+            print(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")
+
+    @contextlib.contextmanager
+    def _signals_stop_training(self) -> Iterator[None]:
+        """While inside, SIGINT and SIGTERM ask the loop to stop after the step in progress
+        (a second SIGINT stops at once). Handlers can only be installed by the main thread;
+        elsewhere signals keep their meaning. The previous handlers are restored after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signal_number: int, frame: Any) -> None:
+            if self._stop_signal is not None and signal_number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signal_number
+
+        previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+    def _record_validation(self, report: dict[str, float] | None, metrics: MetricsLog | None,
+                           count_patience: bool = True) -> bool:
         """Log a validation report (each entry as ``val_<key>``: next-byte logs
-        ``val_bits_per_byte``), keep the best model by the task's objective; True when
-        patience ran out."""
+        ``val_bits_per_byte``); a new best model (by the task's objective) is saved into
+        ``out_dir``, where ``load_model`` finds it. True when patience ran out."""
         if report is None:
             return False
         if metrics:
             metrics.log({"step": self.step, **{f"val_{key}": value for key, value in report.items()}})
         value = report[self.task.objective]
         if self.best_val is None or value < self.best_val:
-            self.best_val, self.evals_without_improvement = value, 0
+            self.best_val, self.best_step, self.evals_without_improvement = value, self.step, 0
             if self.is_main:
-                self._save_model(self.out_dir / "best")
+                self._save_model(self.out_dir)
+                self._save_model(self.out_dir / BEST_DIR)  # where earlier versions kept it (README)
             return False
-        self.evals_without_improvement += 1
+        if count_patience:
+            self.evals_without_improvement += 1
         return bool(self.config.patience) and self.evals_without_improvement >= self.config.patience
+
+
+def _same_kind(current: Any, saved: Any) -> bool:
+    """A saved optimizer hyper-parameter the optimizer can use in place of ``current``."""
+    if isinstance(current, bool) or current is None:
+        return isinstance(saved, bool) or saved is None
+    if isinstance(current, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+    if isinstance(current, (tuple, list)):
+        return (isinstance(saved, (tuple, list)) and len(saved) == len(current)
+                and all(_same_kind(a, b) for a, b in zip(current, saved)))
+    return type(saved) is type(current)
 
 
 def _distributed_setup() -> tuple[int, int, int]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -33,14 +34,31 @@ from torch.utils.checkpoint import checkpoint
 
 from omnibyte.models.base import BOS, INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel
 from omnibyte.models.multiscale.decode import PAD, MultiscaleDecoder
-from omnibyte.models.layers import StackConfig, TransformerStack, default_intermediate_size, init_weights
+from omnibyte.models.layers import (
+    STACK_LIMITS,
+    StackConfig,
+    TransformerStack,
+    default_intermediate_size,
+    init_weights,
+)
+from omnibyte.models.validation import ConfigError, Limit, ModelSize, field_path
 
 BLOCK_TYPES = ("transformer", "mamba")
+MAX_CONTEXT = 2**30  # bytes: the product of the patch sizes
 
 
 @dataclasses.dataclass
 class StageConfig(BaseConfig):
-    """One stage: its patch length and the shape of its stack."""
+    """One stage: its patch length and the shape of its stack (a Mamba stage uses only
+    ``hidden_size`` and ``num_layers``)."""
+
+    LIMITS: ClassVar[dict[str, Limit]] = {
+        "patch_size": STACK_LIMITS["max_sequence_length"],  # a stage attends over its patch
+        **{name: STACK_LIMITS[name] for name in ("hidden_size", "num_layers", "num_query_heads",
+                                                 "num_key_value_heads")},
+        "intermediate_size": Limit(0, STACK_LIMITS["intermediate_size"].high),  # 0: the default
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"block": BLOCK_TYPES}
 
     patch_size: int
     hidden_size: int
@@ -50,7 +68,7 @@ class StageConfig(BaseConfig):
     intermediate_size: int = 0  # 0: SwiGLU default for hidden_size
     block: str = "transformer"  # or "mamba"
 
-    def __post_init__(self):
+    def fill_defaults(self) -> None:
         if self.intermediate_size == 0:
             self.intermediate_size = default_intermediate_size(self.hidden_size)
 
@@ -63,6 +81,13 @@ class StageConfig(BaseConfig):
 @dataclasses.dataclass
 class MultiscaleConfig(BaseConfig):
     """Stages from coarsest to finest; the last stage's patch is the bytes of its unit."""
+
+    LIMITS: ClassVar[dict[str, Limit]] = {
+        "rope_theta": STACK_LIMITS["rope_theta"],
+        "norm_eps": STACK_LIMITS["norm_eps"],
+        "checkpoint_tokens": Limit(0, MAX_CONTEXT),
+        "byte_decoder_patch_fraction": Limit(0.0, 1.0, low_open=True),
+    }
 
     stages: list[StageConfig] = dataclasses.field(default_factory=lambda: [  # megabyte-8k
         StageConfig(1024, 768, 12, 12, 12), StageConfig(8, 384, 3, 6, 6)])
@@ -79,9 +104,6 @@ class MultiscaleConfig(BaseConfig):
     byte_decoder_patch_fraction: float = 1.0
     extension_header: bool = False
 
-    def __post_init__(self):
-        self.stages = [StageConfig(**s) if isinstance(s, dict) else s for s in self.stages]
-
     @property
     def context(self) -> int:
         return math.prod(stage.patch_size for stage in self.stages)
@@ -91,21 +113,37 @@ class MultiscaleConfig(BaseConfig):
         return [math.prod(s.patch_size for s in self.stages[i + 1:]) for i in range(len(self.stages))]
 
     def validate(self) -> None:
+        super().validate()  # types and ranges of every field, the stages' included
         if len(self.stages) < 2:
-            raise ValueError("a multiscale model needs at least 2 stages")
+            raise ConfigError("stages", f"must hold at least 2 stages (coarsest first, bytes last), "
+                                        f"got {len(self.stages)}")
         for index, stage in enumerate(self.stages):
-            if stage.block not in BLOCK_TYPES:
-                raise ValueError(f"stage {index}: block must be one of {BLOCK_TYPES}, got {stage.block!r}")
-            if stage.patch_size < 1:
-                raise ValueError(f"stage {index}: patch_size must be positive")
             if stage.block == "transformer":
-                stage.stack(self.rope_theta, self.norm_eps, self.qk_norm).validate()
-            elif stage.hidden_size < 1 or stage.num_layers < 1:
-                raise ValueError(f"stage {index}: hidden_size and num_layers must be positive")
-        if self.checkpoint_tokens < 0:
-            raise ValueError("checkpoint_tokens must not be negative")
-        if not 0 < self.byte_decoder_patch_fraction <= 1:
-            raise ValueError("byte_decoder_patch_fraction must be in (0, 1]")
+                with field_path(f"stages[{index}]"):
+                    stage.stack(self.rope_theta, self.norm_eps, self.qk_norm).validate()
+        if self.context > MAX_CONTEXT:
+            raise ConfigError("stages", f"give a context of {self.context:,} bytes (the product of their "
+                                        f"patch sizes), above the most omnibyte allows ({MAX_CONTEXT:,})")
+
+    def estimate_size(self) -> ModelSize:
+        """The stages' stacks plus the embeddings, start vectors, parent projections and head
+        that ``MultiscaleCore`` builds around them."""
+        from omnibyte.models.mamba import mamba_num_parameters  # optional family member, imported on use
+
+        stages, last = self.stages, len(self.stages) - 1
+        widths, patches = [s.hidden_size for s in stages], [s.patch_size for s in stages]
+        size = ModelSize(0, 0)
+        for stage in stages:
+            if stage.block == "mamba":
+                size += ModelSize.of_parameters(mamba_num_parameters(stage.hidden_size, stage.num_layers))
+            else:
+                size += stage.stack(self.rope_theta, self.norm_eps, self.qk_norm).size()
+        parameters = (INPUT_VOCAB + NUM_BYTES) * widths[last]  # byte embedding and head
+        for i in range(last):
+            below = INPUT_VOCAB if i == last - 1 else widths[i + 1]  # a unit's sub-unit width
+            parameters += patches[i + 1] * below * widths[i] + widths[i]  # unit embedding, start
+            parameters += widths[i] * patches[i + 1] * widths[i + 1]  # parent projection
+        return size + ModelSize.of_parameters(parameters)
 
 
 def _stage(patch_size, hidden_size, num_layers, heads, kv_heads, block="transformer") -> dict:

@@ -16,8 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from omnibyte.models.layers import default_intermediate_size
-from omnibyte.models.multiscale.core import MultiscaleModel
+from omnibyte.models.layers import STACK_LIMITS, default_intermediate_size
+from omnibyte.models.multiscale.core import MultiscaleModel, StageConfig
+from omnibyte.models.validation import ConfigError, Limit, check_range
+
+
+# bGPT's fields (``byte_`` ones without the prefix) and their ranges; 0 widths mean the default
+_FIELD_LIMITS: dict[str, Limit] = {
+    **STACK_LIMITS,
+    "patch_size": STACK_LIMITS["max_sequence_length"],
+    "intermediate_size": Limit(0, STACK_LIMITS["intermediate_size"].high),
+}
 
 
 def bgpt_stages(
@@ -34,9 +43,17 @@ def bgpt_stages(
     byte_num_key_value_heads: int = 12,
     byte_intermediate_size: int = 0,
 ) -> list[dict[str, Any]]:
-    """The two stages of a bGPT model described by its own (flat) hyper-parameters."""
-    if patch_size < 1 or max_sequence_length % patch_size:
-        raise ValueError("max_sequence_length must be a positive multiple of patch_size")
+    """The two stages of a bGPT model described by its own (flat) hyper-parameters; errors
+    name bGPT's field (``--set hidden_size=-64`` on ``--arch patch`` is about hidden_size)."""
+    given = dict(locals())
+    for name, value in given.items():
+        limit = _FIELD_LIMITS[name.removeprefix("byte_")]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f"must be an integer, got {value!r}")
+        check_range(name, value, limit, "an integer")
+    if max_sequence_length % patch_size:
+        raise ConfigError("max_sequence_length", f"must be a multiple of patch_size ({patch_size}), "
+                                                 f"got {max_sequence_length}")
     return [
         dict(patch_size=max_sequence_length // patch_size, hidden_size=hidden_size, num_layers=num_layers,
              num_query_heads=num_query_heads, num_key_value_heads=num_key_value_heads,
@@ -77,8 +94,12 @@ class PatchModel(MultiscaleModel):
         return {**values, "stages": bgpt_stages(**{**shape, **given})}
 
 
-def _shape_of(stages: list[Any]) -> dict[str, Any]:
-    """bGPT's flat fields of two stage dicts (or ``StageConfig``s)."""
+def _shape_of(stages: Any) -> dict[str, Any]:
+    """bGPT's flat fields of two stage dicts (or ``StageConfig``s); malformed stages are
+    refused here, since bGPT's fields can only be mapped onto exactly two."""
+    if not isinstance(stages, (list, tuple)) or len(stages) != 2 or not all(
+            isinstance(stage, (dict, StageConfig)) for stage in stages):
+        raise ConfigError("stages", "must be two stages (patches, then bytes) to combine with bGPT's fields")
     patches, byte_stage = (stage if isinstance(stage, dict) else stage.to_dict() for stage in stages)
     shape = {"patch_size": byte_stage["patch_size"],
              "max_sequence_length": patches["patch_size"] * byte_stage["patch_size"]}
@@ -87,7 +108,9 @@ def _shape_of(stages: list[Any]) -> dict[str, Any]:
             if name in stage:
                 shape[prefix + name] = stage[name]
         # a width that is only the default follows a new hidden_size, as in bGPT's own config
-        width = stage.get("intermediate_size", 0)
-        if width and width != default_intermediate_size(stage.get("hidden_size", 0) or 1):
+        width, hidden = stage.get("intermediate_size", 0), stage.get("hidden_size", 0)
+        if not all(isinstance(value, int) for value in (width, hidden)):
+            shape[prefix + "intermediate_size"] = width  # not a size: refused, with its name, by bgpt_stages
+        elif width and width != default_intermediate_size(hidden or 1):
             shape[prefix + "intermediate_size"] = width
     return shape
