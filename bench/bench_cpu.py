@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import omnibyte  # noqa: E402,F401 (first: it sets OpenMP's spin before torch loads OpenMP)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_environment, print_table, write_json  # noqa: E402
 
