@@ -251,15 +251,10 @@ def show_validation(trainer: Any) -> None:
         return
     if trainer.step % config.eval_every and trainer.step != config.steps:
         return  # the trainer validates at these steps only
-    # TODO(library helper): a ``trainer.last_val`` (the objective of the latest validation)
-    # would give the exact value of a validation that did not improve.
-    latest = getattr(trainer, "last_val", None)
     if trainer.evals_without_improvement == 0:
         text = f"validation {trainer.best_val:.4f} bits/byte (best so far)"
-    elif latest is not None:
-        text = f"validation {latest:.4f} bits/byte (best {trainer.best_val:.4f})"
     else:
-        text = f"validation no better than the best, {trainer.best_val:.4f} bits/byte"
+        text = f"validation {trainer.last_val:.4f} bits/byte (best {trainer.best_val:.4f})"
     tqdm.write(f"step {trainer.step}: {text}")
 
 

@@ -18,7 +18,14 @@ import torch
 from omnibyte.apps import container
 from omnibyte.apps.compress import (DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, SUFFIX, compress, decompress,
                                     model_fingerprint)
-from omnibyte.cli.common import Subparsers, add_model_options, check_output_file, int_in, load_cli_model
+from omnibyte.cli.common import (
+    BATCH_SIZE_HELP,
+    Subparsers,
+    add_model_options,
+    check_output_file,
+    int_in,
+    load_cli_model,
+)
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import STDIO, check_output_folder, check_writable, read_input, write_output
 from omnibyte.models.base import ByteModel
@@ -39,8 +46,7 @@ def add_parser(subparsers: Subparsers) -> None:
                                  help="bytes per independently coded chunk (default: 64 KiB, at most the "
                                       "model's context)")
     compress_parser.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
-                                 metavar="N", help="chunks coded together as one batch of the model (more is "
-                                                   "faster on a GPU and needs more memory)")
+                                 metavar="N", help=BATCH_SIZE_HELP + "; here each chunk is one sequence")
     compress_parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                                  help="arithmetic of the model while coding: auto is bfloat16 on CUDA, float32 "
                                       "on the CPU (the only one there)")

@@ -21,6 +21,7 @@ from omnibyte.cli.common import (
 from omnibyte.data import ByteCorpus
 from omnibyte.errors import OmnibyteError
 from omnibyte.evaluate import evaluate_documents
+from omnibyte.models.serialization import load_model
 from omnibyte.models import build_model
 from omnibyte.train.trainer import TrainConfig, Trainer
 
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(model, train_corpus, config, args.out, val_corpus)
     trainer.callbacks.append(show_validation)
     result = trainer.fit()
+    model = load_model(args.out)  # the best model by validation: what `--model` gets from now on
     held_out = [val_corpus.document(i) for i in range(val_corpus.num_documents)]  # all of it: ~300 KB, seconds
     report = evaluate_documents(model, held_out, context=256, batch_size=16, progress=False).to_dict()
     print(f"\ntrained {result.step} steps; model saved to {args.out}")

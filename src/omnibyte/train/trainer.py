@@ -226,6 +226,7 @@ class Trainer:
         self.step = 0
         self.best_val: float | None = None
         self.best_step: int | None = None
+        self.last_val: float | None = None  # the objective of the latest validation
         self.evals_without_improvement = 0
         self.stopped_early = False
         self.progress = progress and self.is_main
@@ -571,7 +572,7 @@ class Trainer:
             return False
         if metrics:
             metrics.log({"step": self.step, **{f"val_{key}": value for key, value in report.items()}})
-        value = report[self.task.objective]
+        value = self.last_val = report[self.task.objective]
         if self.best_val is None or value < self.best_val:
             self.best_val, self.best_step, self.evals_without_improvement = value, self.step, 0
             if self.is_main:
