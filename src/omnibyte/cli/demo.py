@@ -25,7 +25,7 @@ from omnibyte.models.serialization import load_model
 from omnibyte.models import build_model
 from omnibyte.train.trainer import TrainConfig, Trainer
 
-DEMO_STEPS = 600  # about 3 minutes on an idle 2-core CPU; held-out 2.17 bits/byte (Python 3.11's stdlib)
+DEMO_STEPS = 500  # 2 min 49 s on the idle 2-core VM, held-out 2.217 bits/byte (bench/RESULTS.md)
 MARKER = ".omnibyte-demo"  # written into every folder the demo creates: only those are ever replaced
 # what a demo run writes into its folder (the trainer's files); anything else there is the user's
 RUN_ENTRIES = {MARKER, "config.json", "model.safetensors", "task.safetensors", "trainer_state.safetensors",
