@@ -19,10 +19,10 @@ from omnibyte.apps import compress as codec
 from omnibyte.apps import container
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
-from omnibyte.models import ARCHITECTURES, BOS, build_model
+from omnibyte.models import ARCHITECTURES, build_model
 from omnibyte.scoring import score_bytes
 from omnibyte.models.serialization import save_model
-from helpers import one_thread  # noqa: F401 (a fixture)
+from helpers import one_thread, train_briefly, word_text  # noqa: F401 (one_thread is a fixture)
 
 DATA = Path(os.environ.get("OMNIBYTE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CHUNK = 32
@@ -49,31 +49,7 @@ def model():
 
 
 def text(size: int, seed: int = 0) -> bytes:
-    """English-like lines from a small vocabulary: data a briefly trained model knows well."""
-    rng = np.random.default_rng(seed)
-    words = b"the quick brown fox jumps over lazy dog and cat runs far away from home".split()
-    out = bytearray()
-    while len(out) < size:
-        out += b" ".join(words[i] for i in rng.integers(0, len(words), 8)) + b".\n"
-    return bytes(out[:size])
-
-
-def train_briefly(model, data: bytes, steps: int = 120, window: int = 64, seed: int = 0):
-    """A few Adam steps on random windows of ``data``: enough for ``text`` to cost ~1 bit/byte."""
-    torch.manual_seed(seed)
-    tokens = torch.tensor(list(data))
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(tokens) - window, (16,), generator=generator)
-        targets = torch.stack([tokens[start : start + window] for start in starts])
-        inputs = torch.cat([torch.full((16, 1), BOS), targets[:, :-1]], dim=1)
-        loss = model.loss(inputs, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return word_text(size, seed)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from omnibyte.apps import compress as codec
 from omnibyte.apps import container
 from omnibyte.errors import OmnibyteError
-from omnibyte.models import BOS, build_model
-from helpers import one_thread  # noqa: F401 (a fixture)
+from omnibyte.models import build_model
+from helpers import one_thread, train_briefly, word_text  # noqa: F401 (one_thread is a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,15 +29,10 @@ EXAMPLES = int(os.environ.get("OMNIBYTE_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
-WORDS = b"the quick brown fox jumps over lazy dog and cat runs far away".split()
 
 
 def text(size: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    out = bytearray()
-    while len(out) < size:
-        out += b" ".join(WORDS[i] for i in rng.integers(0, len(WORDS), 6)) + b".\n"
-    return bytes(out[:size])
+    return word_text(size, seed, words_per_line=6)
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +42,7 @@ def model():
     torch.manual_seed(0)
     model = build_model("flat", "tiny", hidden_size=16, num_layers=1, num_query_heads=2,
                         num_key_value_heads=1, max_sequence_length=64)
-    tokens = torch.tensor(list(text(8000, seed=1)))
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(80):
-        starts = torch.randint(0, len(tokens) - 48, (16,), generator=generator)
-        targets = torch.stack([tokens[start : start + 48] for start in starts])
-        inputs = torch.cat([torch.full((16, 1), BOS), targets[:, :-1]], dim=1)
-        loss = model.loss(inputs, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return train_briefly(model, text(8000, seed=1), steps=80, window=48, lr=1e-2)
 
 
 @pytest.fixture(scope="module")

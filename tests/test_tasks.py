@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnibyte import build_model
-from omnibyte.data import Batch, ByteCorpus, Document, WindowSampler, iter_eval_windows
+from omnibyte.data import Batch, WindowSampler, iter_eval_windows
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.serialization import load_model
 from omnibyte.tasks import TASKS, NextByteTask, Task, load_task, register_task, task_from_dict
 from omnibyte.train import checkpoint
 from omnibyte.train.trainer import TrainConfig, Trainer
-from helpers import fox_corpus
+from helpers import Crash, crash_at, fox_corpus
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -118,17 +118,6 @@ def test_a_classification_task_trains_through_the_trainer(tmp_path):
     batch = next(iter(task.eval_batches(valid, 32, 4)))
     with torch.no_grad():
         torch.testing.assert_close(loaded_task.logits(loaded_model, batch), task.logits(model.eval(), batch))
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(step: int):
-    def callback(trainer: Trainer) -> None:
-        if trainer.step == step:
-            raise Crash()
-    return callback
 
 
 def run(out_dir, seed: int, resume: bool = False, crash: int | None = None) -> AllEvenTask:

@@ -11,12 +11,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from omnibyte import build_model, load_model
-from omnibyte.data import ByteCorpus, Document
 from omnibyte.errors import OmnibyteError
 from omnibyte.train import checkpoint
 from omnibyte.train.schedule import learning_rate
 from omnibyte.train.trainer import TrainConfig, Trainer
-from helpers import fox_corpus
+from helpers import Crash, crash_at, fox_corpus
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -47,17 +46,6 @@ def test_loss_falls_below_0_1_bits_per_byte_on_repetitive_text(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["step"] == result.best_step
     assert result.best_step is not None
     assert (tmp_path / "best" / "model.safetensors").read_bytes() == (tmp_path / "model.safetensors").read_bytes()
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(step: int):
-    def callback(trainer: Trainer) -> None:
-        if trainer.step == step:
-            raise Crash()
-    return callback
 
 
 def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path):

@@ -21,6 +21,7 @@ from omnibyte.cli.common import (
 from omnibyte.data import ByteCorpus
 from omnibyte.errors import OmnibyteError
 from omnibyte.evaluate import evaluate_documents
+from omnibyte.fileio import TEMP_NAME
 from omnibyte.models.serialization import load_model
 from omnibyte.models import build_model
 from omnibyte.train.trainer import TrainConfig, Trainer
@@ -51,18 +52,13 @@ def prepare_folder(out: Path) -> None:
         if not (out / MARKER).is_file():
             raise OmnibyteError(f"--out {out} is not empty and not an earlier demo run; choose another --out")
         foreign = sorted(entry.name for entry in out.iterdir()
-                         if entry.name not in RUN_ENTRIES and not _temporary(entry.name))
+                         if entry.name not in RUN_ENTRIES and not TEMP_NAME.match(entry.name))
         if foreign:
             raise OmnibyteError(f"--out {out} holds {foreign[0]}, which the demo did not write; "
                                 "choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by omnibyte demo; the next demo may replace this folder\n")
-
-
-def _temporary(name: str) -> bool:
-    """A temporary file of an interrupted atomic write (``.NAME.xxxx.tmp``)."""
-    return name.startswith(".") and name.endswith(".tmp")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -157,18 +157,20 @@ class FlatDecoder(Decoder):
         hidden = model.transformer(x, self.cache, self.one_each, self.visible)
         return model.head(hidden[:, -1])
 
-    def _visible(self, counts: np.ndarray) -> int | None:
-        return None if self.fast else int((self.lengths + counts).max())
+    def _visible(self, longest: int) -> int | None:
+        """Cache slots to attend to once the longest row holds ``longest`` tokens (fast: all)."""
+        return None if self.fast else longest
 
     def _prefill(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
         model = self.model
-        hidden = model.transformer(model.embed(tokens), self.cache, valid, self._visible(counts))
+        visible = self._visible(int((self.lengths + counts).max()))
+        hidden = model.transformer(model.embed(tokens), self.cache, valid, visible)
         last = torch.from_numpy(np.maximum(counts - 1, 0)).to(self.device)
         return model.head(hidden[torch.arange(self.batch_size, device=self.device), last])
 
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)
-        self.visible = self._visible(np.ones(self.batch_size, np.int64))
+        self.visible = self._visible(int(self.lengths.max()) + 1)
         return self.steps.run("step")
 
     def _reset(self, rows: torch.Tensor) -> None:
