@@ -18,8 +18,11 @@ def tiny(**overrides) -> BytePredictor:
 def test_reference_spec_defaults():
     config = ModelConfig()
     assert (config.vocab_size, config.hidden_size, config.num_layers) == (256, 1024, 12)
-    assert (config.num_query_heads, config.num_key_value_heads, config.max_sequence_length) == (32, 8, 8192)
+    assert (config.num_query_heads, config.num_key_value_heads, config.max_sequence_length) == (16, 4, 8192)
     assert make_config("flat", "base") == config
+    # the head layout changed from 32 x 32 (8 key-value heads) to 16 x 64 (4) for speed; the size did not
+    narrow_heads = ModelConfig(num_query_heads=32, num_key_value_heads=8)
+    assert abs(config.estimate_size().parameters - narrow_heads.estimate_size().parameters) <= 12 * 64
 
 
 def test_preset_sizes():
