@@ -25,6 +25,7 @@ import torch.nn as nn
 from omnibyte.models.base import BOS, ByteModel
 
 LN2 = math.log(2.0)
+WINDOW_TOKENS_PER_FORWARD = 2**16  # long inputs: windows run in batches of about this many tokens
 
 
 def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
@@ -67,13 +68,17 @@ class EntropyModel(nn.Module):
         batch, length = tokens.shape
         if length <= self.window:
             return self._shifted(tokens)
+        # window j >= 1 holds tokens [(j-1)h, (j+1)h): its second half is block j's positions
+        # (the first window gives blocks 0 and 1); all windows run as one batch, in chunks
         half = self.window // 2
-        out = torch.zeros((batch, length), dtype=torch.float32, device=tokens.device)
-        for block_start in range(0, length, half):  # positions [block_start, block_start + half)
-            first = int(window_start(block_start, half))
-            end = min(block_start + half, length)
-            out[:, block_start:end] = self._shifted(tokens[:, first:end])[:, block_start - first:]
-        return out
+        blocks = -(-length // half)
+        padded = torch.full((batch, blocks * half), BOS, dtype=tokens.dtype, device=tokens.device)
+        padded[:, :length] = tokens
+        windows = padded.unfold(1, 2 * half, half).reshape(-1, 2 * half)  # [B * (blocks - 1), 2h]
+        per_chunk = max(1, WINDOW_TOKENS_PER_FORWARD // (2 * half))
+        entropies = torch.cat([self._shifted(windows[i : i + per_chunk])
+                               for i in range(0, len(windows), per_chunk)]).view(batch, blocks - 1, 2 * half)
+        return torch.cat((entropies[:, 0, :half], entropies[:, :, half:].reshape(batch, -1)), dim=1)[:, :length]
 
     def _shifted(self, tokens: torch.Tensor) -> torch.Tensor:
         """Entropies of one window: the prediction after token t-1, placed at t."""
