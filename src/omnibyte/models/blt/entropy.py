@@ -110,6 +110,7 @@ class EntropyDecoder:
         self.inner = entropy_model.model.decoder(batch_size, min(max_len, entropy_model.window), fast=fast)
         self.history = torch.full((batch_size, max_len), BOS, dtype=torch.long, device=device)
         self.lengths = np.zeros(batch_size, dtype=np.int64)  # tokens seen per row
+        self.device_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # the same, for steps
         self.held_from = np.zeros(batch_size, dtype=np.int64)  # first token the inner decoder holds
         self.next = torch.zeros(batch_size, dtype=torch.float32, device=device)
         self.rows = torch.arange(batch_size, device=device)
@@ -121,7 +122,9 @@ class EntropyDecoder:
         self.inner.reset(np.flatnonzero(chosen).tolist())
         self.lengths[chosen] = 0
         self.held_from[chosen] = 0
-        self.next.masked_fill_(torch.from_numpy(chosen).to(self.device), 0.0)
+        chosen_rows = torch.from_numpy(chosen).to(self.device)
+        self.device_lengths.masked_fill_(chosen_rows, 0)
+        self.next.masked_fill_(chosen_rows, 0.0)
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, lengths=None) -> torch.Tensor:
@@ -136,6 +139,7 @@ class EntropyDecoder:
         for row in np.flatnonzero(counts):  # a prefill is rare: one copy per row
             self.history[row, starts[row] : starts[row] + counts[row]] = tokens[row, : counts[row]]
         self.lengths += counts
+        self.device_lengths.add_(torch.from_numpy(counts).to(self.device))
         # entropies of the new tokens: one full forward over each row's history (a prefill is
         # rare and the entropy model small), read at the new positions
         longest = int(self.lengths.max())
@@ -153,7 +157,8 @@ class EntropyDecoder:
         if (self.lengths + 1 > self.capacity).any():
             raise ValueError(f"context of {self.capacity} tokens exceeded")
         tokens = tokens.to(self.device)
-        self.history[self.rows, torch.from_numpy(self.lengths).to(self.device)] = tokens
+        self.history[self.rows, self.device_lengths] = tokens  # no host-to-device copy per step
+        self.device_lengths.add_(1)
         self.lengths += 1
         moving = window_start(self.lengths, self.half) > self.held_from  # their window moves on
         if not moving.any():
