@@ -26,6 +26,12 @@ VARIANTS = {
     "multiscale-mamba-inner": ("multiscale", "tiny-mamba", {"stages": [  # Mamba in the byte stage
         dict(patch_size=16, hidden_size=32, num_layers=1, num_query_heads=2, num_key_value_heads=1),
         dict(patch_size=4, hidden_size=32, num_layers=2, block="mamba")]}),
+    "flat-differential": ("flat", "tiny", {"differential_attention": True}),  # layers.DifferentialHeads
+    "multiscale-differential": ("multiscale", "tiny", {"stages": [
+        dict(patch_size=256, hidden_size=64, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+             differential_attention=True),
+        dict(patch_size=4, hidden_size=32, num_layers=1, num_query_heads=2, num_key_value_heads=2,
+             differential_attention=True)]}),
 }
 RAGGED = [7, 1, 13]  # prompt lengths of three rows: unit boundaries fall at different steps
 

@@ -1,0 +1,1 @@
+"""The Byte Latent Transformer family: patchers, the entropy model and the model."""
