@@ -190,4 +190,6 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as stopped:  # the trainer saved a checkpoint and said so; --resume continues
         return 128 + getattr(stopped, "signal_number", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     print(result.summary())
+    if task.objective != "bits_per_byte" and result.val_metrics:  # the summary speaks of bits/byte
+        print("last validation: " + ", ".join(f"{key} {value:.4f}" for key, value in result.val_metrics.items()))
     return 0
