@@ -49,7 +49,9 @@ def image_to_bmp(data_or_path: bytes | str | Path, size: int = IMAGE_SIZE) -> by
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:
+        raise OmnibyteError(f"{name}: not an image Pillow can read (unknown or unsupported format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise OmnibyteError(f"{name}: not an image Pillow can read ({' '.join(str(error).split())[:120]})") from None
     return pixels_to_bmp(np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR)))
 
