@@ -137,8 +137,9 @@ def check_instruction(instruction: bytes, index: int = 0) -> Operation:
         raise InvalidProgram(f"instruction {index}: unknown opcode 0x{opcode:02x}")
     for label, kind, value in (("a", operation.a, a), ("b", operation.b, b)):
         if value > OPERAND_LIMITS[kind]:
+            allowed = "0" if kind == ZERO else f"a {kind} 0..{OPERAND_LIMITS[kind]}"
             raise InvalidProgram(f"instruction {index} ({operation.name}): operand {label} must be "
-                                 f"a {kind} 0..{OPERAND_LIMITS[kind]}, got {value}")
+                                 f"{allowed}, got {value}")
     return operation
 
 

@@ -35,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
     write_output(args.output, output, force=args.force, source=args.input)
     problem = kind_problem(task.target, output)
     if problem is not None:  # written as the model produced it, but the user should know
-        print(f"omnibyte: note: the output is not {KINDS[task.target].description}: {problem}", file=sys.stderr)
+        print(f"omnibyte: note: the output is not valid {KINDS[task.target].description}: {problem}",
+              file=sys.stderr)
     return 0

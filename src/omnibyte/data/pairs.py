@@ -60,8 +60,8 @@ def describe_bytes(data: bytes) -> str:
     if not data:
         return "empty"
     if is_text(data):
-        return "text"
-    return "binary data"
+        return f"text ({len(data):,} bytes)"
+    return f"binary data ({len(data):,} bytes)"
 
 
 def is_text(data: bytes) -> bool:
@@ -71,16 +71,16 @@ def is_text(data: bytes) -> bool:
 
 def abc_problem(data: bytes) -> str | None:
     if not is_text(data):
-        return f"ABC is ASCII text, this is {describe_bytes(data)}"
+        return "ABC is ASCII text"
     lines = data.decode("ascii").splitlines()
     if not any(line.startswith("K:") for line in lines):
-        return "ABC has a key field (a line starting with K:), this text has none"
+        return "ABC has a key field (a line starting with K:); this text has none"
     return None
 
 
 def midi_problem(data: bytes) -> str | None:
     if not data.startswith(b"MThd") or len(data) < 14:
-        return f"a MIDI file starts with MThd, this is {describe_bytes(data)}"
+        return "a MIDI file starts with MThd"
     return None
 
 
@@ -111,10 +111,10 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "abc": Kind("ABC notation", abc_problem, ".abc"),
-    "midi": Kind("a MIDI file", midi_problem, ".mid"),
-    "cpu": Kind("a CPU state followed by a program (omnibyte.cpusim)", cpu_program_problem, ".bin"),
-    "cpu-state": Kind("a CPU state (omnibyte.cpusim)", cpu_state_problem, ".bin"),
-    "bytes": Kind("any bytes", any_bytes_problem, ".bin"),
+    "midi": Kind("MIDI", midi_problem, ".mid"),
+    "cpu": Kind("CPU programs (a state, then instructions)", cpu_program_problem, ".bin"),
+    "cpu-state": Kind("CPU states", cpu_state_problem, ".bin"),
+    "bytes": Kind("bytes", any_bytes_problem, ".bin"),
 }
 
 

@@ -27,7 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from omnibyte.data.corpus import ByteCorpus
-from omnibyte.data.pairs import KINDS, PairRecord, check_kind_name, corpus_records, kind_problem, read_pair_corpus, record_tokens
+from omnibyte.data.pairs import (
+    KINDS,
+    PairRecord,
+    check_kind_name,
+    corpus_records,
+    describe_bytes,
+    kind_problem,
+    read_pair_corpus,
+    record_tokens,
+)
 from omnibyte.data.sampler import Batch
 from omnibyte.errors import OmnibyteError
 from omnibyte.tasks.base import Task, register_task
@@ -124,6 +133,7 @@ class ConvertTask(Task):
     def loss(self, model: ByteModel, batch: Batch) -> torch.Tensor:
         return model.loss(batch.tokens, batch.targets, batch.mask)
 
+    @torch.no_grad()
     def metrics(self, model: ByteModel, batch: Batch) -> dict[str, float]:
         logits = model(batch.tokens).float()
         losses = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="none")
@@ -182,8 +192,8 @@ class ConvertTask(Task):
         """Refuse, in one line, a source this model was not trained to convert."""
         problem = kind_problem(self.source, data)
         if problem is not None:
-            raise OmnibyteError(f"{name} is not {KINDS[self.source].description}, which this model converts "
-                                f"to {KINDS[self.target].description}: {problem}")
+            raise OmnibyteError(f"{name} is {describe_bytes(data)}, but this model converts "
+                                f"{KINDS[self.source].description} to {KINDS[self.target].description}: {problem}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "target": self.target}
