@@ -56,6 +56,9 @@ def world(tmp_path_factory) -> Path:
     def with_config(**changes: object) -> dict:
         return {**document, "config": {**document["config"], **changes}}
 
+    save_model(model, root / "converter", task={"name": "convert", "source": "abc", "target": "midi"})
+    (root / "tune.abc").write_bytes(b"X: 1\nT:Tune\nM:6/8\nK:G\nGAB c2d|]\n")
+    (root / "tune.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x04\x00MTrk\x00\x00\x00\x04\x00\xff\x2f\x00")
     model_folder("truncated", document, weights[:300])
     model_folder("notjson", "{not json")
     model_folder("foreign", {"architectures": ["GPT2LMHeadModel"]})
@@ -104,6 +107,9 @@ EVAL = ["eval", "{W}/data", *M]
 GENERATE = ["generate", *M, "--device", "cpu"]
 ANOMALY = ["anomaly", "{W}/text.txt", *M]
 DEMO = ["demo", "--out", "{T}/demo"]
+CONVERT = ["convert", "--model", "{W}/converter", "--device", "cpu"]
+CPU_DATA = ["datasets", "cpu", "--out", "{T}/cpu"]
+NOTTINGHAM = ["datasets", "nottingham", "--direction", "abc2midi", "--out", "{T}/pairs"]
 
 CLI_CASES: list[tuple[list[str], str]] = [
     # the command line itself
@@ -262,6 +268,43 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["compress", "{W}/text.txt"], "--model"),
     (["compress", "{W}/text.txt", *M, "--device", "mps"], "mps"),
     (["decompress", "{W}/text.txt.omb", *M, "--device", "tpu"], "tpu"),
+    # convert: the model must be a conversion model and the input of the kind it converts
+    ([*CONVERT, "{W}/tune.abc"], "-o"),
+    (["convert", "{W}/tune.abc", "-o", "{T}/out.mid"], "--model"),
+    ([*CONVERT, "{W}/tune.mid", "-o", "{T}/out.mid"], "is MIDI (it starts with MThd), but this model converts ABC"),
+    ([*CONVERT, "{W}/text.txt", "-o", "{T}/out.mid"], "has a key field"),
+    ([*CONVERT, "{W}/empty.bin", "-o", "{T}/out.mid"], "is empty"),
+    ([*CONVERT, "{W}/data", "-o", "{T}/out.mid"], "is a folder"),
+    ([*CONVERT, "{W}/missing", "-o", "{T}/out.mid"], "missing"),
+    (["convert", *M, "{W}/tune.abc", "-o", "{T}/out.mid"], "not a conversion model (it was trained for the 'next-byte'"),
+    (["convert", "--model", "{W}/absent", "{W}/tune.abc", "-o", "{T}/out.mid"], "not found"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{W}/existing.txt"], "exists (use --force to overwrite)"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{W}/data"], "is a folder"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{T}/missing/out.mid"], "does not exist"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{T}/out.mid", "--max-bytes", "0"], "--max-bytes"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{T}/out.mid", "--device", "mps"], "mps"),
+    (["train", "--task", "convert", "{W}/data", "--out", "{T}/run"], "not a paired record"),
+    # datasets: every option checked, the output folder before any work
+    (["datasets"], "DATASET"),
+    (["datasets", "mnist", "--out", "{T}/d"], "invalid choice: 'mnist'"),
+    (CPU_DATA, "--records"),
+    ([*CPU_DATA, "--records", "0"], "--records"),
+    ([*CPU_DATA, "--records", "ten"], "--records"),
+    ([*CPU_DATA, "--records", "5", "--test-records", "-1"], "--test-records"),
+    ([*CPU_DATA, "--records", "5", "--min-length", "0"], "--min-length"),
+    ([*CPU_DATA, "--records", "5", "--max-length", "5000"], "--max-length"),
+    ([*CPU_DATA, "--records", "5", "--min-length", "5", "--max-length", "2"], "--min-length 5 is above --max-length 2"),
+    ([*CPU_DATA, "--records", "5", "--seed", "-1"], "--seed"),
+    (["datasets", "cpu", "--records", "5"], "--out"),
+    (["datasets", "cpu", "--records", "5", "--out", "{W}/existing.txt"], "is a file, not a folder"),
+    (["datasets", "cpu", "--records", "5", "--out", "{W}/data"], "is not empty (use --force"),
+    (["datasets", "nottingham", "--out", "{T}/pairs"], "--direction"),
+    (["datasets", "nottingham", "--direction", "abc2abc", "--out", "{T}/pairs"], "abc2abc"),
+    ([*NOTTINGHAM, "--data", "{W}/nothing"], "is not the Nottingham folder"),
+    ([*NOTTINGHAM, "--data", "{W}/missing"], "is not the Nottingham folder"),
+    ([*NOTTINGHAM, "--test-fraction", "1"], "--test-fraction"),
+    ([*NOTTINGHAM, "--test-fraction", "0"], "--test-fraction"),
+    ([*NOTTINGHAM, "--midi", "drums"], "drums"),
 ]
 
 
@@ -283,8 +326,9 @@ def test_the_catalogue_covers_every_subcommand():
     from omnibyte.cli import COMMAND_MODULES
 
     commands = {case[0][0] for case in CLI_CASES if case[0] and not case[0][0].startswith("-")}
-    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress"} <= commands
-    assert len(COMMAND_MODULES) == 8 and len(CLI_CASES) + len(API_CASES) >= 100
+    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress", "convert",
+            "datasets"} <= commands
+    assert len(COMMAND_MODULES) == 12 and len(CLI_CASES) + len(API_CASES) >= 100
 
 
 # ---- real processes: closed, full and cut-off streams ----------------------------------------
@@ -381,6 +425,18 @@ API_CASES: list[tuple[str, object, type[BaseException]]] = [
         b"abc", tiny_model(), threshold=math.nan), ValueError),
     ("anomaly top_k 0", lambda: __import__("omnibyte.apps.anomaly", fromlist=["x"]).analyze(
         b"abc", tiny_model(), top_k=0), ValueError),
+    # conversion and its data
+    ("convert batch_size 0", lambda: __import__("omnibyte.apps.convert", fromlist=["x"]).convert_sources(
+        tiny_model(), [b"abc"], batch_size=0), ValueError),
+    ("convert max_new_bytes 0", lambda: __import__("omnibyte.apps.convert", fromlist=["x"]).convert_sources(
+        tiny_model(), [b"abc"], max_new_bytes=0), ValueError),
+    ("convert task kind", lambda: __import__("omnibyte.tasks", fromlist=["x"]).ConvertTask("abc", "jpeg"), ValueError),
+    ("cpu records min > max", lambda: list(__import__("omnibyte.cpusim", fromlist=["x"]).generate_records(
+        1, 0, min_length=5, max_length=2)), OmnibyteError),
+    ("cpu records count -1", lambda: list(__import__("omnibyte.cpusim", fromlist=["x"]).generate_records(
+        -1, 0)), OmnibyteError),
+    ("nottingham direction", lambda: __import__("omnibyte.data.nottingham", fromlist=["x"]).nottingham_records(
+        ".", "abc2abc"), OmnibyteError),
 ]
 
 
