@@ -27,9 +27,11 @@ from omnibyte.data.pairs import (
     decode_records,
     encode_records,
     escape_target,
+    read_target,
     read_pair_corpus,
     record_tokens,
     records_corpus,
+    target_stream,
     unescape_target,
     write_pair_dataset,
 )
@@ -56,6 +58,19 @@ def test_a_malformed_escape_ends_the_target_as_an_error():
     assert [reader.feed(byte) for byte in b"ab\xff\x41"] == [False, False, False, True]
     assert bytes(reader.output) == b"ab" and reader.error and "FF 41" in reader.error
     assert unescape_target(b"ab\xff\x41") == (b"ab", False)
+
+
+def test_a_fixed_size_target_is_neither_escaped_nor_marked(capsys):
+    state = bytes([0xFF, 0x00] * (cpusim.STATE_BYTES // 2))
+    assert target_stream(state, "cpu-state") == state
+    assert read_target(state + b"\xff\x00 more", "cpu-state") == (state, True)
+    assert read_target(state[:-1], "cpu-state") == (state[:-1], False)
+    with pytest.raises(OmnibyteError, match="260 bytes, got 3"):
+        PairRecord(bytes(cpusim.STATE_BYTES) + cpusim.assemble([("HALT",)]), b"abc", "cpu", "cpu-state")
+    source = bytes(cpusim.STATE_BYTES) + cpusim.assemble([("NOT", 0)])
+    batch = RecordRows([PairRecord(source, state, "cpu", "cpu-state")], 600, "training").batch([0], 1)
+    assert batch.targets[0][batch.mask[0]].tolist() == list(state)
+    assert int(batch.mask[0].nonzero()[0]) == len(source) + 1
 
 
 def test_pair_files_hold_binary_records_back_to_back():
@@ -105,7 +120,8 @@ def test_the_loss_is_the_cross_entropy_of_the_target_bytes_only(one_thread):
     manual = torch.cat(expected)
     assert torch.allclose(task.loss(model, batch), manual.mean(), atol=1e-5)
     sums = task.metrics(model, batch)
-    assert sums["bytes"] == len(manual) and math.isclose(sums["bits"], float(manual.sum()) / math.log(2), rel_tol=1e-4)
+    assert sums["bytes"] == len(manual) and math.isclose(sums["bits"], float(manual.detach().sum()) / math.log(2),
+                                                          rel_tol=1e-4)
 
 
 def test_the_task_reads_pair_files_and_learns_its_direction(tmp_path):
@@ -179,7 +195,7 @@ def test_convert_writes_the_target_the_model_learnt(trained_run, tmp_path, capsy
     # too small a budget: no end marker, nothing written, one line
     assert main(["convert", "--model", str(root / "run"), str(tmp_path / "word.txt"), "-o", str(tmp_path / "cut.bin"),
                  "--max-bytes", "2", "--device", "cpu"]) == 2
-    assert "no end marker within 2 bytes" in capsys.readouterr().err and not (tmp_path / "cut.bin").exists()
+    assert "no end of the target within 2 bytes" in capsys.readouterr().err and not (tmp_path / "cut.bin").exists()
 
 
 def test_evaluation_of_the_trained_model(trained_run, one_thread):

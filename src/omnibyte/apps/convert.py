@@ -2,8 +2,8 @@
 
 Decoding is greedy (the most likely byte every step) through the shared decoder protocol: the
 prompt ``BOS, source, BOS`` is prefilled, then one byte per step is fed back through the
-model's KV cache (``model.decoder``) until the end marker ``FF 00`` (``omnibyte.data.pairs``),
-a malformed escape, or the byte budget. Many sources decode together as rows of one decoder;
+model's KV cache (``model.decoder``) until the end marker ``FF 00`` (``omnibyte.data.pairs``;
+a fixed-size target ends after its size), a malformed escape, or the byte budget. Many sources decode together as rows of one decoder;
 a row's bytes depend only on its own source.
 
 Evaluation (``evaluate_conversion``) reports, on records with known targets:
@@ -58,10 +58,10 @@ class Conversion:
 
 
 def convert_sources(model: ByteModel, sources: Sequence[bytes], max_new_bytes: int | None = None,
-                    batch_size: int = 16, fast: bool = False) -> list[Conversion]:
-    """Greedy conversions of ``sources``, ``batch_size`` rows at a time (sources of similar
-    length together). ``max_new_bytes`` bounds each output (escape bytes and end marker
-    included; default: what the model's context leaves after the source)."""
+                    batch_size: int = 16, fast: bool = False, target_kind: str = "bytes") -> list[Conversion]:
+    """Greedy conversions of ``sources`` to targets of ``target_kind``, ``batch_size`` rows at a
+    time (sources of similar length together). ``max_new_bytes`` bounds each output (escape
+    bytes and end marker included; default: what the model's context leaves after the source)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if max_new_bytes is not None and max_new_bytes < 1:
@@ -80,7 +80,8 @@ def convert_sources(model: ByteModel, sources: Sequence[bytes], max_new_bytes: i
     try:
         for first in range(0, len(fitting), batch_size):
             chunk = fitting[first : first + batch_size]
-            for index, result in zip(chunk, _convert_rows(model, [sources[i] for i in chunk], max_new_bytes, fast)):
+            converted = _convert_rows(model, [sources[i] for i in chunk], max_new_bytes, fast, target_kind)
+            for index, result in zip(chunk, converted):
                 results[index] = result
     finally:
         model.train(was_training)
@@ -88,7 +89,8 @@ def convert_sources(model: ByteModel, sources: Sequence[bytes], max_new_bytes: i
 
 
 @torch.no_grad()
-def _convert_rows(model: ByteModel, sources: list[bytes], max_new_bytes: int | None, fast: bool) -> list[Conversion]:
+def _convert_rows(model: ByteModel, sources: list[bytes], max_new_bytes: int | None, fast: bool,
+                  target_kind: str) -> list[Conversion]:
     """One decoder, one row per source; stops when every row is done or the budget is spent."""
     prompts = [prompt_tokens(source) for source in sources]
     longest = max(len(prompt) for prompt in prompts)
@@ -101,7 +103,7 @@ def _convert_rows(model: ByteModel, sources: list[bytes], max_new_bytes: int | N
         rows[row, : len(prompt)] = prompt
     decoder = model.decoder(len(prompts), longest + budget, fast=fast)
     logits = decoder.prefill(torch.from_numpy(rows).to(device), [len(prompt) for prompt in prompts])
-    readers = [TargetReader() for _ in prompts]
+    readers = [TargetReader(target_kind) for _ in prompts]
     pending: list[torch.Tensor] = []
     for step in range(budget):
         next_bytes = logits.argmax(dim=-1)
@@ -118,7 +120,7 @@ def _convert_rows(model: ByteModel, sources: list[bytes], max_new_bytes: int | N
         if step + 1 < budget:
             logits = decoder.step(next_bytes)
     return [Conversion(bytes(reader.output), reader.finished and reader.error is None,
-                       reader.error or (None if reader.finished else f"no end marker within {budget} bytes"))
+                       reader.error or (None if reader.finished else f"no end of the target within {budget} bytes"))
             for reader in readers]
 
 
@@ -127,7 +129,7 @@ def convert(model: ByteModel, task: ConvertTask, source: bytes, max_new_bytes: i
     """The target ``source`` converts to; refuses a source of the wrong kind and an output
     that never reached the end marker (one line each)."""
     task.check_source(source, name)
-    (result,) = convert_sources(model, [source], max_new_bytes, batch_size=1, fast=fast)
+    (result,) = convert_sources(model, [source], max_new_bytes, batch_size=1, fast=fast, target_kind=task.target)
     if not result.finished:
         raise OmnibyteError(f"conversion of {name} failed: {result.error}; nothing written")
     return result.output
@@ -208,7 +210,8 @@ def evaluate_conversion(model: ByteModel, task: ConvertTask, records: Sequence[P
     report: dict[str, Any] = {"records": len(records), "direction": f"{task.source}->{task.target}"}
     scores = target_scores(model, task, records, batch_size=batch_size)
     report["target_bits_per_byte"], report["target_accuracy"] = scores["bits_per_byte"], scores["accuracy"]
-    conversions = convert_sources(model, [record.source for record in records], max_new_bytes, batch_size, fast)
+    conversions = convert_sources(model, [record.source for record in records], max_new_bytes, batch_size, fast,
+                                  task.target)
     outputs = [conversion.output for conversion in conversions]
     report["finished_rate"] = share([conversion.finished for conversion in conversions])
     report["exact_rate"] = share([conversion.finished and conversion.output == record.target

@@ -12,7 +12,7 @@ are never searched for a delimiter. ``omnibyte datasets`` writes such files; ``o
 
 **Token layout.** A record becomes the model input ::
 
-    BOS, source bytes..., BOS, escaped target bytes..., 0xFF, 0x00
+    BOS, source bytes..., BOS, escaped target bytes..., 0xFF, 0x00    (the target stream)
 
 * The separator is the token ``BOS`` (256). It is outside the byte range 0..255, so no source
   byte can be taken for it, whatever the source holds. The model reads BOS (every family's
@@ -24,8 +24,11 @@ are never searched for a delimiter. ``omnibyte datasets`` writes such files; ``o
   for the end marker, in MIDI or any other binary target. 0xFF is chosen because it is rare in
   the targets here (ABC text never holds it; MIDI only in its few meta events), so escaping
   costs almost nothing.
-* The loss (``mask``) covers exactly the escaped target and the end marker: the positions whose
-  input token is the separator or a later token.
+* A target kind of fixed size (a CPU state: 260 bytes) needs no end marker: its size says
+  where it ends, so it is neither escaped nor marked, and a copied byte sits at the same
+  distance from its source byte in every record.
+* The loss (``mask``) covers exactly the target stream (the escaped target and the end marker,
+  or the fixed-size target): the positions whose input token is the separator or a later token.
 """
 from __future__ import annotations
 
@@ -107,13 +110,14 @@ class Kind:
     description: str
     problem: Callable[[bytes], str | None]  # why bytes are not of this kind (None: they are)
     suffix: str  # file name suffix of an output of this kind
+    size: int | None = None  # bytes of every target of this kind (None: any length, end marker)
 
 
 KINDS: dict[str, Kind] = {
     "abc": Kind("ABC notation", abc_problem, ".abc"),
     "midi": Kind("MIDI", midi_problem, ".mid"),
     "cpu": Kind("CPU programs (a state, then instructions)", cpu_program_problem, ".bin"),
-    "cpu-state": Kind("CPU states", cpu_state_problem, ".bin"),
+    "cpu-state": Kind("CPU states", cpu_state_problem, ".bin", size=cpusim.STATE_BYTES),
     "bytes": Kind("bytes", any_bytes_problem, ".bin"),
 }
 
@@ -151,6 +155,10 @@ class PairRecord:
         check_kind_name(self.target_kind, "target kind")
         if not self.source:
             raise OmnibyteError(f"record {self.name or '(unnamed)'} has an empty source")
+        size = KINDS[self.target_kind].size
+        if size is not None and len(self.target) != size:
+            raise OmnibyteError(f"record {self.name or '(unnamed)'}: a {self.target_kind} target is {size} bytes, "
+                                f"got {len(self.target)}")
 
     @property
     def direction(self) -> tuple[str, str]:
@@ -259,21 +267,34 @@ def escape_target(target: bytes) -> bytes:
     return bytes(target).replace(bytes([ESCAPE]), bytes([ESCAPE, ESCAPE])) + END_MARKER
 
 
+def target_stream(target: bytes, kind: str = "bytes") -> bytes:
+    """What the model predicts after the separator: a target of a fixed-size kind as it is
+    (its size says where it ends), any other target escaped and ended by ``FF 00``."""
+    size = KINDS[check_kind_name(kind)].size
+    if size is None:
+        return escape_target(target)
+    if len(target) != size:
+        raise OmnibyteError(f"a {kind} target is {size} bytes, got {len(target)}")
+    return bytes(target)
+
+
 def prompt_tokens(source: bytes) -> list[int]:
     """What a decoder is given: BOS, the source, the separator."""
     return [BOS, *bytes(source), SEPARATOR]
 
 
-def record_tokens(source: bytes, target: bytes) -> np.ndarray:
-    """The whole record as model tokens (``int64``): prompt, escaped target, end marker."""
-    return np.array(prompt_tokens(source) + list(escape_target(target)), dtype=np.int64)
+def record_tokens(source: bytes, target: bytes, target_kind: str = "bytes") -> np.ndarray:
+    """The whole record as model tokens (``int64``): the prompt, then the target stream."""
+    return np.array(prompt_tokens(source) + list(target_stream(target, target_kind)), dtype=np.int64)
 
 
 class TargetReader:
     """Turns predicted bytes back into the target: undoes the escaping and stops at the end
-    marker. ``feed`` returns True once the target is complete (or malformed)."""
+    marker, or, for a fixed-size kind, after its size. ``feed`` returns True once the target
+    is complete (or malformed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "bytes") -> None:
+        self.size = KINDS[check_kind_name(kind)].size
         self.output = bytearray()
         self.finished = False
         self.error: str | None = None
@@ -282,7 +303,10 @@ class TargetReader:
     def feed(self, byte: int) -> bool:
         if self.finished:
             return True
-        if self._escaped:
+        if self.size is not None:
+            self.output.append(byte)
+            self.finished = len(self.output) >= self.size
+        elif self._escaped:
             self._escaped = False
             if byte == ESCAPE:
                 self.output.append(ESCAPE)
@@ -298,13 +322,18 @@ class TargetReader:
         return self.finished
 
 
-def unescape_target(predicted: bytes) -> tuple[bytes, bool]:
-    """(target, whether the end marker was reached) from predicted bytes."""
-    reader = TargetReader()
+def read_target(predicted: bytes, kind: str = "bytes") -> tuple[bytes, bool]:
+    """(target, whether it is complete) from predicted bytes."""
+    reader = TargetReader(kind)
     for byte in predicted:
         if reader.feed(byte):
             break
     return bytes(reader.output), reader.finished and reader.error is None
+
+
+def unescape_target(predicted: bytes) -> tuple[bytes, bool]:
+    """(target, whether the end marker was reached) from predicted bytes of an escaped target."""
+    return read_target(predicted, "bytes")
 
 
 # ---- datasets on disk ---------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 loss on the target only.
 
 A record (``omnibyte.data.pairs``: its file format and token layout) is one row of a batch:
-``BOS, source, BOS, escaped target, FF 00``, padded. The mask is true exactly on the targets
-that are bytes of the escaped target or of the end marker, so the model learns to produce the
-target (and to stop) from the source, and nothing about the source itself. Any family trains
+``BOS, source, BOS, escaped target, FF 00``, padded (a target of fixed size, a CPU state, is
+neither escaped nor marked). The mask is true exactly on the targets that are bytes of the
+target stream, so the model learns to produce the target (and to stop) from the source, and
+nothing about the source itself. Any family trains
 this way through ``model.loss``; validation reports bits per byte of that target part and the
 share of those bytes predicted right (argmax).
 
@@ -55,7 +56,7 @@ class RecordRows:
         if seq_len < 1:
             raise OmnibyteError(f"seq_len must be positive, got {seq_len}")
         self.seq_len = seq_len
-        rows = [record_tokens(record.source, record.target) for record in records]
+        rows = [record_tokens(record.source, record.target, record.target_kind) for record in records]
         # a record of n tokens gives n - 1 (input, target) positions
         self.rows = [row for row in rows if len(row) - 1 <= seq_len]
         self.source_lengths = [len(record.source) for record, row in zip(records, rows) if len(row) - 1 <= seq_len]
