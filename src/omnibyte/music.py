@@ -93,7 +93,7 @@ class AbcCheck:
 
 
 def check_abc(text: bytes, program: str | None = None) -> AbcCheck | None:
-    """Run abc2midi on ``text``; None when abc2midi is missing."""
+    """Run abc2midi on ``text``; None when abc2midi is missing or cannot run."""
     program = abc2midi_path(program)
     if program is None:
         return None
@@ -105,6 +105,8 @@ def check_abc(text: bytes, program: str | None = None) -> AbcCheck | None:
                                     timeout=ABC2MIDI_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return AbcCheck(False, 1)
+        except OSError:  # not executable here (another C library, no permission): no verdict
+            return None
         report = (result.stdout + result.stderr).decode("latin-1").splitlines()
         errors = sum(line.startswith("Error") for line in report)
         parses = result.returncode == 0 and output.is_file() and midi_parses(output.read_bytes())

@@ -141,7 +141,8 @@ def convert(model: ByteModel, task: ConvertTask, source: bytes, max_new_bytes: i
 def target_scores(model: ByteModel, task: Task, records: Sequence[PairRecord], seq_len: int | None = None,
                   batch_size: int = 8) -> dict[str, float]:
     """The task's validation report (bits per target byte, accuracy) on ``records``, teacher
-    forced; records longer than ``seq_len`` (default: the model's context) are left out."""
+    forced, and ``bytes_scored``; records longer than ``seq_len`` (default: the model's
+    context) are left out."""
     seq_len = seq_len or model.max_seq_len
     totals: dict[str, float] = {}
     was_training = model.training
@@ -154,7 +155,7 @@ def target_scores(model: ByteModel, task: Task, records: Sequence[PairRecord], s
                 totals[key] = totals.get(key, 0.0) + value
     finally:
         model.train(was_training)
-    return task.summarize(totals)
+    return {**task.summarize(totals), "bytes_scored": totals.get("bytes", 0.0)}
 
 
 def byte_accuracy(output: bytes, target: bytes) -> float:
@@ -191,11 +192,11 @@ def cpu_report(records: Sequence[PairRecord], outputs: Sequence[bytes]) -> dict[
 
 def abc_report(records: Sequence[PairRecord], outputs: Sequence[bytes], abc2midi: str | None) -> dict[str, Any]:
     """abc2midi's verdict on the outputs and, for comparison, on the references."""
-    if music.abc2midi_path(abc2midi) is None:
+    references = [music.check_abc(record.target, abc2midi) for record in records]
+    if not records or None in references:  # abc2midi missing, or it cannot run here
         return {"parse_rate": None, "clean_rate": None, "reference_parse_rate": None,
                 "reference_clean_rate": None, "abc2midi": "missing"}
     checks = [music.check_abc(output, abc2midi) for output in outputs]
-    references = [music.check_abc(record.target, abc2midi) for record in records]
     return {"parse_rate": share([check.parses for check in checks]),
             "clean_rate": share([check.clean for check in checks]),
             "reference_parse_rate": share([check.parses for check in references]),
@@ -209,7 +210,9 @@ def evaluate_conversion(model: ByteModel, task: ConvertTask, records: Sequence[P
     task.checked(list(records))
     report: dict[str, Any] = {"records": len(records), "direction": f"{task.source}->{task.target}"}
     scores = target_scores(model, task, records, batch_size=batch_size)
-    report["target_bits_per_byte"], report["target_accuracy"] = scores["bits_per_byte"], scores["accuracy"]
+    scored = scores.get("bytes_scored", 0) > 0  # None, not 0, when no record fits the context
+    report["target_bits_per_byte"] = scores["bits_per_byte"] if scored else None
+    report["target_accuracy"] = scores["accuracy"] if scored else None
     conversions = convert_sources(model, [record.source for record in records], max_new_bytes, batch_size, fast,
                                   task.target)
     outputs = [conversion.output for conversion in conversions]
