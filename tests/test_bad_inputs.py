@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import omnibyte
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.serialization import save_model
+from omnibyte.tasks import ClassifyTask
 
 BIG_SEED = str(2**63)
 
@@ -73,6 +75,20 @@ def world(tmp_path_factory) -> Path:
     model_folder("string_hidden", with_config(hidden_size="64"))
     (root / "noweights").mkdir()
     (root / "noweights" / "config.json").write_text(json.dumps(document))
+    # classification: a (untrained) classifier, labelled folders and CSVs, good and bad
+    task = ClassifyTask(["a", "b"], model.hidden_size, seq_len=64)
+    save_model(model, root / "classifier", task=task.to_dict(), task_weights=torch.nn.ModuleDict(task.modules()).state_dict())
+    for name, classes in {"classes": ("a", "b"), "one_class": ("a",), "empty_class": ("a", "b"),
+                          "other_classes": ("x", "y")}.items():
+        for label in classes:
+            (root / name / label).mkdir(parents=True)
+            if not (name == "empty_class" and label == "b"):
+                (root / name / label / "f.txt").write_bytes(label.encode() * 50)
+    (root / "no_label.csv").write_text("path,label\ntext.txt,\n")
+    (root / "missing_file.csv").write_text("path,label\ntext.txt,a\nabsent.txt,b\n")
+    (root / "pictures").mkdir()
+    Image.new("RGB", (4, 4)).save(root / "pictures" / "pic.png")
+    (root / "pictures" / "pic.bmp").write_bytes(b"precious")
     return root
 
 
@@ -264,6 +280,38 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["demo", "--out", "{W}/data"], "not an earlier demo run"),
     (["demo", "--out", "{W}/existing.txt"], "is a file"),
     (["demo", "--out", "{W}/existing.txt/demo"], "is a file"),
+    # train --task classify / --init-from
+    ([*TRAIN, "--task", "sorting"], "invalid choice: 'sorting'"),
+    ([*TRAIN, "--task", "classify"], "outside class folders"),  # files directly in DATA: no class
+    (["train", "--task", "classify", "{W}/text.txt", "--out", "{T}/run"], "cannot tell the class"),
+    (["train", "--task", "classify", "{W}/nothing", "--out", "{T}/run"], "no class folders"),
+    (["train", "--task", "classify", "{W}/empty_class", "--out", "{T}/run"], "holds no usable files"),
+    (["train", "--task", "classify", "{W}/one_class", "--out", "{T}/run"], "at least two classes"),
+    (["train", "--task", "classify", "{W}/no_label.csv", "--out", "{T}/run"], "row 2: expected path,label"),
+    (["train", "--task", "classify", "{W}/missing_file.csv", "--out", "{T}/run"], "row 3: file not found"),
+    (["train", "--task", "classify", "fsdd:valid", "--out", "{T}/run"], "OMNIBYTE_DATA"),
+    ([*TRAIN, "--init-from", "{W}/absent"], "not found"),
+    ([*TRAIN, "--init-from", "{W}/model", "--preset", "small"], "leave out --preset and --set"),
+    ([*TRAIN, "--init-from", "{W}/model", "--arch", "patch"], "holds a flat model"),
+    # classify
+    (["classify", "{W}/text.txt"], "--model"),
+    (["classify", "{W}/text.txt", *M], "not a classifier"),
+    (["classify", "{W}/missing", "--model", "{W}/classifier"], "missing"),
+    (["classify", "{W}/text.txt", "--model", "{W}/classifier", "--batch-size", "0"], "--batch-size"),
+    (["generate", "--model", "{W}/classifier"], "holds a classifier"),
+    (["eval", "{W}/data", "--model", "{W}/classifier"], "outside class folders"),
+    (["eval", "{W}/other_classes", "--model", "{W}/classifier"], "classes not known to this classifier: x, y"),
+    (["eval", "{W}/classes", "--model", "{W}/classifier", "--confusion", "{W}/existing.txt"], "exists"),
+    ([*EVAL, "--confusion", "{T}/c.png"], "--confusion is for classifiers"),
+    # media
+    (["media"], "ACTION"),
+    (["media", "to-bmp", "{W}/text.txt"], "--out"),
+    (["media", "to-bmp", "{W}/text.txt", "-o", "{T}/media"], "not an image"),
+    (["media", "to-wav", "{W}/text.txt", "-o", "{T}/media"], "not a PCM WAV file"),
+    (["media", "to-bmp", "{W}/missing.png", "-o", "{T}/media"], "cannot read"),
+    (["media", "to-bmp", "{W}/pictures/pic.png", "-o", "{W}/pictures"], "pic.bmp exists (use --force"),
+    (["media", "to-bmp", "{W}/pictures/pic.png", "-o", "{W}/existing.txt"], "is a file, not a folder"),
+    (["media", "to-bmp", "{W}/pictures/pic.png", "{W}/pictures/pic.bmp", "-o", "{T}/media"], "would both be written"),
     # compress / decompress: the options shared with every command
     (["compress", "{W}/text.txt"], "--model"),
     (["compress", "{W}/text.txt", *M, "--device", "mps"], "mps"),
@@ -326,8 +374,8 @@ def test_the_catalogue_covers_every_subcommand():
     from omnibyte.cli import COMMAND_MODULES
 
     commands = {case[0][0] for case in CLI_CASES if case[0] and not case[0][0].startswith("-")}
-    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress", "convert",
-            "datasets"} <= commands
+    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress", "classify",
+            "media", "convert", "datasets"} <= commands
     assert len(COMMAND_MODULES) == 12 and len(CLI_CASES) + len(API_CASES) >= 100
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from omnibyte.data.sources import Document
+from omnibyte.devices import autocast
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import atomic_write
 from omnibyte.models.base import ByteModel
@@ -59,7 +60,8 @@ def class_probabilities(model: ByteModel, task: ClassifyTask, files: Sequence[by
     rows = []
     for first in range(0, len(files), batch_size):
         tokens, mask = file_rows(files[first : first + batch_size], seq_len)
-        logits = task.logits(model, tokens.to(model.device), mask.to(model.device))
+        with autocast(model.device):  # bf16 on CUDA, as in training
+            logits = task.logits(model, tokens.to(model.device), mask.to(model.device))
         rows.append(torch.softmax(logits, dim=-1).cpu().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, len(task.labels)))
 
