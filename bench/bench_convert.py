@@ -156,7 +156,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--arch", default="flat")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--context", type=int, default=8192,
-                        help="model context and Nottingham seq_len (98%% of ABC+MIDI records fit in 8192)")
+                        help="model context and Nottingham seq_len (97%% of ABC+MIDI records fit in 8192)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--music-batch", type=int, default=8, help="records per Nottingham training step")
     parser.add_argument("--test-tunes", type=int, default=None, help="evaluate the first N test tunes (default: all 103)")
