@@ -17,10 +17,10 @@ into an ignored folder first, and point ``--data``/``--abc2midi`` there::
     cp "$(command -v abc2midi)" runs/convert-data/      # optional: ABC parse rates
 
     python bench/bench_convert.py --data runs/convert-data/nottingham \\
-        --abc2midi runs/convert-data/abc2midi --minutes 2 --out runs/bench-convert
+        --abc2midi runs/convert-data/abc2midi --minutes 1.75 --out runs/bench-convert
 
-Three models of ``--minutes`` each plus data, decoding and checks: about 7.5 minutes on an
-H200 with ``--minutes 2``. CPU smoke test: ``--minutes 0.2 --preset tiny --cpu-records 2000
+Three models of ``--minutes`` each plus data, decoding and checks: about 7 minutes on an H200
+with ``--minutes 1.75`` (an estimate: data, the CPU records and decoding take about a minute). CPU smoke test: ``--minutes 0.2 --preset tiny --cpu-records 2000
 --test-tunes 4 --cpu-test-records 50 --context 1024``.
 """
 from __future__ import annotations
@@ -104,12 +104,14 @@ def decode_budget(records: list[PairRecord], context: int) -> int:
     return min(int(longest * 1.2) + 16, context)
 
 
-def evaluate(name: str, model, task: ConvertTask, test: list[PairRecord], args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(model, task: ConvertTask, test: list[PairRecord], args: argparse.Namespace,
+             decode_batch: int) -> dict[str, Any]:
+    """The conversion measures on ``test`` (greedy, cached; CUDA graphs on a GPU)."""
     started = time.time()
     fits = [record for record in test if len(record_tokens(record.source, record.target, record.target_kind)) - 1
             <= model.max_seq_len]
     report, _ = evaluate_conversion(model, task, test, max_new_bytes=decode_budget(test, model.max_seq_len),
-                                    batch_size=args.decode_batch, fast=model.device.type == "cuda",
+                                    batch_size=decode_batch, fast=model.device.type == "cuda",
                                     abc2midi=str(args.abc2midi) if args.abc2midi else None)
     report.update(test_records_fitting=len(fits), eval_seconds=round(time.time() - started, 1))
     return report
@@ -120,7 +122,7 @@ def nottingham_task(direction: str, args: argparse.Namespace) -> dict[str, Any]:
     test_records = test_records[: args.test_tunes]
     model, task, facts = train(direction, train_records, args, seq_len=args.context, batch_size=args.music_batch,
                                lr=args.lr)
-    return {"task": direction, **facts, **evaluate(direction, model, task, test_records, args)}
+    return {"task": direction, **facts, **evaluate(model, task, test_records, args, args.decode_batch)}
 
 
 def cpu_records(count: int, stream: int, args: argparse.Namespace, exclude: set[bytes] = frozenset()) -> list[PairRecord]:
@@ -137,7 +139,7 @@ def cpu_task(args: argparse.Namespace) -> dict[str, Any]:
     longest = max(len(record_tokens(r.source, r.target, r.target_kind)) - 1 for r in train_records)
     seq_len = -(-longest // 64) * 64
     model, task, facts = train("cpu", train_records, args, seq_len=seq_len, batch_size=args.cpu_batch, lr=args.lr)
-    report = evaluate("cpu", model, task, test_records, args)
+    report = evaluate(model, task, test_records, args, args.cpu_decode_batch)
     return {"task": "cpu", "generate_seconds": generated, **facts, **report}
 
 
@@ -166,7 +168,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-length", type=int, default=1, help="fewest instructions per CPU program")
     parser.add_argument("--max-length", type=int, default=16, help="most instructions per CPU program")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CPU records")
-    parser.add_argument("--decode-batch", type=int, default=64, help="rows decoded together")
+    parser.add_argument("--decode-batch", type=int, default=64, help="Nottingham rows decoded together")
+    parser.add_argument("--cpu-decode-batch", type=int, default=256, help="CPU records decoded together")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     args.device = str(resolve_device(args.device))
