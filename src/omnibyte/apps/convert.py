@@ -9,9 +9,9 @@ a row's bytes depend only on its own source.
 Evaluation (``evaluate_conversion``) reports, on records with known targets:
 
 * ``target_bits_per_byte`` / ``target_accuracy``: the task's validation measures (teacher
-  forcing: bits and argmax accuracy of every byte of the escaped target and end marker);
-* ``finished_rate``: outputs that reached the end marker; ``exact_rate``: outputs equal to the
-  target byte for byte;
+  forcing: bits and argmax accuracy of every byte of the target stream);
+* ``finished_rate``: outputs that ended (end marker or fixed size); ``exact_rate``: outputs
+  equal to the target byte for byte;
 * MIDI targets: ``parse_rate`` (mido reads the output); from ABC also ``note_match_rate``
   (per track, every note's pitch, start and duration equal the reference's, ``omnibyte.music``);
 * ABC targets: ``parse_rate`` (abc2midi writes a MIDI file mido reads) and ``clean_rate``
@@ -50,7 +50,8 @@ def conversion_task(directory: str | Path) -> ConvertTask:
 
 @dataclasses.dataclass
 class Conversion:
-    """A decoded target: ``finished`` when the end marker was reached; ``error`` says why not."""
+    """A decoded target: ``finished`` when it ended (its end marker, or its fixed size, was
+    reached); ``error`` says why not."""
 
     output: bytes
     finished: bool
@@ -127,7 +128,7 @@ def _convert_rows(model: ByteModel, sources: list[bytes], max_new_bytes: int | N
 def convert(model: ByteModel, task: ConvertTask, source: bytes, max_new_bytes: int | None = None,
             fast: bool = False, name: str = "input") -> bytes:
     """The target ``source`` converts to; refuses a source of the wrong kind and an output
-    that never reached the end marker (one line each)."""
+    that never ended (one line each)."""
     task.check_source(source, name)
     (result,) = convert_sources(model, [source], max_new_bytes, batch_size=1, fast=fast, target_kind=task.target)
     if not result.finished:

@@ -14,7 +14,8 @@ def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "convert", help="convert a file with a conversion model (ABC <-> MIDI, CPU programs)",
         description="Convert IN with a model trained by omnibyte train --task convert: greedy decoding with the "
-                    "cache until the model writes its end marker.")
+                    "cache until the target ends (the model writes its end marker). Nothing is written if it "
+                    "never does.")
     add_model_options(parser, model_help="a model trained with omnibyte train --task convert")
     parser.add_argument("input", metavar="IN", help="the file to convert (- reads stdin)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the result (- is stdout)")
