@@ -329,7 +329,7 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*CONVERT, "{W}/tune.abc", "-o", "{W}/existing.txt"], "exists (use --force to overwrite)"),
     ([*CONVERT, "{W}/tune.abc", "-o", "{W}/data"], "is a folder"),
     ([*CONVERT, "{W}/tune.abc", "-o", "{T}/missing/out.mid"], "does not exist"),
-    ([*CONVERT, "{W}/tune.abc", "-o", "{T}/out.mid", "--max-bytes", "0"], "--max-bytes"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{T}/out.mid", "--max-output", "0"], "--max-output"),
     ([*CONVERT, "{W}/tune.abc", "-o", "{T}/out.mid", "--device", "mps"], "mps"),
     (["train", "--task", "convert", "{W}/data", "--out", "{T}/run"], "not a paired record"),
     # datasets: every option checked, the output folder before any work

@@ -194,7 +194,7 @@ def test_convert_writes_the_target_the_model_learnt(trained_run, tmp_path, capsy
     capsys.readouterr()
     # too small a budget: no end marker, nothing written, one line
     assert main(["convert", "--model", str(root / "run"), str(tmp_path / "word.txt"), "-o", str(tmp_path / "cut.bin"),
-                 "--max-bytes", "2", "--device", "cpu"]) == 2
+                 "--max-output", "2", "--device", "cpu"]) == 2
     assert "no end of the target within 2 bytes" in capsys.readouterr().err and not (tmp_path / "cut.bin").exists()
 
 

@@ -19,8 +19,8 @@ def add_parser(subparsers: Subparsers) -> None:
     add_model_options(parser, model_help="a model trained with omnibyte train --task convert")
     parser.add_argument("input", metavar="IN", help="the file to convert (- reads stdin)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the result (- is stdout)")
-    parser.add_argument("--max-bytes", type=positive_int, default=None, metavar="N",
-                        help="give up after N output bytes (default: what the model's context leaves)")
+    parser.add_argument("--max-output", type=positive_int, default=None, metavar="BYTES",
+                        help="give up when the output reaches BYTES bytes without ending (default: what the model's context leaves)")
     parser.add_argument("--fast", action="store_true", help="static-shape decoding (CUDA graphs on a GPU)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.set_defaults(handler=run)
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     source = read_input(args.input)
     task.check_source(source, args.input)
     model = load_cli_model(args)
-    output = convert(model, task, source, args.max_bytes, fast=args.fast, name=args.input)
+    output = convert(model, task, source, args.max_output, fast=args.fast, name=args.input)
     write_output(args.output, output, force=args.force, source=args.input)
     problem = kind_problem(task.target, output)
     if problem is not None:  # written as the model produced it, but the user should know
