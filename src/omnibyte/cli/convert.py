@@ -20,7 +20,8 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument("input", metavar="IN", help="the file to convert (- reads stdin)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the result (- is stdout)")
     parser.add_argument("--max-output", type=positive_int, default=None, metavar="BYTES",
-                        help="give up when the output reaches BYTES bytes without ending (default: what the model's context leaves)")
+                        help="give up when the output reaches BYTES bytes without ending "
+                             "(default: what the model's context leaves)")
     parser.add_argument("--fast", action="store_true", help="static-shape decoding (CUDA graphs on a GPU)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.set_defaults(handler=run)
