@@ -53,13 +53,13 @@ from omnibyte.train.trainer import TrainConfig, Trainer  # noqa: E402
 TASKS: dict[str, dict[str, Any]] = {
     "fashion-mnist": dict(load=lambda root, split: fashion_mnist_documents(root / "fashion-mnist", split),
                           seq_len=3136, stages=bgpt_stages(16, 3136, 384, 6, 6, 6, 0, 128, 1, 4, 4),
-                          batch_size=64, lr=1e-3, minutes=3.0, target=0.92),
+                          batch_size=64, lr=1e-3, minutes=3.5, target=0.92),
     "fsdd": dict(load=lambda root, split: fsdd_documents(root / "fsdd" / "recordings", split),
                  seq_len=8192, stages=bgpt_stages(16, 8192, 384, 6, 6, 6, 0, 128, 1, 4, 4),
                  batch_size=32, lr=1e-3, minutes=2.5, target=0.97),
     "nottingham": dict(load=lambda root, split: nottingham_documents(root / "nottingham" / "ABC_cleaned", split),
                        seq_len=1024, stages=bgpt_stages(8, 1024, 256, 4, 4, 4, 0, 128, 1, 4, 4),
-                       batch_size=32, lr=1e-3, minutes=1.0, target=None),
+                       batch_size=32, lr=1e-3, minutes=0.75, target=None),
 }
 VALIDATION_FRACTION = 0.04
 CALIBRATION_STEPS = 10
@@ -126,7 +126,7 @@ def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], te
     train_corpus, val_corpus = split_train(train_docs)
     model = load_model(init_from) if init_from is not None else new_model(spec)
     torch.manual_seed(0)
-    task = ClassifyTask.for_data(train_corpus, model)
+    task = ClassifyTask.for_data(ByteCorpus(train_docs), model)  # the classes of all training files
     stats = train(spec, model, task, train_corpus, val_corpus, out, minutes, device)
     best, classifier = load_model(out, device), load_classifier(out)
     report = evaluate_classifier(best, classifier, test_docs, batch_size=spec["batch_size"])
@@ -158,7 +158,8 @@ def main() -> None:
                         help="also pre-train next-byte on the training files, then fine-tune (2x the minutes)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit-files", type=int, default=None, metavar="N",
-                        help="smoke test: the first N train and N test files of each task only")
+                        help="smoke test: N train and N test files of each task only")
+    parser.add_argument("--batch-size", type=int, default=None, help="override every task's batch size")
     args = parser.parse_args()
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
     unknown = [name for name in names if name not in TASKS]
@@ -170,7 +171,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for name in names:
-        spec = TASKS[name]
+        spec = {**TASKS[name], **({"batch_size": args.batch_size} if args.batch_size else {})}
         minutes = args.minutes if args.minutes is not None else spec["minutes"]
         loading = time.perf_counter()
         train_docs, test_docs = spec["load"](args.data, "train"), spec["load"](args.data, "test")

@@ -18,7 +18,8 @@ CONVERSIONS = {  # subcommand -> (converter, output suffix, what it makes)
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("media", help="convert images to 32x32 BMP and audio to 1 s 8 kHz WAV",
                                    description="Standardise media files the way bGPT feeds them to a byte model.")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                    help="to-bmp (images) or to-wav (audio)")
     for name, (_, suffix, text) in CONVERSIONS.items():
         action = actions.add_parser(name, help=text, description=text.capitalize() + ".")
         action.add_argument("inputs", nargs="+", metavar="IN", help="input files")
