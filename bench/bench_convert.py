@@ -20,7 +20,8 @@ into an ignored folder first, and point ``--data``/``--abc2midi`` there::
         --abc2midi runs/convert-data/abc2midi --minutes 1.75 --out runs/bench-convert
 
 Three models of ``--minutes`` each plus data, decoding and checks: about 7 minutes on an H200
-with ``--minutes 1.75`` (an estimate: data, the CPU records and decoding take about a minute). CPU smoke test: ``--minutes 0.2 --preset tiny --cpu-records 2000
+with ``--minutes 1.75`` (an estimate: data, the CPU records and decoding take about a minute).
+CPU smoke test: ``--minutes 0.2 --preset tiny --cpu-records 2000
 --test-tunes 4 --cpu-test-records 50 --context 1024``.
 """
 from __future__ import annotations
@@ -125,7 +126,8 @@ def nottingham_task(direction: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"task": direction, **facts, **evaluate(model, task, test_records, args, args.decode_batch)}
 
 
-def cpu_records(count: int, stream: int, args: argparse.Namespace, exclude: set[bytes] = frozenset()) -> list[PairRecord]:
+def cpu_records(count: int, stream: int, args: argparse.Namespace,
+                exclude: set[bytes] = frozenset()) -> list[PairRecord]:
     pairs = cpusim.generate_records(count, args.seed, args.min_length, args.max_length, stream)
     return [PairRecord(source, target, "cpu", "cpu-state", f"s{stream}-{index}")
             for index, (source, target) in enumerate(pairs) if source not in exclude]
@@ -161,7 +163,8 @@ def parse_args() -> argparse.Namespace:
                         help="model context and Nottingham seq_len (97%% of ABC+MIDI records fit in 8192)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--music-batch", type=int, default=8, help="records per Nottingham training step")
-    parser.add_argument("--test-tunes", type=int, default=None, help="evaluate the first N test tunes (default: all 103)")
+    parser.add_argument("--test-tunes", type=int, default=None,
+                        help="evaluate the first N test tunes (default: all 103)")
     parser.add_argument("--cpu-records", type=int, default=100_000, help="CPU training records")
     parser.add_argument("--cpu-test-records", type=int, default=2_000, help="held-out CPU records")
     parser.add_argument("--cpu-batch", type=int, default=64, help="records per CPU training step")

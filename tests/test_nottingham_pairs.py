@@ -60,7 +60,8 @@ def test_both_directions_and_the_dataset_writer(tunes, tmp_path):
     assert all(record.direction == ("midi", "abc") for record in train + test)
     forward_train, forward_test = nottingham.nottingham_records(DATA, "abc2midi")
     assert [(r.source, r.target) for r in forward_test] == [(r.target, r.source) for r in test]
-    assert main(["datasets", "nottingham", "--direction", "abc2midi", "--data", str(DATA), "--out", str(tmp_path / "n")]) == 0
+    assert main(["datasets", "nottingham", "--direction", "abc2midi", "--data", str(DATA),
+                 "--out", str(tmp_path / "n")]) == 0
     manifest = json.loads((tmp_path / "n" / "dataset.json").read_text())
     assert manifest["records"] == {"train": 931, "test": 103} and manifest["direction"] == "abc2midi"
     written = [record for path in sorted((tmp_path / "n" / "test").iterdir())

@@ -3,8 +3,8 @@
 Decoding is greedy (the most likely byte every step) through the shared decoder protocol: the
 prompt ``BOS, source, BOS`` is prefilled, then one byte per step is fed back through the
 model's KV cache (``model.decoder``) until the end marker ``FF 00`` (``omnibyte.data.pairs``;
-a fixed-size target ends after its size), a malformed escape, or the byte budget. Many sources decode together as rows of one decoder;
-a row's bytes depend only on its own source.
+a fixed-size target ends after its size), a malformed escape, or the byte budget. Many sources
+decode together as rows of one decoder; a row's bytes depend only on its own source.
 
 Evaluation (``evaluate_conversion``) reports, on records with known targets:
 

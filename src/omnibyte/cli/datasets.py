@@ -25,7 +25,8 @@ program_length = int_in(1, cpusim.MAX_PROGRAM_LENGTH)
 
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("datasets", help="write paired records to train conversion models on",
-                                   description="Write paired records (OUT/train, OUT/test) for omnibyte train --task convert.")
+                                   description="Write paired records (OUT/train, OUT/test) for "
+                                               "omnibyte train --task convert.")
     kinds = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET",
                                   help="which records to write")
     music = kinds.add_parser("nottingham", help="ABC <-> MIDI pairs of the Nottingham Music Database")
