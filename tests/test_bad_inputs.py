@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import omnibyte
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.serialization import save_model
+from omnibyte.tasks import ClassifyTask
 
 BIG_SEED = str(2**63)
 
@@ -56,6 +58,9 @@ def world(tmp_path_factory) -> Path:
     def with_config(**changes: object) -> dict:
         return {**document, "config": {**document["config"], **changes}}
 
+    save_model(model, root / "converter", task={"name": "convert", "source": "abc", "target": "midi"})
+    (root / "tune.abc").write_bytes(b"X: 1\nT:Tune\nM:6/8\nK:G\nGAB c2d|]\n")
+    (root / "tune.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x04\x00MTrk\x00\x00\x00\x04\x00\xff\x2f\x00")
     model_folder("truncated", document, weights[:300])
     model_folder("notjson", "{not json")
     model_folder("foreign", {"architectures": ["GPT2LMHeadModel"]})
@@ -70,6 +75,20 @@ def world(tmp_path_factory) -> Path:
     model_folder("string_hidden", with_config(hidden_size="64"))
     (root / "noweights").mkdir()
     (root / "noweights" / "config.json").write_text(json.dumps(document))
+    # classification: a (untrained) classifier, labelled folders and CSVs, good and bad
+    task = ClassifyTask(["a", "b"], model.hidden_size, seq_len=64)
+    save_model(model, root / "classifier", task=task.to_dict(), task_weights=torch.nn.ModuleDict(task.modules()).state_dict())
+    for name, classes in {"classes": ("a", "b"), "one_class": ("a",), "empty_class": ("a", "b"),
+                          "other_classes": ("x", "y")}.items():
+        for label in classes:
+            (root / name / label).mkdir(parents=True)
+            if not (name == "empty_class" and label == "b"):
+                (root / name / label / "f.txt").write_bytes(label.encode() * 50)
+    (root / "no_label.csv").write_text("path,label\ntext.txt,\n")
+    (root / "missing_file.csv").write_text("path,label\ntext.txt,a\nabsent.txt,b\n")
+    (root / "pictures").mkdir()
+    Image.new("RGB", (4, 4)).save(root / "pictures" / "pic.png")
+    (root / "pictures" / "pic.bmp").write_bytes(b"precious")
     return root
 
 
@@ -105,6 +124,9 @@ GENERATE = ["generate", *M, "--device", "cpu"]
 ANOMALY = ["anomaly", "{W}/text.txt", *M]
 DEMO = ["demo", "--out", "{T}/demo"]
 PATCHES = ["patches", "{W}/text.txt", *M, "--device", "cpu"]
+CONVERT = ["convert", "--model", "{W}/converter", "--device", "cpu"]
+CPU_DATA = ["datasets", "cpu", "--out", "{T}/cpu"]
+NOTTINGHAM = ["datasets", "nottingham", "--direction", "abc2midi", "--out", "{T}/pairs"]
 
 CLI_CASES: list[tuple[list[str], str]] = [
     # the command line itself
@@ -282,10 +304,79 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["demo", "--out", "{W}/data"], "not an earlier demo run"),
     (["demo", "--out", "{W}/existing.txt"], "is a file"),
     (["demo", "--out", "{W}/existing.txt/demo"], "is a file"),
+    # train --task classify / --init-from
+    ([*TRAIN, "--task", "sorting"], "invalid choice: 'sorting'"),
+    ([*TRAIN, "--task", "classify"], "outside class folders"),  # files directly in DATA: no class
+    (["train", "--task", "classify", "{W}/text.txt", "--out", "{T}/run"], "cannot tell the class"),
+    (["train", "--task", "classify", "{W}/nothing", "--out", "{T}/run"], "no class folders"),
+    (["train", "--task", "classify", "{W}/empty_class", "--out", "{T}/run"], "holds no usable files"),
+    (["train", "--task", "classify", "{W}/one_class", "--out", "{T}/run"], "at least two classes"),
+    (["train", "--task", "classify", "{W}/no_label.csv", "--out", "{T}/run"], "row 2: expected path,label"),
+    (["train", "--task", "classify", "{W}/missing_file.csv", "--out", "{T}/run"], "row 3: file not found"),
+    (["train", "--task", "classify", "fsdd:valid", "--out", "{T}/run"], "OMNIBYTE_DATA"),
+    ([*TRAIN, "--init-from", "{W}/absent"], "not found"),
+    ([*TRAIN, "--init-from", "{W}/model", "--preset", "small"], "leave out --preset and --set"),
+    ([*TRAIN, "--init-from", "{W}/model", "--arch", "patch"], "holds a flat model"),
+    # classify
+    (["classify", "{W}/text.txt"], "--model"),
+    (["classify", "{W}/text.txt", *M], "not a classifier"),
+    (["classify", "{W}/missing", "--model", "{W}/classifier"], "missing"),
+    (["classify", "{W}/text.txt", "--model", "{W}/classifier", "--batch-size", "0"], "--batch-size"),
+    (["generate", "--model", "{W}/classifier"], "holds a classifier"),
+    (["eval", "{W}/data", "--model", "{W}/classifier"], "outside class folders"),
+    (["eval", "{W}/other_classes", "--model", "{W}/classifier"], "classes not known to this classifier: x, y"),
+    (["eval", "{W}/classes", "--model", "{W}/classifier", "--confusion", "{W}/existing.txt"], "exists"),
+    ([*EVAL, "--confusion", "{T}/c.png"], "--confusion is for classifiers"),
+    # media
+    (["media"], "ACTION"),
+    (["media", "to-bmp", "{W}/text.txt"], "--out"),
+    (["media", "to-bmp", "{W}/text.txt", "-o", "{T}/media"], "not an image"),
+    (["media", "to-wav", "{W}/text.txt", "-o", "{T}/media"], "not a PCM WAV file"),
+    (["media", "to-bmp", "{W}/missing.png", "-o", "{T}/media"], "cannot read"),
+    (["media", "to-bmp", "{W}/pictures/pic.png", "-o", "{W}/pictures"], "pic.bmp exists (use --force"),
+    (["media", "to-bmp", "{W}/pictures/pic.png", "-o", "{W}/existing.txt"], "is a file, not a folder"),
+    (["media", "to-bmp", "{W}/pictures/pic.png", "{W}/pictures/pic.bmp", "-o", "{T}/media"], "would both be written"),
     # compress / decompress: the options shared with every command
     (["compress", "{W}/text.txt"], "--model"),
     (["compress", "{W}/text.txt", *M, "--device", "mps"], "mps"),
     (["decompress", "{W}/text.txt.omb", *M, "--device", "tpu"], "tpu"),
+    # convert: the model must be a conversion model and the input of the kind it converts
+    ([*CONVERT, "{W}/tune.abc"], "-o"),
+    (["convert", "{W}/tune.abc", "-o", "{T}/out.mid"], "--model"),
+    ([*CONVERT, "{W}/tune.mid", "-o", "{T}/out.mid"], "is MIDI (it starts with MThd), but this model converts ABC"),
+    ([*CONVERT, "{W}/text.txt", "-o", "{T}/out.mid"], "has a key field"),
+    ([*CONVERT, "{W}/empty.bin", "-o", "{T}/out.mid"], "is empty"),
+    ([*CONVERT, "{W}/data", "-o", "{T}/out.mid"], "is a folder"),
+    ([*CONVERT, "{W}/missing", "-o", "{T}/out.mid"], "missing"),
+    (["convert", *M, "{W}/tune.abc", "-o", "{T}/out.mid"], "not a conversion model (it was trained for the 'next-byte'"),
+    (["convert", "--model", "{W}/absent", "{W}/tune.abc", "-o", "{T}/out.mid"], "not found"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{W}/existing.txt"], "exists (use --force to overwrite)"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{W}/data"], "is a folder"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{T}/missing/out.mid"], "does not exist"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{T}/out.mid", "--max-output", "0"], "--max-output"),
+    ([*CONVERT, "{W}/tune.abc", "-o", "{T}/out.mid", "--device", "mps"], "mps"),
+    (["train", "--task", "convert", "{W}/data", "--out", "{T}/run"], "not a paired record"),
+    # datasets: every option checked, the output folder before any work
+    (["datasets"], "DATASET"),
+    (["datasets", "mnist", "--out", "{T}/d"], "invalid choice: 'mnist'"),
+    (CPU_DATA, "--records"),
+    ([*CPU_DATA, "--records", "0"], "--records"),
+    ([*CPU_DATA, "--records", "ten"], "--records"),
+    ([*CPU_DATA, "--records", "5", "--test-records", "-1"], "--test-records"),
+    ([*CPU_DATA, "--records", "5", "--min-length", "0"], "--min-length"),
+    ([*CPU_DATA, "--records", "5", "--max-length", "5000"], "--max-length"),
+    ([*CPU_DATA, "--records", "5", "--min-length", "5", "--max-length", "2"], "--min-length 5 is above --max-length 2"),
+    ([*CPU_DATA, "--records", "5", "--seed", "-1"], "--seed"),
+    (["datasets", "cpu", "--records", "5"], "--out"),
+    (["datasets", "cpu", "--records", "5", "--out", "{W}/existing.txt"], "is a file, not a folder"),
+    (["datasets", "cpu", "--records", "5", "--out", "{W}/data"], "is not empty (use --force"),
+    (["datasets", "nottingham", "--out", "{T}/pairs"], "--direction"),
+    (["datasets", "nottingham", "--direction", "abc2abc", "--out", "{T}/pairs"], "abc2abc"),
+    ([*NOTTINGHAM, "--data", "{W}/nothing"], "is not the Nottingham folder"),
+    ([*NOTTINGHAM, "--data", "{W}/missing"], "is not the Nottingham folder"),
+    ([*NOTTINGHAM, "--test-fraction", "1"], "--test-fraction"),
+    ([*NOTTINGHAM, "--test-fraction", "0"], "--test-fraction"),
+    ([*NOTTINGHAM, "--midi", "drums"], "drums"),
 ]
 
 
@@ -307,8 +398,9 @@ def test_the_catalogue_covers_every_subcommand():
     from omnibyte.cli import COMMAND_MODULES
 
     commands = {case[0][0] for case in CLI_CASES if case[0] and not case[0][0].startswith("-")}
-    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress", "patches"} <= commands
-    assert len(COMMAND_MODULES) == 9 and len(CLI_CASES) + len(API_CASES) >= 100
+    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress", "patches", "classify",
+            "media", "convert", "datasets"} <= commands
+    assert len(COMMAND_MODULES) == 13 and len(CLI_CASES) + len(API_CASES) >= 100
 
 
 # ---- real processes: closed, full and cut-off streams ----------------------------------------
@@ -415,6 +507,18 @@ API_CASES: list[tuple[str, object, type[BaseException]]] = [
         _patching().PatchingConfig(scheme="space"), torch.zeros(4, dtype=torch.long)), ValueError),
     ("calibrate space scheme", lambda: _patching().calibrate_threshold(
         _patching().PatchingConfig(scheme="space"), torch.rand(1, 50), 3.0), ValueError),
+    # conversion and its data
+    ("convert batch_size 0", lambda: __import__("omnibyte.apps.convert", fromlist=["x"]).convert_sources(
+        tiny_model(), [b"abc"], batch_size=0), ValueError),
+    ("convert max_new_bytes 0", lambda: __import__("omnibyte.apps.convert", fromlist=["x"]).convert_sources(
+        tiny_model(), [b"abc"], max_new_bytes=0), ValueError),
+    ("convert task kind", lambda: __import__("omnibyte.tasks", fromlist=["x"]).ConvertTask("abc", "jpeg"), ValueError),
+    ("cpu records min > max", lambda: list(__import__("omnibyte.cpusim", fromlist=["x"]).generate_records(
+        1, 0, min_length=5, max_length=2)), OmnibyteError),
+    ("cpu records count -1", lambda: list(__import__("omnibyte.cpusim", fromlist=["x"]).generate_records(
+        -1, 0)), OmnibyteError),
+    ("nottingham direction", lambda: __import__("omnibyte.data.nottingham", fromlist=["x"]).nottingham_records(
+        ".", "abc2abc"), OmnibyteError),
 ]
 
 

@@ -251,10 +251,11 @@ def show_validation(trainer: Any) -> None:
         return
     if trainer.step % config.eval_every and trainer.step != config.steps:
         return  # the trainer validates at these steps only
+    unit = "bits/byte" if trainer.task.objective == "bits_per_byte" else trainer.task.objective
     if trainer.evals_without_improvement == 0:
-        text = f"validation {trainer.best_val:.4f} bits/byte (best so far)"
+        text = f"validation {trainer.best_val:.4f} {unit} (best so far)"
     else:
-        text = f"validation {trainer.last_val:.4f} bits/byte (best {trainer.best_val:.4f})"
+        text = f"validation {trainer.last_val:.4f} {unit} (best {trainer.best_val:.4f})"
     tqdm.write(f"step {trainer.step}: {text}")
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omnibyte.apps.classify import refuse_classifier
 from omnibyte.apps.detect import extension_for
 from omnibyte.cli.common import (
     Subparsers,
@@ -127,6 +128,7 @@ def check_outputs(args: argparse.Namespace, count: int) -> None:
 def run(args: argparse.Namespace) -> int:
     rows = make_rows(args)  # prompt files are read before the model loads: a typo fails fast
     check_outputs(args, len(rows))
+    refuse_classifier(args.model, "generate")
     model = load_cli_model(args)
     options = dict(max_new_bytes=args.max_bytes, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, fast=model.device.type == "cuda")  # CUDA-graph decoding where it exists

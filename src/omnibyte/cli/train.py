@@ -29,7 +29,9 @@ from omnibyte.data import ByteCorpus
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import ARCHITECTURES, make_config, model_class_for
 from omnibyte.models.base import ByteModel
-from omnibyte.models.serialization import CONFIG_FILE, model_from_config, read_config
+from omnibyte.models.registry import seeded
+from omnibyte.models.serialization import CONFIG_FILE, DEFAULT_TASK, load_model, model_from_config, read_config
+from omnibyte.tasks import TASKS, Task, task_from_dict
 from omnibyte.train.trainer import TrainConfig, Trainer, seeded_model
 
 # options that map one-to-one onto TrainConfig fields: (field, type, metavar, help). Their
@@ -65,8 +67,14 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="run folder: model, checkpoints, metrics and loss curve")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    parser.add_argument("--arch", default="flat", choices=list(ARCHITECTURES), help="model family")
-    parser.add_argument("--preset", default="tiny", help="named size of the family (tiny, small, base, ...)")
+    parser.add_argument("--arch", default=None, choices=list(ARCHITECTURES), help="model family (default: flat)")
+    parser.add_argument("--preset", default=None, help="named size of the family (tiny, small, base, ...; default: tiny)")
+    parser.add_argument("--task", default=None, choices=sorted(TASKS),
+                        help="what to train for (default: next-byte, or the resumed run's); classify: "
+                             "DATA is one sub-folder per class or a CSV of path,label")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                        help="start from the weights of the model in DIR (e.g. a generative run; its config "
+                             "is used); a task head starts fresh")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model config field, e.g. --set num_layers=4 (JSON values; repeatable)")
     add_allow_large_option(parser)
@@ -103,16 +111,61 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         raise OmnibyteError(f"invalid training options: {error}") from None
 
 
+def resuming(args: argparse.Namespace) -> bool:
+    """True when --resume finds a run to continue (its model, task and weights come from it)."""
+    return args.resume and (args.out / CONFIG_FILE).exists()
+
+
 def train_model(args: argparse.Namespace, seed: int) -> ByteModel:
-    """The resumed run's model (its weights come from the checkpoint), or a new one from
-    --arch, --preset and --set with initial weights from ``seed``."""
-    if args.resume and (args.out / CONFIG_FILE).exists():
+    """The resumed run's model (its weights come from the checkpoint), the model of
+    --init-from with its weights, or a new one from --arch, --preset and --set with initial
+    weights from ``seed``."""
+    if resuming(args):
         return model_from_config(read_config(args.out))
+    if args.init_from is not None:
+        return initial_model(args)
     try:
-        config = make_config(args.arch, args.preset, **parse_overrides(args.overrides))
+        config = make_config(args.arch or "flat", args.preset or "tiny", **parse_overrides(args.overrides))
     except (TypeError, ValueError) as error:
         raise OmnibyteError(f"invalid model config: {error}") from None
-    return seeded_model(lambda: model_class_for(args.arch)(config), seed)
+    return seeded_model(lambda: model_class_for(args.arch or "flat")(config), seed)
+
+
+def initial_model(args: argparse.Namespace) -> ByteModel:
+    """The model saved in --init-from, weights included; its config is the run's config, so
+    options that would define another model are refused."""
+    document = read_config(args.init_from)
+    if args.arch is not None and args.arch != document["arch"]:
+        raise OmnibyteError(f"--init-from {args.init_from} holds a {document['arch']} model, not --arch {args.arch}")
+    if args.preset is not None or args.overrides:
+        raise OmnibyteError(f"--init-from {args.init_from} takes the model config from there; "
+                            "leave out --preset and --set")
+    return load_model(args.init_from)
+
+
+def train_task(args: argparse.Namespace, corpus: ByteCorpus, model: ByteModel, seed: int) -> Task:
+    """The resumed run's task (as recorded in the run), or --task configured for ``corpus``;
+    a task head gets its initial weights from ``seed``."""
+    if resuming(args):
+        recorded = read_config(args.out)["task"]
+        if args.task is not None and args.task != recorded.get("name"):
+            raise OmnibyteError(f"{args.out} was trained for task {recorded.get('name')!r}, not {args.task!r}; "
+                                "use another --out or the same task")
+        try:
+            return task_from_dict(recorded)
+        except ValueError as error:
+            raise OmnibyteError(f"{args.out}: {error}") from None
+    with seeded(seed):
+        return TASKS[args.task or DEFAULT_TASK].for_data(corpus, model)
+
+
+def task_class(args: argparse.Namespace) -> type[Task]:
+    """The class of the task trained: --task, the resumed run's, or next-byte."""
+    if resuming(args):
+        name = read_config(args.out)["task"].get("name")
+        if name in TASKS:
+            return TASKS[name]
+    return TASKS[args.task or DEFAULT_TASK]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,17 +176,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out} already finished at step {finished:,}; nothing to do (pass a larger --steps to continue)")
         return 0
     model = train_model(args, config.seed)
-    corpus = ByteCorpus.from_paths(args.data, exclude=[args.out])  # never its own checkpoints
+    corpus = task_class(args).read_corpus(args.data, exclude=[args.out])  # never its own checkpoints
+    task = train_task(args, corpus, model, config.seed)
     train_corpus, val_corpus = corpus.split(args.val_fraction)
     print(f"{model.arch} model, {model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {corpus.num_documents} files, {corpus.num_bytes:,} bytes "
           f"({train_corpus.num_bytes:,} train / {val_corpus.num_bytes:,} validation)"
           + (f"; {corpus.skipped.summary()}" if corpus.skipped.total else ""))
-    trainer = Trainer(model, train_corpus, config, args.out, val_corpus, progress=not args.no_progress)
+    trainer = Trainer(model, train_corpus, config, args.out, val_corpus, task=task, progress=not args.no_progress)
     trainer.callbacks.append(show_validation)
     try:
         result = trainer.fit(resume=args.resume)
     except KeyboardInterrupt as stopped:  # the trainer saved a checkpoint and said so; --resume continues
         return 128 + getattr(stopped, "signal_number", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     print(result.summary())
+    if task.objective != "bits_per_byte" and result.val_metrics:  # the summary speaks of bits/byte
+        print("last validation: " + ", ".join(f"{key} {value:.4f}" for key, value in result.val_metrics.items()))
     return 0

@@ -33,6 +33,7 @@ class ByteCorpus:
     def __init__(self, documents: Sequence[Document], skipped: SkipLog | None = None):
         self._arrays = [as_byte_array(document.data) for document in documents]
         self._names = [document.name for document in documents]
+        self._labels = [document.label for document in documents]
         empty = [name for name, array in zip(self._names, self._arrays) if len(array) == 0]
         if empty:
             raise ValueError(f"empty document(s) in corpus: {', '.join(empty[:3])}")
@@ -75,8 +76,13 @@ class ByteCorpus:
     def names(self) -> list[str]:
         return list(self._names)
 
+    @property
+    def labels(self) -> list[str | None]:
+        """Each document's class (None where the data is not labelled)."""
+        return list(self._labels)
+
     def document(self, index: int) -> Document:
-        return Document(self._names[index], self._arrays[index])
+        return Document(self._names[index], self._arrays[index], self._labels[index])
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Bytes ``[start, start + length)`` of the stream (may span documents), a copy."""
@@ -166,7 +172,8 @@ class ByteCorpus:
             if low >= high:
                 continue
             name = self._names[index] + (cut_suffix if low > doc_start else "")
-            pieces.append(Document(name, self._arrays[index][low - doc_start : high - doc_start]))
+            pieces.append(Document(name, self._arrays[index][low - doc_start : high - doc_start],
+                                   self._labels[index]))
         return ByteCorpus(pieces, self.skipped)
 
     def _split_documents(self, validation_fraction: float) -> tuple[ByteCorpus, ByteCorpus]:

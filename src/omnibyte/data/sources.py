@@ -68,10 +68,12 @@ SPLIT_PIECE_SUFFIX = re.compile(r"\[[a-z]+\]$")  # "name[valid]" pieces made by 
 
 @dataclass(frozen=True)
 class Document:
-    """One file or archive member: a display name and its bytes (possibly memory-mapped)."""
+    """One file or archive member: a display name and its bytes (possibly memory-mapped);
+    ``label`` is its class when the data is labelled (``omnibyte.data.labelled``)."""
 
     name: str
     data: bytes | np.ndarray
+    label: str | None = None
 
     def __len__(self) -> int:
         return len(self.data)

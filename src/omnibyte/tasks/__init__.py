@@ -1,6 +1,11 @@
 """Tasks: what a model is trained for. The trainer takes a ``Task``; next-byte prediction is
-one, and a classification task plugs in the same way (see ``omnibyte.tasks.base``)."""
+one, classification of whole files (``classify``) and conversion of paired records
+(``convert``) others (see ``omnibyte.tasks.base``). Every
+task module is imported here, so ``TASKS`` lists them all."""
 from omnibyte.tasks.base import TASKS, BatchSource, Task, load_task, register_task, task_from_dict
+from omnibyte.tasks.classify import ClassifyTask
+from omnibyte.tasks.convert import ConvertTask
 from omnibyte.tasks.next_byte import NextByteTask
 
-__all__ = ["TASKS", "BatchSource", "NextByteTask", "Task", "load_task", "register_task", "task_from_dict"]
+__all__ = ["TASKS", "BatchSource", "ClassifyTask", "ConvertTask", "NextByteTask", "Task", "load_task", "register_task",
+           "task_from_dict"]

@@ -13,12 +13,19 @@ head on the pooled trunk, say) plugs in without touching the training loop:
   * ``train_batches``/``eval_batches``: how a corpus becomes batches (random next-byte windows
     by default; a task whose batches carry labels makes its own);
   * ``to_dict``/``from_dict`` and the ``TASKS`` registry: the task a run was trained for is
-    recorded in its checkpoints and rebuilt from them.
+    recorded in its checkpoints and rebuilt from them;
+  * ``read_corpus(paths, exclude)`` and ``for_data(corpus, model)``, both class methods: how
+    a new run (``omnibyte train --task NAME DATA...``) reads its DATA arguments (plain files by
+    default; a classifier reads class folders or a CSV of labels), and the task configured for
+    training ``model`` on that corpus (a classifier learns its label set from it and sizes its
+    head to the model's trunk; by default ``cls(**options)``). A resumed run rebuilds its task
+    from the run with ``from_dict`` instead.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -76,6 +83,18 @@ class Task(ABC):
     def eval_batches(self, corpus: ByteCorpus, seq_len: int, batch_size: int) -> Iterable[Batch]:
         """Validation batches in a fixed order (the trainer may stop after a prefix of them)."""
         return iter_eval_windows(corpus, seq_len, batch_size)
+
+    # ---- how a new run gets its task and its data ----------------------------------------
+    @classmethod
+    def read_corpus(cls, paths: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> ByteCorpus:
+        """The corpus this task trains on, from the DATA arguments of ``omnibyte train``."""
+        return ByteCorpus.from_paths(paths, exclude=exclude)
+
+    @classmethod
+    def for_data(cls, corpus: ByteCorpus, model: ByteModel, **options: Any) -> Task:
+        """The task configured for training ``model`` on ``corpus`` (e.g. a classifier learns
+        its label set from the corpus and its head's width from the model)."""
+        return cls(**options)
 
     # ---- recorded in checkpoints ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

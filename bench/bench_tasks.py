@@ -1,0 +1,202 @@
+"""bGPT's classification tasks (issue 12): a classifier on the pooled trunk, trained at most
+``--minutes`` per model, scored on the held-out test split.
+
+| task | data | target |
+|---|---|---|
+| fashion-mnist | Fashion-MNIST as 32x32 24-bit BMP (3,126 bytes), 10 classes, official test set | >= 92% |
+| fsdd | FSDD as 8 kHz 8-bit 1 s WAV (8,044 bytes), 10 digits, official test split (index 0-4) | >= 97% |
+| nottingham | Nottingham tune type from the ABC (file stem), 20% of tunes held out | vs majority class |
+
+The media files are made in memory (``omnibyte.data.fashion_mnist``/``fsdd``/``nottingham``)
+from ``--data`` (the layout of ``../shared/data``: ``fashion-mnist/*.gz``,
+``fsdd/recordings/*.wav``, ``nottingham/ABC_cleaned/*.abc``). ``bench/pack_task_data.py``
+writes a compact copy of exactly that (about 41 MB) for a machine without ``../shared/data``.
+
+Every model is a fixed-patch (bGPT) model whose patch stage spans a whole file (16-byte
+patches; the BMP/WAV header is the first patches). The number of optimizer steps is
+calibrated from a short timed run so that the cosine schedule ends with the time budget; the
+trainer's time limit caps it too. The best model by validation loss (a few % of the training
+files) is scored on the test split. ``--pretrain`` adds, per task, generative pre-training
+(next-byte on the same training files, ``--minutes``) followed by fine-tuning from it
+(``--minutes``): bGPT's pre-training-vs-scratch comparison.
+
+    python bench/bench_tasks.py --data task_data --out runs/tasks              # ~7.5 min on an H200
+    python bench/bench_tasks.py --data task_data --out runs/tasks-pretrain --tasks fsdd --pretrain
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import describe_environment, print_table, write_json  # noqa: E402
+
+from omnibyte.apps.classify import evaluate_classifier, load_classifier  # noqa: E402
+from omnibyte.data import ByteCorpus, Document  # noqa: E402
+from omnibyte.data.fashion_mnist import fashion_mnist_documents  # noqa: E402
+from omnibyte.data.fsdd import fsdd_documents  # noqa: E402
+from omnibyte.data.nottingham import nottingham_documents  # noqa: E402
+from omnibyte.devices import resolve_device  # noqa: E402
+from omnibyte.models import build_model  # noqa: E402
+from omnibyte.models.multiscale.patch import bgpt_stages  # noqa: E402
+from omnibyte.models.serialization import load_model  # noqa: E402
+from omnibyte.tasks import ClassifyTask, NextByteTask, Task  # noqa: E402
+from omnibyte.train.trainer import TrainConfig, Trainer  # noqa: E402
+
+# task -> loader(data root, split), seq_len, model stages, batch size, lr, default minutes, target
+TASKS: dict[str, dict[str, Any]] = {
+    "fashion-mnist": dict(load=lambda root, split: fashion_mnist_documents(root / "fashion-mnist", split),
+                          seq_len=3136, stages=bgpt_stages(16, 3136, 384, 6, 6, 6, 0, 128, 1, 4, 4),
+                          batch_size=64, lr=1e-3, minutes=3.5, target=0.92),
+    "fsdd": dict(load=lambda root, split: fsdd_documents(root / "fsdd" / "recordings", split),
+                 seq_len=8192, stages=bgpt_stages(16, 8192, 384, 6, 6, 6, 0, 128, 1, 4, 4),
+                 batch_size=32, lr=1e-3, minutes=2.5, target=0.97),
+    "nottingham": dict(load=lambda root, split: nottingham_documents(root / "nottingham" / "ABC_cleaned", split),
+                       seq_len=1024, stages=bgpt_stages(8, 1024, 256, 4, 4, 4, 0, 128, 1, 4, 4),
+                       batch_size=32, lr=1e-3, minutes=0.75, target=None),
+}
+VALIDATION_FRACTION = 0.04
+CALIBRATION_STEPS = 10
+
+
+def new_model(spec: dict[str, Any]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("patch", "small", stages=spec["stages"])
+
+
+def train_config(spec: dict[str, Any], steps: int, minutes: float, device: str) -> TrainConfig:
+    return TrainConfig(seq_len=spec["seq_len"], batch_size=spec["batch_size"], steps=steps, lr=spec["lr"],
+                       warmup_steps=max(steps // 20, 1), eval_every=max(steps // 6, 1), eval_windows=1024,
+                       save_every=10**9, log_every=50, device=device, time_limit=minutes * 60)
+
+
+def steps_in(minutes: float, make_trainer: Callable[[int], Trainer]) -> int:
+    """Optimizer steps that fit ``minutes``, from a timed throwaway run (after 3 warm-up steps)."""
+    trainer = make_trainer(10**6)
+    for _ in range(3):
+        trainer.train_step()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    for _ in range(CALIBRATION_STEPS):
+        trainer.train_step()
+    sync()
+    rate = CALIBRATION_STEPS / (time.perf_counter() - started)
+    del trainer
+    return max(int(rate * minutes * 60 * 0.93), 1)  # a margin for validation and saving
+
+
+def train(spec: dict[str, Any], model: torch.nn.Module, task: Task, train_corpus: ByteCorpus,
+          val_corpus: ByteCorpus | None, out: Path, minutes: float, device: str) -> dict[str, Any]:
+    """Train for at most ``minutes``; the run's best (or last) model is saved in ``out``."""
+    initial = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+    def make_trainer(steps: int, directory: Path = out / "calibration") -> Trainer:
+        model.load_state_dict(initial)
+        return Trainer(model, train_corpus, train_config(spec, steps, minutes, device), directory,
+                       val_corpus, task=task, progress=False)
+
+    head = {name: tensor.detach().clone() for name, tensor in task.head.state_dict().items()} \
+        if isinstance(task, ClassifyTask) else None
+    steps = steps_in(minutes, make_trainer)
+    model.load_state_dict(initial)
+    if head is not None:
+        task.head.load_state_dict(head)  # calibration trained it: start fresh
+    started = time.perf_counter()
+    trainer = Trainer(model, train_corpus, train_config(spec, steps, minutes, device), out, val_corpus,
+                      task=task, progress=False)
+    result = trainer.fit()
+    return {"steps": result.step, "planned_steps": steps, "train_seconds": round(time.perf_counter() - started, 1),
+            "best_step": result.model_step}
+
+
+def split_train(documents: list[Document]) -> tuple[ByteCorpus, ByteCorpus]:
+    return ByteCorpus(documents).split(VALIDATION_FRACTION, by="documents")
+
+
+def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], test_docs: list[Document],
+                 out: Path, minutes: float, device: str, init_from: Path | None = None) -> dict[str, Any]:
+    """Train a classifier (from scratch, or from the model in ``init_from``) and score it on test."""
+    train_corpus, val_corpus = split_train(train_docs)
+    model = load_model(init_from) if init_from is not None else new_model(spec)
+    torch.manual_seed(0)
+    task = ClassifyTask.for_data(ByteCorpus(train_docs), model)  # the classes of all training files
+    stats = train(spec, model, task, train_corpus, val_corpus, out, minutes, device)
+    best, classifier = load_model(out, device), load_classifier(out)
+    report = evaluate_classifier(best, classifier, test_docs, batch_size=spec["batch_size"])
+    majority = Counter(document.label for document in test_docs).most_common(1)[0][1] / len(test_docs)
+    return {"task": name, "start": "pre-trained" if init_from else "scratch", "train_files": train_corpus.num_documents,
+            "test_files": report.files, "accuracy": report.accuracy, "majority_baseline": majority,
+            "target": spec["target"], "met": None if spec["target"] is None else report.accuracy >= spec["target"],
+            "minutes": minutes, **stats, "per_class": report.per_class(), "confusion": report.confusion.tolist(),
+            "labels": report.labels, "parameters": sum(p.numel() for p in best.parameters())}
+
+
+def pretrain(spec: dict[str, Any], train_docs: list[Document], out: Path, minutes: float, device: str) -> dict:
+    """Next-byte pre-training on the task's own training files (no labels)."""
+    train_corpus, val_corpus = split_train([Document(d.name, d.data) for d in train_docs])
+    stats = train(spec, new_model(spec), NextByteTask(), train_corpus, val_corpus, out, minutes, device)
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"),
+                        help="folder laid out like ../shared/data (see bench/pack_task_data.py)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the runs, bench_tasks.json and the table")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training minutes per model (default: " +
+                             ", ".join(f"{name} {spec['minutes']}" for name, spec in TASKS.items()) + ")")
+    parser.add_argument("--pretrain", action="store_true",
+                        help="also pre-train next-byte on the training files, then fine-tune (2x the minutes)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--limit-files", type=int, default=None, metavar="N",
+                        help="smoke test: N train and N test files of each task only")
+    parser.add_argument("--batch-size", type=int, default=None, help="override every task's batch size")
+    args = parser.parse_args()
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        parser.error(f"unknown tasks: {', '.join(unknown)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = str(resolve_device(args.device))
+    environment = describe_environment(device)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for name in names:
+        spec = {**TASKS[name], **({"batch_size": args.batch_size} if args.batch_size else {})}
+        minutes = args.minutes if args.minutes is not None else spec["minutes"]
+        loading = time.perf_counter()
+        train_docs, test_docs = spec["load"](args.data, "train"), spec["load"](args.data, "test")
+        if args.limit_files:  # every other file, so that small subsets still hold several classes
+            train_docs, test_docs = (docs[:: max(len(docs) // args.limit_files, 1)][: args.limit_files]
+                                     for docs in (train_docs, test_docs))
+        print(f"{name}: {len(train_docs):,} train / {len(test_docs):,} test files "
+              f"({time.perf_counter() - loading:.1f} s to load)", flush=True)
+        rows.append(classify_row(name, spec, train_docs, test_docs, args.out / name, minutes, device))
+        print(f"{name}: accuracy {rows[-1]['accuracy']:.4f} after {rows[-1]['steps']} steps", flush=True)
+        if args.pretrain:
+            stats = pretrain(spec, train_docs, args.out / f"{name}-pretrain", minutes, device)
+            row = classify_row(name, spec, train_docs, test_docs, args.out / f"{name}-finetune", minutes,
+                               device, init_from=args.out / f"{name}-pretrain")
+            row["pretrain"] = stats
+            rows.append(row)
+            print(f"{name} (pre-trained): accuracy {row['accuracy']:.4f}", flush=True)
+    columns = ["task", "start", "train_files", "test_files", "accuracy", "majority_baseline", "target", "met",
+               "minutes", "steps", "train_seconds", "parameters"]
+    command = "python " + " ".join(sys.argv)
+    print_table(rows, columns, title=f"classification ({environment.get('gpu') or environment['device']}; {command})")
+    write_json(args.out / "bench_tasks.json", {"environment": environment, "command": command,
+                                               "total_seconds": round(time.perf_counter() - started, 1),
+                                               "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

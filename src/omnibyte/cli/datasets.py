@@ -1,0 +1,99 @@
+"""``omnibyte datasets``: write paired records for ``omnibyte train --task convert``.
+
+* ``nottingham``: ABC <-> MIDI pairs of the Nottingham Music Database, split by tune;
+* ``cpu``: (initial state + program, final state) records of omnibyte's CPU simulator.
+
+Each writes ``OUT/train/`` and ``OUT/test/`` (pair files) and ``OUT/dataset.json``; train on
+``OUT/train`` (validation is split off it by tune/record) and keep ``OUT/test`` held out.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from omnibyte import cpusim
+from omnibyte.cli.common import Subparsers, int_in, real_in, seed_int
+from omnibyte.data import nottingham
+from omnibyte.data.pairs import PairRecord, check_dataset_folder, write_pair_dataset
+from omnibyte.errors import OmnibyteError
+
+DEFAULT_NOTTINGHAM = Path("../shared/data/nottingham")
+CPU_RECORDS_PER_FILE = 10_000
+MAX_RECORDS = 10_000_000
+program_length = int_in(1, cpusim.MAX_PROGRAM_LENGTH)
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("datasets", help="write paired records to train conversion models on",
+                                   description="Write paired records (OUT/train, OUT/test) for "
+                                               "omnibyte train --task convert.")
+    kinds = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET",
+                                  help="which records to write")
+    music = kinds.add_parser("nottingham", help="ABC <-> MIDI pairs of the Nottingham Music Database")
+    music.add_argument("--direction", required=True, choices=list(nottingham.DIRECTIONS),
+                       help="abc2midi: ABC source, MIDI target; midi2abc: the other way")
+    music.add_argument("--data", type=Path, default=DEFAULT_NOTTINGHAM, metavar="DIR",
+                       help="the Nottingham folder (with ABC_cleaned/ and MIDI/)")
+    music.add_argument("--midi", choices=list(nottingham.MIDI_PARTS), default="full",
+                       help="full: melody and chords (MIDI/); melody: the melody alone (MIDI/melody/)")
+    music.add_argument("--test-fraction", type=real_in(0.0, 1.0, include_low=False, include_high=False),
+                       default=nottingham.DEFAULT_TEST_FRACTION, metavar="F", help="share of tunes held out as test")
+    music.add_argument("--seed", type=seed_int, default=nottingham.DEFAULT_SEED, help="seed of the split by tune")
+    add_output_options(music)
+    music.set_defaults(handler=run_nottingham)
+
+    cpu = kinds.add_parser("cpu", help="CPU simulator records: initial state + program -> final state")
+    cpu.add_argument("--records", required=True, type=int_in(1, MAX_RECORDS), metavar="N", help="training records")
+    cpu.add_argument("--test-records", type=int_in(0, MAX_RECORDS), default=None, metavar="N",
+                     help="held-out records (default: a tenth of --records, at least 1)")
+    cpu.add_argument("--min-length", type=program_length, default=1, metavar="N", help="fewest instructions")
+    cpu.add_argument("--max-length", type=program_length, default=16, metavar="N", help="most instructions")
+    cpu.add_argument("--seed", type=seed_int, default=0, help="seed of the records")
+    add_output_options(cpu)
+    cpu.set_defaults(handler=run_cpu)
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write train/ and test/ into")
+    parser.add_argument("--force", action="store_true", help="write into a folder that is not empty (replacing "
+                        "the files of a dataset written there before)")
+
+
+def report(out: Path, manifest: dict) -> int:
+    counts = manifest["records"]
+    print(f"wrote {counts['train']:,} training and {counts['test']:,} test records to {out} "
+          f"(train on {out / 'train'}; {out / 'test'} is held out)")
+    return 0
+
+
+def run_nottingham(args: argparse.Namespace) -> int:
+    check_dataset_folder(args.out, args.force)
+    train, test = nottingham.nottingham_records(args.data, args.direction, args.seed, args.test_fraction, args.midi)
+    description = {"dataset": "nottingham", "direction": args.direction, "midi": args.midi,
+                   "seed": args.seed, "test_fraction": args.test_fraction, "source": str(args.data)}
+    return report(args.out, write_pair_dataset(args.out, {"train": train, "test": test}, description))
+
+
+def unseen(records: list[PairRecord], seen: set[bytes]) -> list[PairRecord]:
+    """``records`` whose source is not in ``seen`` (held-out records are never training records)."""
+    return [record for record in records if record.source not in seen]
+
+
+def run_cpu(args: argparse.Namespace) -> int:
+    if args.min_length > args.max_length:
+        raise OmnibyteError(f"--min-length {args.min_length} is above --max-length {args.max_length}")
+    check_dataset_folder(args.out, args.force)
+    test_count = args.test_records if args.test_records is not None else max(args.records // 10, 1)
+
+    def records(count: int, stream: int, prefix: str) -> list[PairRecord]:
+        pairs = cpusim.generate_records(count, args.seed, args.min_length, args.max_length, stream)
+        return [PairRecord(source, target, "cpu", "cpu-state", f"{prefix}{index}")
+                for index, (source, target) in enumerate(pairs)]
+
+    train = records(args.records, 0, "train")
+    test = unseen(records(test_count, 1, "test"), {record.source for record in train})
+    description = {"dataset": "cpu", "seed": args.seed, "min_length": args.min_length,
+                   "max_length": args.max_length, "state_bytes": cpusim.STATE_BYTES}
+    manifest = write_pair_dataset(args.out, {"train": train, "test": test}, description,
+                                  records_per_file=CPU_RECORDS_PER_FILE)
+    return report(args.out, manifest)
