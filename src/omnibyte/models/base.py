@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import types
@@ -225,6 +226,33 @@ class ByteModel(nn.Module):
     def max_seq_len(self) -> int:
         """Longest context (in tokens) the model accepts."""
         raise NotImplementedError
+
+    def init_weights(self) -> None:
+        """Re-initialise every parameter and buffer (rotary tables, index offsets) in place,
+        deterministically from torch's current CPU generator. A family builds its modules
+        inside ``defaults_undrawn()`` and ends its constructor with ``self.init_unless_meta()``,
+        so an eager build under a seed and a build on the meta device, materialised with
+        ``to_empty`` and then ``init_weights()`` under the same seed, hold the same weights."""
+        raise NotImplementedError
+
+    def shard_units(self) -> list[nn.Module]:
+        """The repeated blocks (transformer / Mamba layers): the units that the parallel layer
+        checkpoints, compiles and shards one by one (FSDP2 ``fully_shard``)."""
+        raise NotImplementedError
+
+    # ---- building on the meta device ------------------------------------------------
+    @staticmethod
+    def defaults_undrawn():
+        """Context for building submodules: their default inits (``nn.Linear``'s uniform
+        draws) leave torch's generator where it was, so ``init_weights`` draws from the same
+        state whether the model was built eagerly or on the meta device."""
+        return torch.random.fork_rng(devices=[])
+
+    def init_unless_meta(self) -> None:
+        """``init_weights()`` unless the model was built on the meta device (then the parallel
+        layer materialises it and calls ``init_weights`` itself)."""
+        if not any(tensor.is_meta for tensor in itertools.chain(self.parameters(), self.buffers())):
+            self.init_weights()
 
     # ---- shared on top of the above -------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, 256]
