@@ -30,7 +30,8 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.models import ARCHITECTURES, make_config, model_class_for
 from omnibyte.models.base import ByteModel
 from omnibyte.models.serialization import CONFIG_FILE, model_from_config, read_config
-from omnibyte.train.trainer import TrainConfig, Trainer, seeded_model
+from omnibyte.train.parallel import CHECKPOINTING_MODES, PARALLEL_MODES, build_on_meta
+from omnibyte.train.trainer import TrainConfig, Trainer
 
 # options that map one-to-one onto TrainConfig fields: (field, type, metavar, help). Their
 # defaults are TrainConfig's (or the resumed run's), so ``None`` here means "not given".
@@ -53,7 +54,7 @@ TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("time_limit", non_negative_real, "SECONDS", "stop cleanly after this much training; 0: no limit"),
 )
 # TrainConfig fields with options of their own; ``None`` (not given) keeps the saved/default value
-OTHER_CONFIG_OPTIONS = ("device", "compile", "tensorboard")
+OTHER_CONFIG_OPTIONS = ("device", "compile", "tensorboard", "parallel", "activation_checkpointing", "loss_chunk")
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -78,6 +79,16 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also log metrics for TensorBoard (in DIR/tensorboard)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--parallel", choices=PARALLEL_MODES, default=None,
+                        help="fsdp: shard weights, gradients and optimizer state over the ranks (FSDP2); "
+                             "ddp: replicate; none: one process; auto: ddp under torchrun, else none "
+                             "(default: auto). Run N GPUs with torchrun --nproc-per-node N -m omnibyte.cli train ...")
+    parser.add_argument("--activation-checkpointing", choices=CHECKPOINTING_MODES, default=None,
+                        help="recompute activations in the backward pass to save memory: per block, "
+                             "or selective (keep matmul and attention outputs) (default: none)")
+    parser.add_argument("--loss-chunk", type=non_negative_int, default=None, metavar="N",
+                        help="compute the head and cross-entropy N positions at a time (saves the "
+                             "float32 logits' memory); 0: all at once (default: 0)")
     for name, kind, metavar, text in TRAIN_OPTIONS:
         # the default shown is TrainConfig's; the value stays None so a resumed run keeps its own
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar,
@@ -107,12 +118,15 @@ def train_model(args: argparse.Namespace, seed: int) -> ByteModel:
     """The resumed run's model (its weights come from the checkpoint), or a new one from
     --arch, --preset and --set with initial weights from ``seed``."""
     if args.resume and (args.out / CONFIG_FILE).exists():
-        return model_from_config(read_config(args.out))
+        document = read_config(args.out)
+        return build_on_meta(lambda: model_from_config(document))
     try:
         config = make_config(args.arch, args.preset, **parse_overrides(args.overrides))
     except (TypeError, ValueError) as error:
         raise OmnibyteError(f"invalid model config: {error}") from None
-    return seeded_model(lambda: model_class_for(args.arch)(config), seed)
+    # built on the meta device: the trainer materialises it on its device with init_weights
+    # under the seed (the weights an eager build under the seed has)
+    return build_on_meta(lambda: model_class_for(args.arch)(config))
 
 
 def run(args: argparse.Namespace) -> int:

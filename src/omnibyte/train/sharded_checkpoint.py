@@ -123,7 +123,7 @@ def save(
     dcp.save({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(temporary))
     barrier()
     if is_main:
-        write_safetensors(temporary / RNG_FILE, {k: v.contiguous().cpu() for k, v in rng.items()}, None)
+        write_safetensors(temporary / RNG_FILE, {k: v.contiguous().cpu() for k, v in rng.items()}, {"omnibyte": "rng"})
         text = json.dumps({"trainer": trainer_state, "omnibyte": document}, indent=1) + "\n"
         atomic_write_bytes(temporary / TRAINER_JSON, text.encode())
         _sync_folder(temporary)
@@ -206,3 +206,31 @@ def load_model_weights(folder: Path) -> dict[str, torch.Tensor]:
         detail = " ".join(str(error).split())[:300]
         raise OmnibyteError(f"cannot read the weights in {folder}: {detail}") from None
     return template
+
+
+@dataclasses.dataclass
+class RunWeights:
+    """The whole weights of a run's newest checkpoint, whatever wrote it."""
+
+    document: dict[str, Any]  # the model's config document (arch, config, task)
+    weights: dict[str, torch.Tensor]
+    task_weights: dict[str, torch.Tensor]
+    step: int
+    source: Path
+
+
+def latest_weights(run_dir: Path) -> RunWeights:
+    """The model and task weights of ``run_dir``'s newest checkpoint (a DCP folder written by
+    any number of ranks, or the single file), gathered into full tensors in this process."""
+    found = latest(run_dir)
+    if found is None:
+        raise OmnibyteError(f"{run_dir} holds no training checkpoint ({checkpoint.TRAINER_STATE_FILE} "
+                            f"or {CHECKPOINTS_DIR}/step-N): is it an omnibyte train --out folder?")
+    if found.kind == "file":
+        saved = checkpoint.load_trainer_state(run_dir)
+        return RunWeights(saved.document, saved.weights, saved.task_weights, saved.state["step"], found.path)
+    meta = read_metadata(found.path)
+    tensors = load_model_weights(found.path)
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    task_weights = {k.removeprefix("task_modules."): v for k, v in tensors.items() if k.startswith("task_modules.")}
+    return RunWeights(meta.document, weights, task_weights, meta.state["step"], found.path)
