@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,9 @@ def load_into(folder: Path, root: torch.nn.Module, optimizer: torch.optim.Optimi
     model_state, optimizer_state = get_state_dict(root, optimizer)  # templates (optimizer state created)
     state = {"model": model_state, "optim": optimizer_state}
     try:
-        dcp.load(state, checkpoint_id=str(folder))
+        with warnings.catch_warnings():  # one process without a group reads it whole: as meant
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(folder))
         set_state_dict(root, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     except (RuntimeError, ValueError, KeyError, OSError, TypeError) as error:
         detail = " ".join(str(error).split())[:300]
@@ -201,7 +204,9 @@ def load_model_weights(folder: Path) -> dict[str, torch.Tensor]:
         template = {key.removeprefix("model."): torch.empty(entry.size, dtype=entry.properties.dtype)
                     for key, entry in metadata.state_dict_metadata.items()
                     if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
-        dcp.load({"model": template}, checkpoint_id=str(folder))
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load({"model": template}, checkpoint_id=str(folder))
     except (RuntimeError, ValueError, KeyError, OSError, TypeError, AttributeError) as error:
         detail = " ".join(str(error).split())[:300]
         raise OmnibyteError(f"cannot read the weights in {folder}: {detail}") from None
