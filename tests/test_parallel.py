@@ -173,16 +173,23 @@ def test_killed_two_rank_run_resumes_on_one_and_on_four_ranks(data, reference, t
         assert_same_weights(run, reference)
 
 
-def test_fsdp_in_one_process_without_torchrun(data, reference, tmp_path):
-    """--parallel fsdp in a single process: a 1-rank mesh over a process group it starts."""
+def test_one_process_state_resumes_under_fsdp_in_one_process(data, reference, tmp_path):
+    """A run directory of the single-file kind (one process, as every earlier version wrote)
+    resumes with --parallel fsdp in a single process: a 1-rank mesh over a process group the
+    trainer starts itself, the state's whole tensors sharded as they are loaded."""
     out = tmp_path / "fsdp1"
-    code = subprocess.run(
-        [sys.executable, "-m", "omnibyte.cli", "train", str(data), "--out", str(out), "--steps", str(STEPS),
-         "--grad-accum", "4", "--parallel", "fsdp", "--activation-checkpointing", "selective", *COMMON],
+    assert main(["train", str(data), "--out", str(out), "--steps", "3", "--grad-accum", "4",
+                 "--parallel", "none", *COMMON]) == 0
+    assert (out / "trainer_state.safetensors").exists() and not checkpoint_folders(out)
+    done = subprocess.run(
+        [sys.executable, "-m", "omnibyte.cli", "train", str(data), "--out", str(out), "--resume",
+         "--steps", str(STEPS), "--parallel", "fsdp", "--activation-checkpointing", "selective", *COMMON],
         env={**os.environ, "PYTHONPATH": SOURCE_ROOT, "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=300)
-    assert code.returncode == 0, code.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from step 3" in done.stdout
     torch.testing.assert_close(torch.tensor(losses(out)), torch.tensor(losses(reference)), atol=TOLERANCE, rtol=0)
+    assert [step for step, _ in checkpoint_folders(out)] == [STEPS]
     assert_same_weights(out, reference)
 
 

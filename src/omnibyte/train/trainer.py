@@ -355,15 +355,15 @@ class Trainer:
             self._check_same_run(document, state)
             sharded_checkpoint.load_into(found.path, self.loss_module, self.optimizer)
         else:
-            if self.parallel_mode == "fsdp":
-                raise OmnibyteError(f"{found.path} is a one-process trainer state: resume it without "
-                                    "--parallel fsdp (none or ddp); its next checkpoints can resume under FSDP")
             saved = checkpoint.load_trainer_state(self.out_dir)
             document, state, rng = saved.document, saved.state, saved.rng
             self._check_same_run(document, state)
-            load_weights(self.model, saved.weights, found.path)
-            self._load_task_tensors(saved.task_weights)
-            self._load_optimizer(saved.optimizer, found.path)
+            if self.parallel_mode == "fsdp":  # whole tensors, sharded as they are set
+                self._load_whole_state_into_shards(saved, found.path)
+            else:
+                load_weights(self.model, saved.weights, found.path)
+                self._load_task_tensors(saved.task_weights)
+                self._load_optimizer(saved.optimizer, found.path)
         self._restore_rng(rng, found.path)
         self.step = state["step"]
         # states saved before the position was recorded drew step * grad_accum * ranks batches
@@ -374,6 +374,37 @@ class Trainer:
         self.evals_without_improvement = state.get("evals_without_improvement", 0)
         self.stopped_early = state.get("stopped_early", False)
         return True
+
+    def _load_whole_state_into_shards(self, saved: checkpoint.TrainerState, source: Path) -> None:
+        """A one-process state (the single file) into FSDP shards: the weights and the
+        optimizer moments by parameter name, each rank keeping its shard."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        self._check_optimizer_state(saved.optimizer, source)
+        weights = {f"model.{name}": tensor for name, tensor in
+                   self.model.upgrade_state_dict(dict(saved.weights)).items()}
+        weights.update({f"task_modules.{name}": tensor for name, tensor in saved.task_weights.items()})
+        expected = self.loss_module.state_dict().keys()
+        if set(weights) != set(expected):
+            missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+            raise OmnibyteError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        names = {id(parameter): name for name, parameter in self.loss_module.named_parameters()}
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        optimizer_state = {
+            "state": {names[id(parameters[index])]: values for index, values in saved.optimizer["state"].items()},
+            "param_groups": [{**group, "params": [names[id(parameters[index])] for index in group["params"]]}
+                             for group in saved.optimizer["param_groups"]],
+        }
+        whole = StateDictOptions(full_state_dict=True)
+        try:
+            set_model_state_dict(self.loss_module, weights, options=whole)
+            set_optimizer_state_dict(self.loss_module, self.optimizer, optimizer_state, options=whole)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise OmnibyteError(f"{source} does not fit: {' '.join(str(error).split())[:300]}") from None
 
     def _check_same_run(self, document: dict, state: dict) -> None:
         if document["arch"] != self.model.arch or document["config"] != self.model.config.to_dict():
@@ -387,6 +418,15 @@ class Trainer:
     def _load_optimizer(self, optimizer_state: dict[str, Any], source: Path) -> None:
         """Load a saved optimizer state after checking it fits the parameters: AdamW itself
         would accept mis-shaped moments and fail only at the next step."""
+        self._check_optimizer_state(optimizer_state, source)
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
+            raise OmnibyteError(f"optimizer state in {source} does not fit: {error}") from None
+
+    def _check_optimizer_state(self, optimizer_state: dict[str, Any], source: Path) -> None:
+        """Every saved moment has its parameter's (whole) shape; hyper-parameters are of the
+        right kind; groups name existing parameters."""
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         for index, values in optimizer_state["state"].items():
             if index >= len(parameters):
@@ -401,10 +441,10 @@ class Trainer:
             for key, value in current.items():
                 if key != "params" and key in saved and not _same_kind(value, saved[key]):
                     raise OmnibyteError(f"optimizer state in {source}: {key!r} is {saved[key]!r}")
-        try:
-            self.optimizer.load_state_dict(optimizer_state)
-        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
-            raise OmnibyteError(f"optimizer state in {source} does not fit: {error}") from None
+        if [len(group["params"]) for group in optimizer_state["param_groups"]] != [
+                len(group["params"]) for group in self.optimizer.param_groups] or any(
+                index >= len(parameters) for group in optimizer_state["param_groups"] for index in group["params"]):
+            raise OmnibyteError(f"optimizer state in {source} has parameter groups of another shape")
 
     def _restore_rng(self, rng: dict[str, torch.Tensor], source: Path) -> None:
         try:
