@@ -26,6 +26,7 @@ from omnibyte.cli.common import (
     trained_steps,
 )
 from omnibyte.data import ByteCorpus
+from omnibyte.devices import ATTENTION_BACKENDS
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import ARCHITECTURES, make_config, model_class_for
 from omnibyte.models.base import ByteModel
@@ -54,7 +55,8 @@ TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("time_limit", non_negative_real, "SECONDS", "stop cleanly after this much training; 0: no limit"),
 )
 # TrainConfig fields with options of their own; ``None`` (not given) keeps the saved/default value
-OTHER_CONFIG_OPTIONS = ("device", "compile", "tensorboard", "parallel", "activation_checkpointing", "loss_chunk")
+OTHER_CONFIG_OPTIONS = ("device", "compile", "tensorboard", "parallel", "activation_checkpointing", "loss_chunk",
+                        "attention_backend")
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -89,6 +91,9 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument("--loss-chunk", type=non_negative_int, default=None, metavar="N",
                         help="compute the head and cross-entropy N positions at a time (saves the "
                              "float32 logits' memory); 0: all at once (default: 0)")
+    parser.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default=None,
+                        help="attention kernels for training (CUDA): flash, cudnn, efficient, math, or "
+                             "auto: PyTorch's choice (default: auto)")
     for name, kind, metavar, text in TRAIN_OPTIONS:
         # the default shown is TrainConfig's; the value stays None so a resumed run keeps its own
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar,

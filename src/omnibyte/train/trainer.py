@@ -34,7 +34,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from omnibyte.data import Batch, ByteCorpus
-from omnibyte.devices import DEVICE_NAME, autocast, configure_cpu_threads, resolve_device
+from omnibyte.devices import (
+    ATTENTION_BACKENDS,
+    DEVICE_NAME,
+    attention_backend,
+    autocast,
+    configure_cpu_threads,
+    resolve_device,
+)
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import atomic_write_bytes, check_output_folder, remove_stale_temporaries
 from omnibyte.models.base import BaseConfig, ByteModel
@@ -85,6 +92,7 @@ class TrainConfig(BaseConfig):
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "parallel": parallel.PARALLEL_MODES,
         "activation_checkpointing": parallel.CHECKPOINTING_MODES,
+        "attention_backend": ATTENTION_BACKENDS,
     }
 
     seq_len: int = 1024
@@ -111,6 +119,7 @@ class TrainConfig(BaseConfig):
     parallel: str = "auto"  # none, ddp, fsdp; auto: ddp under torchrun, none in one process
     activation_checkpointing: str = "none"  # none, block, selective
     loss_chunk: int = 0  # positions per chunk of the 256-way head + cross-entropy (0: all at once)
+    attention_backend: str = "auto"  # SDPA kernels for training: auto, flash, cudnn, efficient, math
 
     def validate(self) -> None:
         super().validate()
@@ -468,7 +477,8 @@ class Trainer:
             batch_index = self.micro_batches_seen + micro * self.world_size + self.rank
             batch = self.sampler.batch(batch_index).to(self.device, non_blocking=True)
             sync = micro == config.grad_accum - 1
-            with parallel.gradient_sync(self.forward_model, self.parallel_mode, sync), autocast(self.device):
+            with parallel.gradient_sync(self.forward_model, self.parallel_mode, sync), autocast(self.device), \
+                    attention_backend(config.attention_backend):
                 loss = self.forward_model(batch)
                 (loss / config.grad_accum).backward()
             total_loss += loss.detach() / config.grad_accum
