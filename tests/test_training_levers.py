@@ -4,6 +4,7 @@ Each must give the default's loss and gradients (to float32 rounding)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,18 @@ def test_build_on_device_equals_an_eager_seeded_build():
 def test_bad_parallel_options_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig.from_dict({field: value})
+
+
+def test_a_sharded_checkpoint_inside_the_data_is_not_read(tmp_path):
+    """A ddp/fsdp run killed before it saved a model still holds checkpoints/step-N folders:
+    their shards are never training data."""
+    from omnibyte.data import ByteCorpus
+
+    (tmp_path / "notes.txt").write_bytes(b"some text " * 20)
+    step = tmp_path / "runs" / "x" / "checkpoints" / "step-0000000003"
+    step.mkdir(parents=True)
+    for name in ("trainer.json", ".metadata", "__0_0.distcp"):
+        (step / name).write_bytes(b"{}" if name == "trainer.json" else bytes(range(256)) * 4)
+    corpus = ByteCorpus.from_paths([tmp_path])
+    assert [Path(name).name for name in corpus.names] == ["notes.txt"]
+    assert corpus.skipped.counts["omnibyte run or model folder"] == 1
