@@ -75,16 +75,16 @@ def resolve_mode(mode: str, world_size: int) -> str:
     return mode
 
 
-def init_distributed(mode: str, device_type: str) -> Distributed:
+def init_distributed(mode: str, device: torch.device) -> Distributed:
     """Start the process group torchrun describes (``WORLD_SIZE`` > 1), or a group of one rank
     when ``mode`` is ddp/fsdp in a single process; nothing for ``none`` in one process.
-    NCCL on CUDA, gloo otherwise."""
+    NCCL on CUDA (``device`` becomes the current CUDA device), gloo otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
     if not dist.is_initialized() and (world_size > 1 or mode in ("ddp", "fsdp")):
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(minutes=30)
         if "MASTER_ADDR" in os.environ or world_size > 1:
             dist.init_process_group(backend, timeout=timeout)

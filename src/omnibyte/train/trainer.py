@@ -237,7 +237,7 @@ class Trainer:
         self.parallel_mode = parallel.resolve_mode(config.parallel, world_size)
         if world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.world = parallel.init_distributed(self.parallel_mode, self.device.type)
+        self.world = parallel.init_distributed(self.parallel_mode, self.device)
         if self.device.type == "cpu":
             configure_cpu_threads()
         if config.seq_len > model.max_seq_len:
