@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.fileio import atomic_write_bytes
+from omnibyte.fileio import atomic_write, atomic_write_bytes
 from omnibyte.models.serialization import check_document, read_safetensors, write_safetensors
 from omnibyte.train import checkpoint
 
@@ -116,6 +116,18 @@ def save(
     folder_root = Path(out_dir) / CHECKPOINTS_DIR
     final = folder_root / f"step-{step:010d}"
     temporary = folder_root / f"{TEMPORARY_PREFIX}step-{step:010d}"
+    text = json.dumps({"trainer": trainer_state, "omnibyte": document}, indent=1) + "\n"
+    rng_tensors = {name: tensor.contiguous().cpu() for name, tensor in rng.items()}
+    barrier()
+    if (final / TRAINER_JSON).is_file():
+        # the same step saved again (the end of a run right after save_every, an interrupt):
+        # weights and optimizer are those already there; only the trainer's record changes,
+        # file by file atomically, so the complete checkpoint is never taken away
+        if is_main:
+            atomic_write(final / RNG_FILE, lambda tmp: write_safetensors(tmp, rng_tensors, {"omnibyte": "rng"}))
+            atomic_write_bytes(final / TRAINER_JSON, text.encode())
+        barrier()
+        return final
     if is_main:
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
@@ -124,13 +136,10 @@ def save(
     dcp.save({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(temporary))
     barrier()
     if is_main:
-        write_safetensors(temporary / RNG_FILE, {k: v.contiguous().cpu() for k, v in rng.items()}, {"omnibyte": "rng"})
-        text = json.dumps({"trainer": trainer_state, "omnibyte": document}, indent=1) + "\n"
+        write_safetensors(temporary / RNG_FILE, rng_tensors, {"omnibyte": "rng"})
         atomic_write_bytes(temporary / TRAINER_JSON, text.encode())
         _sync_folder(temporary)
-        if final.exists():  # the same step saved again (the end of a run right after save_every)
-            shutil.rmtree(final)
-        os.replace(temporary, final)
+        os.replace(temporary, final)  # the one step that makes the checkpoint exist
         _sync_folder(folder_root)
         for _, older in checkpoint_folders(out_dir)[:-1]:
             shutil.rmtree(older, ignore_errors=True)
