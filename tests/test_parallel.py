@@ -198,3 +198,38 @@ def test_resolve_mode_and_bad_modes():
     assert parallel.resolve_mode("fsdp", 1) == "fsdp"
     with pytest.raises(omnibyte.errors.OmnibyteError, match="unknown parallel mode"):
         parallel.resolve_mode("zero3", 1)
+
+
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+def test_a_save_killed_before_its_rename_leaves_the_last_complete_checkpoint(data, tmp_path, monkeypatch):
+    """DCP saves of a 1-rank DDP group: a save that dies after writing every shard but before
+    the rename leaves a temporary folder that is never read; resume continues from the last
+    complete checkpoint and ends where a run never interrupted ends."""
+    from omnibyte.train import sharded_checkpoint
+
+    args = [str(data), "--steps", "3", "--grad-accum", "4", "--parallel", "ddp", "--save-every", "1", *COMMON]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(["train", "--out", str(straight), *args]) == 0
+    assert main(["train", "--out", str(broken), *args[:-len(COMMON)], "--steps", "2", *COMMON]) == 0
+    original = sharded_checkpoint._sync_folder
+
+    def die_before_rename(folder: Path) -> None:
+        if folder.name.startswith(sharded_checkpoint.TEMPORARY_PREFIX):
+            raise Crash()
+        original(folder)
+
+    monkeypatch.setattr(sharded_checkpoint, "_sync_folder", die_before_rename)
+    with pytest.raises(Crash):
+        main(["train", "--out", str(broken), "--resume", *args])
+    monkeypatch.undo()
+    root = broken / sharded_checkpoint.CHECKPOINTS_DIR
+    assert (root / ".tmp-step-0000000003" / "trainer.json").exists()  # complete, but never renamed
+    assert [step for step, _ in checkpoint_folders(broken)] == [2]
+    assert main(["train", "--out", str(broken), "--resume", *args]) == 0
+    assert sorted(entry.name for entry in root.iterdir()) == ["step-0000000003"]
+    expected, actual = latest_weights(straight), latest_weights(broken)
+    for name, tensor in expected.weights.items():
+        assert torch.equal(actual.weights[name], tensor), name
