@@ -75,6 +75,32 @@ def resolve_mode(mode: str, world_size: int) -> str:
     return mode
 
 
+def setup(mode: str, device: torch.device) -> tuple[str, torch.device, Distributed]:
+    """The parallel mode (``auto`` resolved), this rank's device (``cuda:LOCAL_RANK`` under
+    torchrun) and the process group, started when needed."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    mode = resolve_mode(mode, world_size)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return mode, device, init_distributed(mode, device)
+
+
+def micro_batch_index(seen: int, micro: int, world: Distributed) -> int:
+    """The sampler index of this rank's micro-step ``micro`` after ``seen`` micro-batches: rank
+    r of R reads ``seen + micro * R + r``, the windows one process with R times the
+    accumulation reads."""
+    return seen + micro * world.world_size + world.rank
+
+
+def any_rank(flags: list[bool], world: Distributed, device: torch.device) -> list[bool]:
+    """Each flag true on any rank (every rank must call it)."""
+    if world.world_size == 1 or not dist.is_initialized():
+        return flags
+    tensor = torch.tensor(flags, dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(flag) for flag in tensor.tolist()]
+
+
 def init_distributed(mode: str, device: torch.device) -> Distributed:
     """Start the process group torchrun describes (``WORLD_SIZE`` > 1), or a group of one rank
     when ``mode`` is ddp/fsdp in a single process; nothing for ``none`` in one process.

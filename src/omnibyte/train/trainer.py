@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from omnibyte.data import Batch, ByteCorpus
@@ -232,12 +230,8 @@ class Trainer:
         self.config = config
         self.out_dir = check_output_folder(out_dir, "--out")
         self.task = task if task is not None else NextByteTask()
-        self.device = resolve_device(config.device)
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.parallel_mode = parallel.resolve_mode(config.parallel, world_size)
-        if world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.world = parallel.init_distributed(self.parallel_mode, self.device)
+        # the parallel layer: which mode, this rank's device, the process group
+        self.parallel_mode, self.device, self.world = parallel.setup(config.parallel, resolve_device(config.device))
         if self.device.type == "cpu":
             configure_cpu_threads()
         if config.seq_len > model.max_seq_len:
@@ -472,9 +466,7 @@ class Trainer:
             group["lr"] = learning_rate(self.step, config.lr, config.warmup, config.steps, config.min_lr_ratio)
         total_loss = torch.zeros((), device=self.device)
         for micro in range(config.grad_accum):
-            # rank r of R reads micro-batches seen + micro * R + r: the same windows as one
-            # process with R times the accumulation
-            batch_index = self.micro_batches_seen + micro * self.world_size + self.rank
+            batch_index = parallel.micro_batch_index(self.micro_batches_seen, micro, self.world)
             batch = self.sampler.batch(batch_index).to(self.device, non_blocking=True)
             sync = micro == config.grad_accum - 1
             with parallel.gradient_sync(self.forward_model, self.parallel_mode, sync), autocast(self.device), \
@@ -618,13 +610,9 @@ class Trainer:
         """True when this step is the last: a signal arrived or time is up. Under torchrun
         every rank must stop after the same step (or the others wait forever in the next
         all-reduce), so the ranks agree: one rank's reason stops them all."""
-        reasons = [self._stop_signal is not None, time_up]
-        if self.world_size > 1:
-            flags = torch.tensor(reasons, dtype=torch.int32, device=self.device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            reasons = [bool(flag) for flag in flags.tolist()]
-            if reasons[0] and self._stop_signal is None:
-                self._stop_signal = int(signal.SIGTERM)  # another rank was signalled
+        reasons = parallel.any_rank([self._stop_signal is not None, time_up], self.world, self.device)
+        if reasons[0] and self._stop_signal is None:
+            self._stop_signal = int(signal.SIGTERM)  # another rank was signalled
         return any(reasons)
 
     def _val_postfix(self) -> dict[str, str]:
