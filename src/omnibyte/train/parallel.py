@@ -2,21 +2,25 @@
 
 The steps follow torchtitan's order, each one optional:
 
-1. ``build_on_device``: build the model on the meta device (no memory, no random draws), then
-   materialise it on the training device with ``to_empty`` and ``model.init_weights()`` under
-   the run's seed: the same weights as an eager build under that seed.
+1. ``build_on_meta`` + ``materialize`` (``build_on_device``): build the model on the meta
+   device (no memory, no random draws), then materialise it on the training device with
+   ``to_empty`` and ``model.init_weights()`` under the run's seed: the same weights as an
+   eager build under that seed. Initialisation happens before sharding, on each rank's device
+   (the weights are whole there for a moment: fine up to several billion parameters on a GPU
+   of 80 GB or more; larger models would initialise the shards instead).
 2. ``apply_activation_checkpointing``: none, every block (``block``) or selective (``selective``:
    inside each block the outputs of matmuls and attention are kept, the cheap element-wise ops
    are recomputed in the backward pass).
-3. ``torch.compile`` of every block (``model.shard_units()``).
+3. ``torch.compile`` of every block (``model.shard_units()``), or of the whole module when
+   nothing is sharded (one graph with the head and the loss).
 4. FSDP2 ``fully_shard`` of every block, then of the root, over a 1-D device mesh (bf16
    parameters with fp32 gradient reduction on CUDA, plain fp32 on CPU); or DDP; or nothing.
 5. The optimizer is built by the caller afterwards, over the (sharded) parameters.
 
-The process group is this module's business too: ``init_distributed`` starts it under
-``torchrun`` and, when FSDP or DDP is asked for in a single process, starts a group of one
-rank itself. The trainer only asks ``Distributed.is_main`` (logging) and hands its
-modules here; nothing else in it knows about ranks.
+The process group is this module's business too: ``setup`` starts it under ``torchrun`` and,
+when FSDP or DDP is asked for in a single process, starts a group of one rank itself. The
+trainer asks ``Distributed.is_main`` (logging) and hands its modules, batch indices and stop
+flags here; it never calls ``torch.distributed`` itself.
 
 The global batch of one optimizer step is ``batch_size * world_size * grad_accum`` windows:
 micro-batch ``k`` of the run (counting across steps) is ``sampler.batch(k)``, and rank ``r``
