@@ -119,9 +119,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         raise OmnibyteError(f"invalid training options: {error}") from None
 
 
-def train_model(args: argparse.Namespace, seed: int) -> ByteModel:
+def train_model(args: argparse.Namespace) -> ByteModel:
     """The resumed run's model (its weights come from the checkpoint), or a new one from
-    --arch, --preset and --set with initial weights from ``seed``."""
+    --arch, --preset and --set, on the meta device: the trainer materialises it on its
+    device with ``init_weights`` under ``--seed``."""
     if args.resume and (args.out / CONFIG_FILE).exists():
         document = read_config(args.out)
         return build_on_meta(lambda: model_from_config(document))
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if finished is not None and finished >= config.steps:  # one line, before the data is read
         print(f"{args.out} already finished at step {finished:,}; nothing to do (pass a larger --steps to continue)")
         return 0
-    model = train_model(args, config.seed)
+    model = train_model(args)
     corpus = ByteCorpus.from_paths(args.data, exclude=[args.out])  # never its own checkpoints
     train_corpus, val_corpus = corpus.split(args.val_fraction)
     print(f"{model.arch} model, {model.num_parameters() / 1e6:.2f}M parameters; "
