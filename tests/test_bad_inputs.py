@@ -89,6 +89,15 @@ def world(tmp_path_factory) -> Path:
     (root / "pictures").mkdir()
     Image.new("RGB", (4, 4)).save(root / "pictures" / "pic.png")
     (root / "pictures" / "pic.bmp").write_bytes(b"precious")
+    # a run with a one-process trainer state, and one whose sharded checkpoint is damaged
+    from omnibyte.train.checkpoint import save_trainer_state
+
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_trainer_state(root / "staterun", model, optimizer, {"step": 1}, {"torch": torch.get_rng_state()})
+    broken = root / "brokenrun" / "checkpoints" / "step-0000000001"
+    broken.mkdir(parents=True)
+    (broken / "trainer.json").write_text("{not json")
+    (broken / ".metadata").write_bytes(b"\x00" * 8)
     return root
 
 
@@ -169,6 +178,10 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*TRAIN, "--arch", "lstm"], "lstm"),
     ([*TRAIN, "--device", "mps"], "mps"),
     ([*TRAIN, "--device", "cuda:x"], "cuda:x"),
+    ([*TRAIN, "--parallel", "zero3"], "zero3"),
+    ([*TRAIN, "--activation-checkpointing", "all"], "'all'"),
+    ([*TRAIN, "--loss-chunk", "-1"], "--loss-chunk"),
+    ([*TRAIN, "--attention-backend", "fa9"], "fa9"),
     # train: outputs, data and model config, checked before training
     (["train", "{W}/data", "--out", "{W}/existing.txt"], "is a file, not a folder"),
     (["train", "{W}/data", "--out", "{W}/existing.txt/run"], "is a file, not a folder"),
@@ -241,6 +254,15 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*GENERATE, "-o", "{W}/existing.txt/out.txt"], "is not a folder"),
     ([*GENERATE, "--num-samples", "2", "-o", "{W}/existing.txt"], "existing-0.txt exists"),
     (["generate", "--model", "{W}/mismatched"], "does not match"),
+    # export
+    (["export", "{W}/staterun"], "--out"),
+    (["export", "{W}/absent", "--out", "{T}/exported"], "is not a folder"),
+    (["export", "{W}/text.txt", "--out", "{T}/exported"], "is not a folder"),
+    (["export", "{W}/model", "--out", "{T}/exported"], "holds no training checkpoint"),
+    (["export", "{W}/brokenrun", "--out", "{T}/exported"], "corrupt or unreadable"),
+    (["export", "{W}/staterun", "--out", "{W}/model"], "already holds a model; pass --force"),
+    (["export", "{W}/staterun", "--out", "{W}/staterun"], "must not be the run folder"),
+    (["export", "{W}/staterun", "--out", "{W}/existing.txt"], "is a file, not a folder"),
     # info
     (["info"], "--model"),
     (["info", "--model", "{W}/absent"], "not found"),
@@ -398,9 +420,9 @@ def test_the_catalogue_covers_every_subcommand():
     from omnibyte.cli import COMMAND_MODULES
 
     commands = {case[0][0] for case in CLI_CASES if case[0] and not case[0][0].startswith("-")}
-    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress", "patches", "classify",
-            "media", "convert", "datasets"} <= commands
-    assert len(COMMAND_MODULES) == 13 and len(CLI_CASES) + len(API_CASES) >= 100
+    assert {"train", "eval", "generate", "info", "export", "demo", "detect", "anomaly", "compress", "patches",
+            "classify", "media", "convert", "datasets"} <= commands
+    assert len(COMMAND_MODULES) == 14 and len(CLI_CASES) + len(API_CASES) >= 100
 
 
 # ---- real processes: closed, full and cut-off streams ----------------------------------------

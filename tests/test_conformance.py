@@ -151,3 +151,47 @@ def test_loss_is_the_mean_cross_entropy_of_forward(model):
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, 256), targets.reshape(-1))
         close(model.loss(tokens, targets), expected)
+
+
+def _block_like(module: torch.nn.Module) -> bool:
+    """A repeated block: has parameters of its own and is neither the whole model nor a leaf."""
+    return any(True for _ in module.parameters()) and any(True for _ in module.children())
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_meta_build_then_init_weights_equals_an_eager_build(variant):
+    """The parallel layer builds on the meta device, materialises and calls init_weights under
+    the run's seed: the weights (and buffers: rotary tables, offsets) must be an eager build's."""
+    arch, preset, overrides = VARIANTS[variant]
+    eager = build_model(arch, preset, seed=11, **overrides)
+    with torch.device("meta"):
+        lazy = build_model(arch, preset, **overrides)
+    assert all(p.is_meta for p in lazy.parameters())
+    lazy = lazy.to_empty(device="cpu")
+    torch.manual_seed(11)
+    lazy.init_weights()
+    expected, actual = eager.state_dict(), lazy.state_dict()
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    for (name, a), (_, b) in zip(eager.named_buffers(), lazy.named_buffers()):
+        assert torch.equal(a, b), name
+    tokens = random_tokens(2, 16, seed=6)
+    with torch.no_grad():
+        torch.testing.assert_close(lazy.eval()(tokens), eager.eval()(tokens), atol=0, rtol=0)
+    # init_weights draws from the generator: another seed gives other weights
+    torch.manual_seed(12)
+    lazy.init_weights()
+    assert not all(torch.equal(expected[n], lazy.state_dict()[n]) for n in expected)
+
+
+def test_shard_units_are_the_blocks(model):
+    units = model.shard_units()
+    assert units and all(_block_like(unit) for unit in units)
+    assert all(unit is not model for unit in units)
+    modules = set(map(id, model.modules()))
+    assert all(id(unit) in modules for unit in units)
+    unit_parameters = {id(p) for unit in units for p in unit.parameters()}
+    # the blocks hold most of the weights; no two units share a parameter
+    assert sum(p.numel() for unit in units for p in unit.parameters()) == sum(
+        p.numel() for p in model.parameters() if id(p) in unit_parameters)

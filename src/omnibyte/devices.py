@@ -128,3 +128,21 @@ def configure_cpu_threads() -> int:
         with contextlib.suppress(RuntimeError):  # only possible before any inter-op work started
             torch.set_num_interop_threads(inter)
     return torch.get_num_threads()
+
+
+# ---- attention kernels for training -----------------------------------------------------------
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def attention_backend(name: str = "auto"):
+    """Context that restricts ``scaled_dot_product_attention`` to one kernel family (``auto``:
+    PyTorch's own choice). Training shapes are fixed, so cuDNN's per-shape plan is built once."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kinds = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if name not in kinds:
+        raise OmnibyteError(f"unknown attention backend {name!r} (choose from {', '.join(ATTENTION_BACKENDS)})")
+    return sdpa_kernel(kinds[name])

@@ -213,19 +213,12 @@ def saved_step(directory: Path) -> int | None:
 def trained_steps(directory: Path) -> int | None:
     """The step a run stopped at, from its trainer state's metadata (the tensors, three times
     the model's size, are not read); None when ``directory`` is not a run."""
-    from safetensors import safe_open
+    from omnibyte.train.sharded_checkpoint import latest
 
-    from omnibyte.train.checkpoint import TRAINER_STATE_FILE
-
-    path = Path(directory) / TRAINER_STATE_FILE
-    if not path.is_file():
+    found = latest(Path(directory))  # the single file or a DCP checkpoint folder, whichever is newer
+    if found is None or found.step < 0:  # a damaged state: the model itself loaded, only the note is lost
         return None
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            step = json.loads((file.metadata() or {})["trainer"])["step"]
-    except Exception:  # a damaged state: the model itself loaded, so only the note is lost
-        return None
-    return step if isinstance(step, int) else None
+    return found.step
 
 
 def saved_step_note(directory: Path) -> str | None:

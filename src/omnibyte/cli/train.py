@@ -26,13 +26,15 @@ from omnibyte.cli.common import (
     trained_steps,
 )
 from omnibyte.data import ByteCorpus
+from omnibyte.devices import ATTENTION_BACKENDS
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import ARCHITECTURES, make_config, model_class_for
 from omnibyte.models.base import ByteModel
 from omnibyte.models.registry import seeded
 from omnibyte.models.serialization import CONFIG_FILE, DEFAULT_TASK, load_model, model_from_config, read_config
 from omnibyte.tasks import TASKS, Task, task_from_dict
-from omnibyte.train.trainer import TrainConfig, Trainer, seeded_model
+from omnibyte.train.parallel import CHECKPOINTING_MODES, PARALLEL_MODES, build_on_meta
+from omnibyte.train.trainer import TrainConfig, Trainer
 
 # options that map one-to-one onto TrainConfig fields: (field, type, metavar, help). Their
 # defaults are TrainConfig's (or the resumed run's), so ``None`` here means "not given".
@@ -55,7 +57,8 @@ TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("time_limit", non_negative_real, "SECONDS", "stop cleanly after this much training; 0: no limit"),
 )
 # TrainConfig fields with options of their own; ``None`` (not given) keeps the saved/default value
-OTHER_CONFIG_OPTIONS = ("device", "compile", "tensorboard")
+OTHER_CONFIG_OPTIONS = ("device", "compile", "tensorboard", "parallel", "activation_checkpointing", "loss_chunk",
+                        "attention_backend")
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -86,6 +89,19 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also log metrics for TensorBoard (in DIR/tensorboard)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--parallel", choices=PARALLEL_MODES, default=None,
+                        help="fsdp: shard weights, gradients and optimizer state over the ranks (FSDP2); "
+                             "ddp: replicate; none: one process; auto: ddp under torchrun, else none "
+                             "(default: auto). Run N GPUs with torchrun --nproc-per-node N -m omnibyte.cli train ...")
+    parser.add_argument("--activation-checkpointing", choices=CHECKPOINTING_MODES, default=None,
+                        help="recompute activations in the backward pass to save memory: per block, "
+                             "or selective (keep matmul and attention outputs) (default: none)")
+    parser.add_argument("--loss-chunk", type=non_negative_int, default=None, metavar="N",
+                        help="compute the head and cross-entropy N positions at a time (saves the "
+                             "float32 logits' memory); 0: all at once (default: 0)")
+    parser.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default=None,
+                        help="attention kernels for training (CUDA): flash, cudnn, efficient, math, or "
+                             "auto: PyTorch's choice (default: auto)")
     for name, kind, metavar, text in TRAIN_OPTIONS:
         # the default shown is TrainConfig's; the value stays None so a resumed run keeps its own
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar,
@@ -116,19 +132,22 @@ def resuming(args: argparse.Namespace) -> bool:
     return args.resume and (args.out / CONFIG_FILE).exists()
 
 
-def train_model(args: argparse.Namespace, seed: int) -> ByteModel:
+def train_model(args: argparse.Namespace) -> ByteModel:
     """The resumed run's model (its weights come from the checkpoint), the model of
-    --init-from with its weights, or a new one from --arch, --preset and --set with initial
-    weights from ``seed``."""
+    --init-from with its weights, or a new one from --arch, --preset and --set. New and
+    resumed models are built on the meta device: the trainer materialises them on its device
+    (``init_weights`` under ``--seed`` for a new one: the weights an eager build under the
+    seed has)."""
     if resuming(args):
-        return model_from_config(read_config(args.out))
+        document = read_config(args.out)
+        return build_on_meta(lambda: model_from_config(document))
     if args.init_from is not None:
         return initial_model(args)
     try:
         config = make_config(args.arch or "flat", args.preset or "tiny", **parse_overrides(args.overrides))
     except (TypeError, ValueError) as error:
         raise OmnibyteError(f"invalid model config: {error}") from None
-    return seeded_model(lambda: model_class_for(args.arch or "flat")(config), seed)
+    return build_on_meta(lambda: model_class_for(args.arch or "flat")(config))
 
 
 def initial_model(args: argparse.Namespace) -> ByteModel:
@@ -175,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     if finished is not None and finished >= config.steps:  # one line, before the data is read
         print(f"{args.out} already finished at step {finished:,}; nothing to do (pass a larger --steps to continue)")
         return 0
-    model = train_model(args, config.seed)
+    model = train_model(args)
     corpus = task_class(args).read_corpus(args.data, exclude=[args.out])  # never its own checkpoints
     task = train_task(args, corpus, model, config.seed)
     train_corpus, val_corpus = corpus.split(args.val_fraction)

@@ -15,7 +15,8 @@ Nothing is unpacked to disk. Empty and unreadable inputs are skipped and counted
 
 What omnibyte itself wrote is never read as data when it turns up in a folder or a glob (a run
 directory inside the data, as ``omnibyte train . --out runs/x`` makes): a folder holding an
-omnibyte run or model (``trainer_state.safetensors``, or an omnibyte ``config.json`` next to
+omnibyte run or model (``trainer_state.safetensors``, a sharded checkpoint's ``trainer.json`` +
+``.metadata``, or an omnibyte ``config.json`` next to
 ``model.safetensors``) is skipped whole, and so are safetensors files carrying omnibyte's
 metadata and compressed ``.omb`` streams; each is noted in the ``SkipLog``. ``exclude`` names
 paths never to read at all (the run's own ``--out``).
@@ -57,6 +58,7 @@ GLOB_CHARACTERS = re.compile(r"[*?\[]")
 # what marks omnibyte's own output (the file names of omnibyte.models.modelfiles and
 # omnibyte.train.checkpoint, the magic of omnibyte.apps.container; data depends on neither)
 TRAINER_STATE_NAME = "trainer_state.safetensors"
+DCP_CHECKPOINT_FILES = ("trainer.json", ".metadata")  # a checkpoints/step-N folder of a ddp/fsdp run
 MODEL_FILES = ("config.json", "model.safetensors")
 STREAM_MAGIC = b"\x89OMB"
 SAFETENSORS_HEADER_MAX = 100 << 20  # a header longer than this is not one omnibyte wrote
@@ -225,7 +227,7 @@ def _omnibyte_folder(folder: str, names: list[str] | None = None) -> bool:
             names = os.listdir(folder)
         except OSError:
             return False
-    if TRAINER_STATE_NAME in names:
+    if TRAINER_STATE_NAME in names or all(name in names for name in DCP_CHECKPOINT_FILES):
         return True
     return all(name in names for name in MODEL_FILES) and _is_omnibyte_config(os.path.join(folder, MODEL_FILES[0]))
 

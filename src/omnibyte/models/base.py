@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import types
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from omnibyte.models import modelfiles
 from omnibyte.models.layers import fuse_legacy_projections
@@ -209,6 +211,7 @@ class ByteModel(nn.Module):
     arch: ClassVar[str] = ""
     config_class: ClassVar[type[BaseConfig]] = BaseConfig
     head: nn.Module  # hidden [.., D] -> logits [.., 256]
+    loss_chunk: int = 0  # positions per chunk of the head + cross-entropy in ``loss`` (0: all at once)
 
     def __init__(self, config: BaseConfig):
         super().__init__()
@@ -242,6 +245,33 @@ class ByteModel(nn.Module):
         """Longest context (in tokens) the model accepts."""
         raise NotImplementedError
 
+    def init_weights(self) -> None:
+        """Re-initialise every parameter and buffer (rotary tables, index offsets) in place,
+        deterministically from torch's current CPU generator. A family builds its modules
+        inside ``defaults_undrawn()`` and ends its constructor with ``self.init_unless_meta()``,
+        so an eager build under a seed and a build on the meta device, materialised with
+        ``to_empty`` and then ``init_weights()`` under the same seed, hold the same weights."""
+        raise NotImplementedError
+
+    def shard_units(self) -> list[nn.Module]:
+        """The repeated blocks (transformer / Mamba layers): the units that the parallel layer
+        checkpoints, compiles and shards one by one (FSDP2 ``fully_shard``)."""
+        raise NotImplementedError
+
+    # ---- building on the meta device ------------------------------------------------
+    @staticmethod
+    def defaults_undrawn():
+        """Context for building submodules: their default inits (``nn.Linear``'s uniform
+        draws) leave torch's generator where it was, so ``init_weights`` draws from the same
+        state whether the model was built eagerly or on the meta device."""
+        return torch.random.fork_rng(devices=[])
+
+    def init_unless_meta(self) -> None:
+        """``init_weights()`` unless the model was built on the meta device (then the parallel
+        layer materialises it and calls ``init_weights`` itself)."""
+        if not any(tensor.is_meta for tensor in itertools.chain(self.parameters(), self.buffers())):
+            self.init_weights()
+
     # ---- shared on top of the above -------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, T] -> [B, T, 256]
         return self.head(self.encode(tokens))
@@ -259,7 +289,12 @@ class ByteModel(nn.Module):
         targets: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean next-byte cross-entropy in nats over unmasked positions."""
+        """Mean next-byte cross-entropy in nats over unmasked positions. With ``loss_chunk``
+        set (the trainer's ``loss_chunk``), the head and the cross-entropy run over that many
+        positions at a time and are recomputed in the backward pass, so the [B, T, 256] float32
+        logits never exist whole."""
+        if self.loss_chunk:
+            return chunked_cross_entropy(self.encode(tokens), self.head, targets, mask, self.loss_chunk)
         return masked_cross_entropy(self(tokens), targets, mask)
 
     @torch.no_grad()
@@ -516,6 +551,38 @@ def masked_cross_entropy(
         return losses.mean()
     weights = mask.reshape(-1).to(losses.dtype)
     return (losses * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                    head: nn.Module) -> torch.Tensor:
+    logits = head(hidden).float()
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    return (losses * weights).sum()
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    head: nn.Module,
+    targets: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    chunk: int = 8192,
+) -> torch.Tensor:
+    """``masked_cross_entropy(head(hidden), targets, mask)`` over ``chunk`` positions at a time;
+    under autograd each chunk's logits are recomputed in the backward pass (checkpointed), so
+    at most one chunk of float32 logits is alive."""
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    weights = (torch.ones_like(flat_targets, dtype=torch.float32) if mask is None
+               else mask.reshape(-1).to(torch.float32))
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat_targets.shape[0], chunk):
+        part = slice(start, start + chunk)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            total = total + torch.utils.checkpoint.checkpoint(
+                _chunk_loss_sum, flat_hidden[part], flat_targets[part], weights[part], head, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(flat_hidden[part], flat_targets[part], weights[part], head)
+    return total / (weights.sum().clamp_min(1.0) if mask is not None else float(flat_targets.shape[0]))
 
 
 def nats_to_bits(nats: float) -> float:

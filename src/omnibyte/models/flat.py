@@ -95,10 +95,19 @@ class BytePredictor(ByteModel):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__(config or ModelConfig())
         config = self.config
-        self.embed = nn.Embedding(INPUT_VOCAB, config.hidden_size)
-        self.transformer = TransformerStack(config.stack())
-        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        init_weights(self, num_layers=config.num_layers)
+        with self.defaults_undrawn():
+            self.embed = nn.Embedding(INPUT_VOCAB, config.hidden_size)
+            self.transformer = TransformerStack(config.stack())
+            self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.init_unless_meta()
+
+    def init_weights(self) -> None:
+        init_weights(self.embed)
+        self.transformer.reset_parameters()
+        init_weights(self.head)
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.transformer.layers)
 
     @property
     def max_seq_len(self) -> int:

@@ -130,10 +130,24 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq).repeat(1, 2)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        # filled by reset_parameters, so a model built on the meta device gets its tables when
+        # it is materialised (``ByteModel.init_weights``)
+        self.register_buffer("cos", torch.empty(max_len, head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(max_len, head_dim), persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """(Re)compute the cos/sin tables on the buffers' device (nothing to do on meta)."""
+        if self.cos.is_meta:
+            return
+        head_dim, device = self.head_dim, self.cos.device
+        inv_freq = 1.0 / self.theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        positions = torch.arange(self.cos.shape[0], dtype=torch.float64)
+        angles = torch.outer(positions, inv_freq).repeat(1, 2)
+        self.cos.copy_(angles.cos().float().to(device))
+        self.sin.copy_(angles.sin().float().to(device))
 
     def tables(self, length: int, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for positions 0..length-1 ([T, 1, D]) or for per-row ``positions`` [B, T]
@@ -450,14 +464,41 @@ class TransformerStack(nn.Module):
         dtype = dtype or self.norm.weight.dtype
         return KVCache(self.config, batch_size, device or self.norm.weight.device, dtype, max_len)
 
+    def reset_parameters(self) -> None:
+        """Every weight and buffer from torch's CPU generator: GPT-2 init of the matrices, unit
+        norms, the rotary tables (``ByteModel.init_weights`` of the families calls this)."""
+        init_weights(self, num_layers=self.config.num_layers)
+        reset_norms(self)
+        self.rope.reset_parameters()
+
 
 def init_weights(module: nn.Module, std: float = 0.02, num_layers: int = 1) -> None:
-    """GPT-2 style init; output projections scaled by depth."""
+    """GPT-2 style init; output projections scaled by depth. The draws come from torch's CPU
+    generator whatever the device, so a model materialised on a GPU gets the weights a CPU
+    build under the same seed gets."""
     for name, param in module.named_parameters():
         if param.dim() < 2:
             continue
         scale = std / math.sqrt(2 * num_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-        nn.init.normal_(param, mean=0.0, std=scale)
+        normal_from_cpu_(param, std=scale)
+
+
+@torch.no_grad()
+def normal_from_cpu_(tensor: torch.Tensor, std: float) -> None:
+    """Fill ``tensor`` with N(0, std) drawn on the CPU (in place on a CPU tensor: the same draws
+    as ``nn.init.normal_``)."""
+    if tensor.device.type == "cpu":
+        nn.init.normal_(tensor, mean=0.0, std=std)
+    else:
+        tensor.copy_(torch.empty(tensor.shape, dtype=tensor.dtype).normal_(0.0, std))
+
+
+@torch.no_grad()
+def reset_norms(module: nn.Module) -> None:
+    """Every RMSNorm weight in ``module`` back to ones."""
+    for sub in module.modules():
+        if isinstance(sub, RMSNorm):
+            sub.weight.fill_(1.0)
 
 
 def fuse_legacy_projections(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -105,8 +105,11 @@ def save_model(
     task: str | dict[str, Any] = DEFAULT_TASK,
     task_weights: dict[str, torch.Tensor] | None = None,
     step: int | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory``; returns ``directory``.
+    ``weights``: the model's state dict when ``model`` does not hold it whole (gathered from
+    FSDP shards); by default the model's own.
 
     ``task`` (a name, or a task's ``to_dict()``) is recorded in the config, and ``step`` (the
     training step the weights are from) when given; the weights of the task's own modules (a
@@ -117,7 +120,8 @@ def save_model(
     directory = Path(directory)
     document = saved_document(model, task, step)
     metadata = {"omnibyte": json.dumps(document)}
-    atomic_write(directory / WEIGHTS_FILE, lambda tmp: write_safetensors(tmp, model_state(model), metadata))
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: write_safetensors(
+        tmp, model_state(model) if weights is None else contiguous_cpu(weights), metadata))
     if task_weights:
         atomic_write(directory / TASK_WEIGHTS_FILE, lambda tmp: write_safetensors(
             tmp, contiguous_cpu(task_weights), metadata))

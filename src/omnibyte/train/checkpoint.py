@@ -81,7 +81,7 @@ def load_trainer_state(directory: Path) -> TrainerState:
     tensors = read_safetensors(path)
     metadata = _read_metadata(path)
     document = check_document(metadata["omnibyte"], path)  # fills in the task of states saved before tasks
-    trainer_state = _check_trainer_json(metadata["trainer"], path)
+    trainer_state = check_trainer_json(metadata["trainer"], path)
     param_groups = _check_param_groups(metadata["param_groups"], path)
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "rng": {}, "task": {}}
     optim_state: dict[int, dict[str, torch.Tensor]] = {}
@@ -96,7 +96,7 @@ def load_trainer_state(directory: Path) -> TrainerState:
             groups[kind][rest] = tensor
         else:
             raise OmnibyteError(f"{path}: unexpected tensor {name!r} (not a model, task, optimizer or RNG tensor)")
-    _check_rng(groups["rng"], path)
+    check_rng(groups["rng"], path)
     optimizer_dict = {"state": optim_state, "param_groups": param_groups}
     return TrainerState(document, groups["model"], optimizer_dict, groups["rng"], trainer_state, groups["task"])
 
@@ -119,7 +119,7 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     return parsed
 
 
-def _check_trainer_json(state: Any, path: Path) -> dict[str, Any]:
+def check_trainer_json(state: Any, path: Path) -> dict[str, Any]:
     """The trainer's JSON state with each field of the expected type."""
     if not isinstance(state, dict):
         raise OmnibyteError(f"corrupt {path}: the trainer state is not an object")
@@ -130,6 +130,7 @@ def _check_trainer_json(state: Any, path: Path) -> dict[str, Any]:
         "best_val": (lambda v: v is None or _is_finite_number(v), "a finite number or null", False),
         "stopped_early": (lambda v: isinstance(v, bool), "true or false", False),
         "world_size": (lambda v: _is_count(v) and v >= 1, "an integer >= 1", False),
+        "micro_batches_seen": (_is_count, "an integer >= 0", False),
         "task": (lambda v: isinstance(v, dict), "an object", False),
         "train_config": (lambda v: isinstance(v, dict), "an object", False),
     }
@@ -162,7 +163,7 @@ def _check_param_groups(groups: Any, path: Path) -> list[dict[str, Any]]:
     return groups
 
 
-def _check_rng(rng: dict[str, torch.Tensor], path: Path) -> None:
+def check_rng(rng: dict[str, torch.Tensor], path: Path) -> None:
     """RNG states are 1-D uint8 tensors; torch's CPU state has the size of this torch's."""
     if "torch" not in rng:
         raise OmnibyteError(f"corrupt {path}: no RNG state ('rng.torch')")

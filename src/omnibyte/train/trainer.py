@@ -1,11 +1,15 @@
 """The training loop: AdamW, warmup + cosine, accumulation, clipping, bf16 autocast,
-validation with early stopping, atomic checkpoints and exact resume, single or multi-GPU
-(``torchrun``: DistributedDataParallel).
+validation with early stopping, atomic checkpoints and exact resume, on one device or many
+(``torchrun``): how the model is built, checkpointed, compiled and sharded (FSDP2, DDP) is the
+parallel layer's business (``omnibyte.train.parallel``); the loop only asks whether it is rank 0.
 
 A run directory holds the model that ``load_model(RUN)`` loads (``config.json`` +
 ``model.safetensors``): the best one by validation (also copied to ``best/``), or the latest
 without validation data; its ``config.json`` records the step it is from (``"step"``). ``trainer_state.safetensors``
-holds the latest state, from which ``--resume`` continues. Runs are reproducible: the config's
+holds the latest state of a one-process run, from which ``--resume`` continues; runs with a
+process group (``parallel`` ddp or fsdp) save ``checkpoints/step-N/`` with
+``torch.distributed.checkpoint`` from every rank instead (``omnibyte.train.sharded_checkpoint``),
+which any number of ranks can resume. Runs are reproducible: the config's
 ``seed`` fixes the data order and every random draw in training, and ``seeded_model`` the
 initial weights. SIGTERM and SIGINT finish the step in progress, save, and stop.
 
@@ -18,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -26,19 +29,25 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from omnibyte.data import Batch, ByteCorpus
-from omnibyte.devices import DEVICE_NAME, autocast, configure_cpu_threads, resolve_device
+from omnibyte.devices import (
+    ATTENTION_BACKENDS,
+    DEVICE_NAME,
+    attention_backend,
+    autocast,
+    configure_cpu_threads,
+    resolve_device,
+)
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import atomic_write_bytes, check_output_folder, remove_stale_temporaries
 from omnibyte.models.base import BaseConfig, ByteModel
 from omnibyte.models.registry import seeded
-from omnibyte.models.serialization import load_weights, save_model
+from omnibyte.models.serialization import load_weights, save_model, saved_document
 from omnibyte.models.validation import ConfigError, Limit
 from omnibyte.tasks import NextByteTask, Task
-from omnibyte.train import checkpoint
+from omnibyte.train import checkpoint, parallel, sharded_checkpoint
 from omnibyte.train.metrics import MetricsLog, plot_loss_curve
 from omnibyte.train.schedule import learning_rate
 
@@ -76,10 +85,16 @@ class TrainConfig(BaseConfig):
         "log_every": Limit(1, MAX_COUNT),
         "seed": Limit(0, 2**63 - 1),
         "time_limit": Limit(0.0, None),
+        "loss_chunk": Limit(0, 2**24),
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "parallel": parallel.PARALLEL_MODES,
+        "activation_checkpointing": parallel.CHECKPOINTING_MODES,
+        "attention_backend": ATTENTION_BACKENDS,
     }
 
     seq_len: int = 1024
-    batch_size: int = 8  # per device and micro-step
+    batch_size: int = 8  # per device (rank) and micro-step: a step trains batch_size * ranks * grad_accum windows
     grad_accum: int = 1
     steps: int = 1000
     lr: float = 1e-3
@@ -99,6 +114,10 @@ class TrainConfig(BaseConfig):
     device: str = "auto"
     time_limit: float = 0.0  # seconds of training before stopping cleanly (0: none)
     tensorboard: bool = False
+    parallel: str = "auto"  # none, ddp, fsdp; auto: ddp under torchrun, none in one process
+    activation_checkpointing: str = "none"  # none, block, selective
+    loss_chunk: int = 0  # positions per chunk of the 256-way head + cross-entropy (0: all at once)
+    attention_backend: str = "auto"  # SDPA kernels for training: auto, flash, cudnn, efficient, math
 
     def validate(self) -> None:
         super().validate()
@@ -176,7 +195,11 @@ class TaskLoss(torch.nn.Module):
         self.task_modules = torch.nn.ModuleDict(task.modules())
         self.task = task  # not a Module: its trainable parts are registered just above
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch, metrics: bool = False) -> torch.Tensor | dict[str, float]:
+        """The loss, or with ``metrics`` the task's validation sums: validation goes through
+        this forward too, so a sharded (FSDP) root gathers its weights for it."""
+        if metrics:
+            return self.task.metrics(self.model, batch)
         return self.task.loss(self.model, batch)
 
 
@@ -206,24 +229,31 @@ class Trainer:
         config.validate()
         self.config = config
         self.out_dir = check_output_folder(out_dir, "--out")
-        self.model = model
         self.task = task if task is not None else NextByteTask()
-        self.rank, self.world_size, local_rank = _distributed_setup()
-        self.device = resolve_device(config.device)
-        if self.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", local_rank)
+        # the parallel layer: which mode, this rank's device, the process group
+        self.parallel_mode, self.device, self.world = parallel.setup(config.parallel, resolve_device(config.device))
         if self.device.type == "cpu":
             configure_cpu_threads()
         if config.seq_len > model.max_seq_len:
             raise OmnibyteError(f"--seq-len {config.seq_len} exceeds the model's context of {model.max_seq_len}")
+        # a model built on the meta device gets the weights an eager build under the seed gets
+        self.model = parallel.materialize(model, self.device, config.seed)
+        self.model.loss_chunk = config.loss_chunk
         # every random draw of a new run (bGPT's patch subsets, dropout) follows the seed; a
         # resumed run restores the generator it saved instead
         torch.manual_seed(config.seed)
-        self.loss_module = TaskLoss(model, self.task).to(self.device)  # the model and the task's modules
+        self.loss_module = TaskLoss(self.model, self.task).to(self.device)  # the model and the task's modules
         self.train_corpus, self.val_corpus = train_corpus, val_corpus
         self.sampler = self.task.train_batches(train_corpus, config.seq_len, config.batch_size, config.seed)
+        # checkpointing, compile, FSDP2/DDP; then the optimizer, over the sharded parameters
+        self.forward_model = parallel.parallelize(
+            self.loss_module, self.model.shard_units(), self.parallel_mode, self.device, self.world,
+            checkpointing=config.activation_checkpointing,
+            compile_mode=("blocks" if self.parallel_mode == "fsdp" else "model") if config.compile else "none",
+            find_unused_parameters=self.task.unused_parameters)
         self.optimizer = self._make_optimizer()
         self.step = 0
+        self.micro_batches_seen = 0  # the data position: micro-batches of every rank so far
         self.best_val: float | None = None
         self.best_step: int | None = None
         self.last_val: float | None = None  # the objective of the latest validation
@@ -231,13 +261,25 @@ class Trainer:
         self.stopped_early = False
         self.progress = progress and self.is_main
         self.callbacks: list[Callable[[Trainer], None]] = []  # run after every optimizer step
-        self.forward_model = self._wrap_model()
         self._stop_signal: int | None = None  # set by SIGINT/SIGTERM during fit
         self._mid_step = False  # True while train_step changes the state (a save then would be torn)
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.world.is_main
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.world.world_size
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """DCP folders from every rank (ddp, fsdp) rather than the one-process single file."""
+        return self.parallel_mode != "none"
 
     def _make_optimizer(self) -> torch.optim.AdamW:
         # The model's parameters come first, in their usual order, then the task's: optimizer
@@ -250,42 +292,49 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=(self.config.beta1, self.config.beta2),
                                  fused=self.device.type == "cuda")
 
-    def _wrap_model(self) -> torch.nn.Module:
-        model: torch.nn.Module = self.loss_module
-        if self.config.compile:
-            model = torch.compile(model)
-        if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=self.task.unused_parameters)
-        return model
-
     # ---- checkpoints --------------------------------------------------------------
     def _trainer_state(self) -> dict:
         return {"step": self.step, "best_val": self.best_val, "best_step": self.best_step,
                 "evals_without_improvement": self.evals_without_improvement,
                 "stopped_early": self.stopped_early,
                 "train_config": self.config.to_dict(), "world_size": self.world_size,
+                "micro_batches_seen": self.micro_batches_seen, "parallel": self.parallel_mode,
                 "task": self.task.to_dict()}
 
     def save(self) -> None:
         """The full state, for ``--resume``; and the model in ``out_dir`` while validation has
-        not chosen one (afterwards ``out_dir`` keeps the best, saved when it was found)."""
-        if not self.is_main:
-            return
+        not chosen one (afterwards ``out_dir`` keeps the best, saved when it was found).
+        Every rank calls it: with a process group each writes its part of the checkpoint."""
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
-        checkpoint.save_trainer_state(self.out_dir, self.model, self.optimizer, self._trainer_state(), rng,
-                                      task=self.task.name,
-                                      task_weights=self.loss_module.task_modules.state_dict())
+        if self.sharded_checkpoints:
+            sharded_checkpoint.save(self.out_dir, self.loss_module, self.optimizer, self._trainer_state(),
+                                    saved_document(self.model, self.task.name), rng, self.is_main,
+                                    lambda: parallel.barrier(self.world))
+        elif self.is_main:
+            checkpoint.save_trainer_state(self.out_dir, self.model, self.optimizer, self._trainer_state(), rng,
+                                          task=self.task.name,
+                                          task_weights=self.loss_module.task_modules.state_dict())
         if self.best_val is None:
             self._save_model(self.out_dir)
 
+    def full_weights(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The model's and the task's weights, whole, on the CPU of rank 0 (gathered from the
+        shards under FSDP: every rank must call it; the other ranks get empty dicts)."""
+        weights = parallel.full_state_dict(self.loss_module, self.parallel_mode)
+        model = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+        task = {k.removeprefix("task_modules."): v for k, v in weights.items() if k.startswith("task_modules.")}
+        return model, task
+
     def _save_model(self, directory: Path) -> None:
-        """The model with its task (and the task's own weights, if it has any) and its step."""
-        save_model(self.model, directory, task=self.task.to_dict(),
-                   task_weights=self.loss_module.task_modules.state_dict(), step=self.step)
+        """The model with its task (and the task's own weights, if it has any) and its step.
+        Every rank calls it (FSDP gathers the weights); rank 0 writes."""
+        weights, task_weights = self.full_weights()
+        if self.is_main:
+            save_model(self.model, directory, task=self.task.to_dict(), task_weights=task_weights,
+                       step=self.step, weights=weights)
+        parallel.barrier(self.world)
 
     def _load_task_tensors(self, weights: dict[str, torch.Tensor]) -> None:
         try:
@@ -296,14 +345,71 @@ class Trainer:
                                 f"{detail}") from None
 
     def resume(self) -> bool:
-        """Restore the state in ``out_dir`` if there is one; True when resumed. Whatever the
-        file holds is checked against this model, task and optimizer first: a damaged or
-        crafted state is a one-line ``OmnibyteError``."""
-        state_file = self.out_dir / checkpoint.TRAINER_STATE_FILE
-        if not state_file.exists():
+        """Restore the newest state in ``out_dir`` (a DCP checkpoint folder or the single
+        file) if there is one; True when resumed. Whatever it holds is checked against this
+        model, task and optimizer first: a damaged or crafted state is a one-line
+        ``OmnibyteError``. A DCP checkpoint resumes on any number of ranks."""
+        found = sharded_checkpoint.latest(self.out_dir)
+        if found is None:
             return False
-        saved = checkpoint.load_trainer_state(self.out_dir)
-        document, state = saved.document, saved.state
+        if found.kind == "dcp":
+            saved_meta = sharded_checkpoint.read_metadata(found.path)
+            document, state, rng = saved_meta.document, saved_meta.state, saved_meta.rng
+            self._check_same_run(document, state)
+            sharded_checkpoint.load_into(found.path, self.loss_module, self.optimizer)
+        else:
+            saved = checkpoint.load_trainer_state(self.out_dir)
+            document, state, rng = saved.document, saved.state, saved.rng
+            self._check_same_run(document, state)
+            if self.parallel_mode == "fsdp":  # whole tensors, sharded as they are set
+                self._load_whole_state_into_shards(saved, found.path)
+            else:
+                load_weights(self.model, saved.weights, found.path)
+                self._load_task_tensors(saved.task_weights)
+                self._load_optimizer(saved.optimizer, found.path)
+        self._restore_rng(rng, found.path)
+        self.step = state["step"]
+        # states saved before the position was recorded drew step * grad_accum * ranks batches
+        self.micro_batches_seen = state.get(
+            "micro_batches_seen", state["step"] * self.config.grad_accum * state.get("world_size", 1))
+        self.best_val = state.get("best_val")
+        self.best_step = state.get("best_step")
+        self.evals_without_improvement = state.get("evals_without_improvement", 0)
+        self.stopped_early = state.get("stopped_early", False)
+        return True
+
+    def _load_whole_state_into_shards(self, saved: checkpoint.TrainerState, source: Path) -> None:
+        """A one-process state (the single file) into FSDP shards: the weights and the
+        optimizer moments by parameter name, each rank keeping its shard."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        self._check_optimizer_state(saved.optimizer, source)
+        weights = {f"model.{name}": tensor for name, tensor in
+                   self.model.upgrade_state_dict(dict(saved.weights)).items()}
+        weights.update({f"task_modules.{name}": tensor for name, tensor in saved.task_weights.items()})
+        expected = self.loss_module.state_dict().keys()
+        if set(weights) != set(expected):
+            missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+            raise OmnibyteError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        names = {id(parameter): name for name, parameter in self.loss_module.named_parameters()}
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        optimizer_state = {
+            "state": {names[id(parameters[index])]: values for index, values in saved.optimizer["state"].items()},
+            "param_groups": [{**group, "params": [names[id(parameters[index])] for index in group["params"]]}
+                             for group in saved.optimizer["param_groups"]],
+        }
+        whole = StateDictOptions(full_state_dict=True)
+        try:
+            set_model_state_dict(self.loss_module, weights, options=whole)
+            set_optimizer_state_dict(self.loss_module, self.optimizer, optimizer_state, options=whole)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise OmnibyteError(f"{source} does not fit: {' '.join(str(error).split())[:300]}") from None
+
+    def _check_same_run(self, document: dict, state: dict) -> None:
         if document["arch"] != self.model.arch or document["config"] != self.model.config.to_dict():
             raise OmnibyteError(f"{self.out_dir} holds a different model ({document['arch']}); "
                                 "use another --out or the same model options")
@@ -311,20 +417,19 @@ class Trainer:
         if saved_task != self.task.to_dict():
             raise OmnibyteError(f"{self.out_dir} was trained for task {_describe_task(saved_task)}, not "
                                 f"{_describe_task(self.task.to_dict())}; use another --out or the same task")
-        load_weights(self.model, saved.weights, state_file)
-        self._load_task_tensors(saved.task_weights)
-        self._load_optimizer(saved.optimizer, state_file)
-        self._restore_rng(saved.rng, state_file)
-        self.step = state["step"]
-        self.best_val = state.get("best_val")
-        self.best_step = state.get("best_step")
-        self.evals_without_improvement = state.get("evals_without_improvement", 0)
-        self.stopped_early = state.get("stopped_early", False)
-        return True
 
     def _load_optimizer(self, optimizer_state: dict[str, Any], source: Path) -> None:
         """Load a saved optimizer state after checking it fits the parameters: AdamW itself
         would accept mis-shaped moments and fail only at the next step."""
+        self._check_optimizer_state(optimizer_state, source)
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
+            raise OmnibyteError(f"optimizer state in {source} does not fit: {error}") from None
+
+    def _check_optimizer_state(self, optimizer_state: dict[str, Any], source: Path) -> None:
+        """Every saved moment has its parameter's (whole) shape; hyper-parameters are of the
+        right kind; groups name existing parameters."""
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         for index, values in optimizer_state["state"].items():
             if index >= len(parameters):
@@ -339,10 +444,10 @@ class Trainer:
             for key, value in current.items():
                 if key != "params" and key in saved and not _same_kind(value, saved[key]):
                     raise OmnibyteError(f"optimizer state in {source}: {key!r} is {saved[key]!r}")
-        try:
-            self.optimizer.load_state_dict(optimizer_state)
-        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
-            raise OmnibyteError(f"optimizer state in {source} does not fit: {error}") from None
+        if [len(group["params"]) for group in optimizer_state["param_groups"]] != [
+                len(group["params"]) for group in self.optimizer.param_groups] or any(
+                index >= len(parameters) for group in optimizer_state["param_groups"] for index in group["params"]):
+            raise OmnibyteError(f"optimizer state in {source} has parameter groups of another shape")
 
     def _restore_rng(self, rng: dict[str, torch.Tensor], source: Path) -> None:
         try:
@@ -361,11 +466,11 @@ class Trainer:
             group["lr"] = learning_rate(self.step, config.lr, config.warmup, config.steps, config.min_lr_ratio)
         total_loss = torch.zeros((), device=self.device)
         for micro in range(config.grad_accum):
-            batch_index = (self.step * config.grad_accum + micro) * self.world_size + self.rank
+            batch_index = parallel.micro_batch_index(self.micro_batches_seen, micro, self.world)
             batch = self.sampler.batch(batch_index).to(self.device, non_blocking=True)
-            sync = micro == config.grad_accum - 1 or self.world_size == 1
-            context = self.forward_model.no_sync() if not sync else contextlib.nullcontext()
-            with context, autocast(self.device):
+            sync = micro == config.grad_accum - 1
+            with parallel.gradient_sync(self.forward_model, self.parallel_mode, sync), autocast(self.device), \
+                    attention_backend(config.attention_backend):
                 loss = self.forward_model(batch)
                 (loss / config.grad_accum).backward()
             total_loss += loss.detach() / config.grad_accum
@@ -374,8 +479,9 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.micro_batches_seen += config.grad_accum * self.world_size
         self._mid_step = False  # not in a finally: an exception part-way leaves the state torn
-        return float(total_loss)
+        return float(parallel.all_ranks_mean(total_loss, self.world))
 
     @torch.no_grad()
     def validation_metrics(self) -> dict[str, float] | None:
@@ -389,7 +495,7 @@ class Trainer:
         for batch in self.task.eval_batches(self.val_corpus, self.config.seq_len, self.config.batch_size):
             batch = batch.to(self.device)
             with autocast(self.device):
-                sums = self.task.metrics(self.model, batch)
+                sums = self.loss_module(batch, metrics=True)
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
             windows += batch.tokens.shape[0]
@@ -425,7 +531,7 @@ class Trainer:
                     return self._result(None, None, None, already_finished=True)
                 if self.is_main:
                     print(f"resumed from step {self.step} in {self.out_dir}")
-        elif (self.out_dir / checkpoint.TRAINER_STATE_FILE).exists():
+        elif sharded_checkpoint.latest(self.out_dir) is not None:
             raise OmnibyteError(f"{self.out_dir} already holds a run: pass --resume or choose another --out")
         metrics = MetricsLog(self.out_dir / "metrics.jsonl",
                              self.out_dir / "tensorboard" if config.tensorboard else None) if self.is_main else None
@@ -504,13 +610,9 @@ class Trainer:
         """True when this step is the last: a signal arrived or time is up. Under torchrun
         every rank must stop after the same step (or the others wait forever in the next
         all-reduce), so the ranks agree: one rank's reason stops them all."""
-        reasons = [self._stop_signal is not None, time_up]
-        if self.world_size > 1:
-            flags = torch.tensor(reasons, dtype=torch.int32, device=self.device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            reasons = [bool(flag) for flag in flags.tolist()]
-            if reasons[0] and self._stop_signal is None:
-                self._stop_signal = int(signal.SIGTERM)  # another rank was signalled
+        reasons = parallel.any_rank([self._stop_signal is not None, time_up], self.world, self.device)
+        if reasons[0] and self._stop_signal is None:
+            self._stop_signal = int(signal.SIGTERM)  # another rank was signalled
         return any(reasons)
 
     def _val_postfix(self) -> dict[str, str]:
@@ -523,13 +625,14 @@ class Trainer:
     def _prepare_out_dir(self) -> None:
         """Create ``out_dir`` (one-line error when it cannot be) and remove temporaries that a
         save killed part-way left in it."""
-        if not self.is_main:
-            return
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OmnibyteError(f"cannot create --out {self.out_dir}: {error.strerror or error}") from None
-        remove_stale_temporaries(self.out_dir)
+        if self.is_main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OmnibyteError(f"cannot create --out {self.out_dir}: {error.strerror or error}") from None
+            remove_stale_temporaries(self.out_dir)
+            sharded_checkpoint.remove_temporaries(self.out_dir)
+        parallel.barrier(self.world)
 
     def _save_after_interrupt(self) -> None:
         """Save unless the interrupt tore a step apart (the last checkpoint then stays)."""
@@ -575,9 +678,8 @@ class Trainer:
         value = self.last_val = report[self.task.objective]
         if self.best_val is None or value < self.best_val:
             self.best_val, self.best_step, self.evals_without_improvement = value, self.step, 0
-            if self.is_main:
-                self._save_model(self.out_dir)
-                self._save_model(self.out_dir / BEST_DIR)  # where earlier versions kept it (README)
+            self._save_model(self.out_dir)
+            self._save_model(self.out_dir / BEST_DIR)  # where earlier versions kept it (README)
             return False
         if count_patience:
             self.evals_without_improvement += 1
@@ -594,18 +696,6 @@ def _same_kind(current: Any, saved: Any) -> bool:
         return (isinstance(saved, (tuple, list)) and len(saved) == len(current)
                 and all(_same_kind(a, b) for a, b in zip(current, saved)))
     return type(saved) is type(current)
-
-
-def _distributed_setup() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts the process group under torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _describe_task(description: dict) -> str:

@@ -40,6 +40,7 @@ from omnibyte.models.layers import (
     TransformerStack,
     default_intermediate_size,
     init_weights,
+    normal_from_cpu_,
 )
 from omnibyte.models.validation import ConfigError, Limit, ModelSize, field_path
 
@@ -178,9 +179,7 @@ def build_stack(stage: StageConfig, config: MultiscaleConfig) -> nn.Module:
         from omnibyte.models.mamba import MambaStack  # optional family member, imported on use
 
         return MambaStack(hidden_size=stage.hidden_size, num_layers=stage.num_layers)
-    stack = TransformerStack(stage.stack(config.rope_theta, config.norm_eps, config.qk_norm))
-    init_weights(stack, num_layers=stage.num_layers)
-    return stack
+    return TransformerStack(stage.stack(config.rope_theta, config.norm_eps, config.qk_norm))
 
 
 class PatchEmbedding(nn.Module):
@@ -188,8 +187,13 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, patch_size: int, hidden_size: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(patch_size * INPUT_VOCAB, hidden_size) * 0.02)
-        self.register_buffer("offsets", torch.arange(patch_size) * INPUT_VOCAB, persistent=False)
+        self.weight = nn.Parameter(torch.empty(patch_size * INPUT_VOCAB, hidden_size))
+        self.register_buffer("offsets", torch.empty(patch_size, dtype=torch.long), persistent=False)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        normal_from_cpu_(self.weight, std=0.02)
+        self.offsets.copy_(torch.arange(self.offsets.shape[0], device=self.offsets.device) * INPUT_VOCAB)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:  # [..., P] -> [..., D]
         rows = (patches + self.offsets).reshape(-1, patches.shape[-1])
@@ -220,14 +224,28 @@ class MultiscaleCore(nn.Module):
             PatchEmbedding(self.patch_sizes[last], self.widths[i]) if i == last - 1
             else nn.Linear(self.patch_sizes[i + 1] * self.widths[i + 1], self.widths[i], bias=False)
             for i in range(last))
-        self.start = nn.ParameterList(nn.Parameter(torch.randn(self.widths[i]) * 0.02) for i in range(last))
+        self.start = nn.ParameterList(nn.Parameter(torch.empty(self.widths[i])) for i in range(last))
         # stage i-1 output -> P_i input vectors of stage i
         self.parent_projs = nn.ModuleList(
             nn.Linear(self.widths[i - 1], self.patch_sizes[i] * self.widths[i], bias=False)
             for i in range(1, self.num_stages))
         self.head = nn.Linear(self.widths[last], NUM_BYTES, bias=False)
+
+    def reset_parameters(self) -> None:
+        """Every weight and buffer, in a fixed order, from torch's CPU generator."""
+        for stack in self.stacks:
+            stack.reset_parameters()
+        for start in self.start:
+            normal_from_cpu_(start, std=0.02)
+        for embed in self.unit_embeds:
+            if isinstance(embed, PatchEmbedding):
+                embed.reset_parameters()
         for module in (self.byte_embed, self.unit_embeds, self.parent_projs, self.head):
             init_weights(module)
+
+    def shard_units(self) -> list[nn.Module]:
+        """Every layer of every stage's stack."""
+        return [layer for stack in self.stacks for layer in stack.layers]
 
     # ---- embeddings ---------------------------------------------------------------
     def embed_units(self, level: int, tokens: torch.Tensor) -> torch.Tensor:
@@ -363,7 +381,15 @@ class MultiscaleModel(ByteModel):
 
     def __init__(self, config: MultiscaleConfig | None = None):
         super().__init__(config or self.config_class())
-        self.core = MultiscaleCore(self.config)
+        with self.defaults_undrawn():
+            self.core = MultiscaleCore(self.config)
+        self.init_unless_meta()
+
+    def init_weights(self) -> None:
+        self.core.reset_parameters()
+
+    def shard_units(self) -> list[nn.Module]:
+        return self.core.shard_units()
 
     @property
     def max_seq_len(self) -> int:
