@@ -6,7 +6,7 @@ On the H200 (about 8 minutes in all, most of it compiling; it stops starting new
     python bench/bench_mfu.py --out $OUT
 CPU smoke test (tiny sizes, seconds):
     python bench/bench_mfu.py --preset tiny --seq-len 128 --batch 2 --steps 2 --warmup 1 \\
-        --big-preset tiny --big-max-batch 4 --big-setting eager --settings eager,best-hd64 --out /tmp/mfu
+        --big-preset tiny --big-max-batch 4 --big-setting eager --settings eager,best-hd128 --out /tmp/mfu
 
 Each setting runs in a process of its own (a crash, an OOM or a failed compile loses only that
 row) and trains ``--preset`` (``base``) at ``--seq-len`` (8192) on random bytes for ``--steps``
@@ -18,10 +18,10 @@ timed steps after ``--warmup`` untimed ones (compilation happens there). The set
 * ``chunked-ce``: ``compile`` with the head and cross-entropy in chunks of ``--loss-chunk``
   positions (the [B, T, 256] float32 logits never whole);
 * ``best``: ``compile`` + cuDNN + chunked cross-entropy;
-* ``best-hd64`` / ``best-hd128`` / ``compile-hd64``: the same with another head layout of the
-  same model size: `base` has 32 query heads of 32 dimensions (8 key/value heads); 16 x 64
-  (4 kv) and 8 x 128 (2 kv) have exactly the same parameters and FLOPs, and attention kernels
-  run far closer to peak at head dimension 64 or 128 (a different model: a preset choice);
+* ``best-hd32`` / ``best-hd128`` / ``compile-hd32``: the same with another head layout of the
+  same model size: `base` has 16 query heads of 64 dimensions (4 key/value heads); 32 x 32
+  (8 kv, `base` before omnibyte 0.3) and 8 x 128 (2 kv) have exactly the same parameters and
+  FLOPs; attention kernels run far closer to peak at head dimension 64 or 128 than at 32;
 * ``fsdp``: FSDP2 on a 1-rank mesh (bf16 parameters, fp32 reduction), blocks compiled;
 * ``ac-block`` / ``ac-selective``: ``compile`` with activation checkpointing.
 
@@ -51,15 +51,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's omnibyte
 from common import H100_BF16_PEAK_FLOPS, describe_environment, print_table, write_json  # noqa: E402
 
-HEAD_DIM_64 = dict(num_query_heads=16, num_key_value_heads=4)  # same parameters and FLOPs as 32 x 32
+# other head layouts of the same model size (`base` has 16 query heads of 64, 4 key/value heads)
+HEAD_DIM_32 = dict(num_query_heads=32, num_key_value_heads=8)  # `base` before omnibyte 0.3
 HEAD_DIM_128 = dict(num_query_heads=8, num_key_value_heads=2)
 SETTINGS: dict[str, dict[str, Any]] = {  # name -> TrainConfig fields (model: config overrides)
     "compile": dict(compile=True),
     "best": dict(compile=True, attention_backend="cudnn", loss_chunk=-1),
-    "best-hd64": dict(compile=True, attention_backend="cudnn", loss_chunk=-1, model=HEAD_DIM_64),
+    "best-hd32": dict(compile=True, attention_backend="cudnn", loss_chunk=-1, model=HEAD_DIM_32),
     "best-hd128": dict(compile=True, attention_backend="cudnn", loss_chunk=-1, model=HEAD_DIM_128),
     "fsdp": dict(compile=True, parallel="fsdp"),
-    "compile-hd64": dict(compile=True, model=HEAD_DIM_64),
+    "compile-hd32": dict(compile=True, model=HEAD_DIM_32),
     "cudnn": dict(compile=True, attention_backend="cudnn"),
     "chunked-ce": dict(compile=True, loss_chunk=-1),  # -1: --loss-chunk
     "flash": dict(compile=True, attention_backend="flash"),

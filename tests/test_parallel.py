@@ -204,6 +204,15 @@ class Crash(Exception):
     """Stands for the process dying at that point."""
 
 
+def test_a_cuda_device_always_gets_an_index():
+    # torch.cuda.set_device and NCCL refuse a bare "cuda" (found on the H200: --parallel fsdp in
+    # one process failed before this)
+    assert parallel.rank_device(torch.device("cuda"), 1, 0) == torch.device("cuda", 0)
+    assert parallel.rank_device(torch.device("cuda", 1), 1, 0) == torch.device("cuda", 1)
+    assert parallel.rank_device(torch.device("cuda"), 4, 3) == torch.device("cuda", 3)
+    assert parallel.rank_device(torch.device("cpu"), 4, 3) == torch.device("cpu")
+
+
 def test_a_save_killed_before_its_rename_leaves_the_last_complete_checkpoint(data, tmp_path, monkeypatch):
     """DCP saves of a 1-rank DDP group: a save that dies after writing every shard but before
     the rename leaves a temporary folder that is never read; resume continues from the last

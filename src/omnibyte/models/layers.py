@@ -284,8 +284,16 @@ class DifferentialHeads(nn.Module):
         super().__init__()
         self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer_index)
         self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
-            nn.Parameter(torch.randn(head_dim) * 0.1) for _ in range(4))
+            nn.Parameter(torch.empty(head_dim)) for _ in range(4))
         self.norm = RMSNorm(2 * head_dim, eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The lambda vectors from torch's CPU generator (``TransformerStack.reset_parameters``
+        calls this after the matrices, so a meta build initialises them as an eager build does)."""
+        for vector in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2):
+            if not vector.is_meta:
+                normal_from_cpu_(vector, std=0.1)
 
     @staticmethod
     def num_parameters(head_dim: int, num_heads: int) -> int:
@@ -468,6 +476,9 @@ class TransformerStack(nn.Module):
         """Every weight and buffer from torch's CPU generator: GPT-2 init of the matrices, unit
         norms, the rotary tables (``ByteModel.init_weights`` of the families calls this)."""
         init_weights(self, num_layers=self.config.num_layers)
+        for module in self.modules():
+            if isinstance(module, DifferentialHeads):
+                module.reset_parameters()
         reset_norms(self)
         self.rope.reset_parameters()
 

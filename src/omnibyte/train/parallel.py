@@ -84,9 +84,18 @@ def setup(mode: str, device: torch.device) -> tuple[str, torch.device, Distribut
     torchrun) and the process group, started when needed."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     mode = resolve_mode(mode, world_size)
-    if world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = rank_device(device, world_size, int(os.environ.get("LOCAL_RANK", "0")))
     return mode, device, init_distributed(mode, device)
+
+
+def rank_device(device: torch.device, world_size: int, local_rank: int) -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` under torchrun, and a CUDA device always with an
+    index (``torch.cuda.set_device`` and NCCL refuse a bare ``cuda``); other devices as given."""
+    if device.type != "cuda":
+        return device
+    if world_size > 1:
+        return torch.device("cuda", local_rank)
+    return torch.device("cuda", 0 if device.index is None else device.index)
 
 
 def micro_batch_index(seen: int, micro: int, world: Distributed) -> int:
