@@ -178,6 +178,7 @@ def main() -> None:
         if args.limit_files:  # every other file, so that small subsets still hold several classes
             train_docs, test_docs = (docs[:: max(len(docs) // args.limit_files, 1)][: args.limit_files]
                                      for docs in (train_docs, test_docs))
+            test_docs = [doc for doc in test_docs if doc.label in {d.label for d in train_docs}]
         print(f"{name}: {len(train_docs):,} train / {len(test_docs):,} test files "
               f"({time.perf_counter() - loading:.1f} s to load)", flush=True)
         rows.append(classify_row(name, spec, train_docs, test_docs, args.out / name, minutes, device))
