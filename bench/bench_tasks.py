@@ -13,19 +13,22 @@ from ``--data`` (the layout of ``../shared/data``: ``fashion-mnist/*.gz``,
 writes a compact copy of exactly that (about 41 MB) for a machine without ``../shared/data``.
 
 Every model is a fixed-patch (bGPT) model whose patch stage spans a whole file (16-byte
-patches; the BMP/WAV header is the first patches). The number of optimizer steps is
+patches, 8 for ABC; the BMP/WAV header is the first patches); files are read whole (BMP 3,127
+and WAV 8,045 tokens with BOS), ABC tunes cut at 1,024. The number of optimizer steps is
 calibrated from a short timed run so that the cosine schedule ends with the time budget; the
 trainer's time limit caps it too. The best model by validation loss (a few % of the training
 files) is scored on the test split. ``--pretrain`` adds, per task, generative pre-training
 (next-byte on the same training files, ``--minutes``) followed by fine-tuning from it
 (``--minutes``): bGPT's pre-training-vs-scratch comparison.
 
-    python bench/bench_tasks.py --data task_data --out runs/tasks              # ~7.5 min on an H200
-    python bench/bench_tasks.py --data task_data --out runs/tasks-pretrain --tasks fsdd --pretrain
+    python bench/bench_tasks.py --data runs/task_data --out OUT              # ~7.5 min on an H200
+    python bench/bench_tasks.py --data runs/task_data --out OUT --tasks fsdd --pretrain   # ~6 min
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import time
 from collections import Counter
@@ -149,7 +152,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"),
                         help="folder laid out like ../shared/data (see bench/pack_task_data.py)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the runs, bench_tasks.json and the table")
+    parser.add_argument("--out", type=Path, required=True, help="folder for bench_tasks.json and bench_tasks.txt (the table)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the training runs (models and trainer states, large; "
+                             "default: runs/bench_tasks/DATE-TIME)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}")
     parser.add_argument("--minutes", type=float, default=None,
                         help="training minutes per model (default: " +
@@ -166,6 +172,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown tasks: {', '.join(unknown)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    args.work = args.work or Path("runs/bench_tasks") / time.strftime("%Y%m%d-%H%M%S")
     device = str(resolve_device(args.device))
     environment = describe_environment(device)
     rows: list[dict[str, Any]] = []
@@ -178,21 +185,26 @@ def main() -> None:
         if args.limit_files:  # every other file, so that small subsets still hold several classes
             train_docs, test_docs = (docs[:: max(len(docs) // args.limit_files, 1)][: args.limit_files]
                                      for docs in (train_docs, test_docs))
+            test_docs = [doc for doc in test_docs if doc.label in {d.label for d in train_docs}]
         print(f"{name}: {len(train_docs):,} train / {len(test_docs):,} test files "
               f"({time.perf_counter() - loading:.1f} s to load)", flush=True)
-        rows.append(classify_row(name, spec, train_docs, test_docs, args.out / name, minutes, device))
+        rows.append(classify_row(name, spec, train_docs, test_docs, args.work / name, minutes, device))
         print(f"{name}: accuracy {rows[-1]['accuracy']:.4f} after {rows[-1]['steps']} steps", flush=True)
         if args.pretrain:
-            stats = pretrain(spec, train_docs, args.out / f"{name}-pretrain", minutes, device)
-            row = classify_row(name, spec, train_docs, test_docs, args.out / f"{name}-finetune", minutes,
-                               device, init_from=args.out / f"{name}-pretrain")
+            stats = pretrain(spec, train_docs, args.work / f"{name}-pretrain", minutes, device)
+            row = classify_row(name, spec, train_docs, test_docs, args.work / f"{name}-finetune", minutes,
+                               device, init_from=args.work / f"{name}-pretrain")
             row["pretrain"] = stats
             rows.append(row)
             print(f"{name} (pre-trained): accuracy {row['accuracy']:.4f}", flush=True)
     columns = ["task", "start", "train_files", "test_files", "accuracy", "majority_baseline", "target", "met",
                "minutes", "steps", "train_seconds", "parameters"]
     command = "python " + " ".join(sys.argv)
-    print_table(rows, columns, title=f"classification ({environment.get('gpu') or environment['device']}; {command})")
+    table = io.StringIO()
+    with contextlib.redirect_stdout(table):
+        print_table(rows, columns, title=f"classification ({environment.get('gpu') or environment['device']}; {command})")
+    print(table.getvalue(), end="")
+    (args.out / "bench_tasks.txt").write_text(table.getvalue())
     write_json(args.out / "bench_tasks.json", {"environment": environment, "command": command,
                                                "total_seconds": round(time.perf_counter() - started, 1),
                                                "rows": rows})

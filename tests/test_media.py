@@ -149,3 +149,17 @@ def test_nottingham_tunes_are_labelled_by_tune_type_and_split_by_tune():
     assert not {d.name for d in train} & {d.name for d in test}
     assert {"jigs", "reels", "hpps", "waltzes"} <= {d.label for d in train}
     assert all(bytes(d.data).startswith(b"X:") for d in train + test)
+
+
+@pytest.mark.skipif(not (DATA / "nottingham").is_dir(), reason="needs ../shared/data/nottingham")
+def test_a_dataset_spec_is_read_from_the_data_root(monkeypatch):
+    from omnibyte.data.labelled import read_labelled
+    from omnibyte.data.nottingham import nottingham_documents
+
+    monkeypatch.setenv("OMNIBYTE_DATA", str(DATA))
+    corpus = read_labelled(["nottingham:test"])
+    expected = nottingham_documents(DATA / "nottingham" / "ABC_cleaned", "test")
+    assert corpus.names == [d.name for d in expected] and corpus.labels == [d.label for d in expected]
+    monkeypatch.setenv("OMNIBYTE_DATA", str(DATA / "absent"))
+    with pytest.raises(OmnibyteError, match="OMNIBYTE_DATA"):
+        read_labelled(["nottingham:test"])
