@@ -19,8 +19,12 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def model_summary(model: ByteModel) -> dict[str, Any]:
     """Architecture, parameter count, context, training FLOPs per byte and the config."""
-    return {"arch": model.arch, "parameters": model.num_parameters(), "context": model.max_seq_len,
-            "flops_per_byte": model.flops_per_byte(model.max_seq_len), "config": model.config.to_dict()}
+    summary = {"arch": model.arch, "parameters": model.num_parameters(), "context": model.max_seq_len,
+               "flops_per_byte": model.flops_per_byte(model.max_seq_len), "config": model.config.to_dict()}
+    patching = getattr(model, "patching", None)  # the patched families (BLT): where patches start
+    if patching is not None:
+        summary["patcher"] = patching.describe()
+    return summary
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +48,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"parameters    {summary['parameters']:,}")
     print(f"context       {summary['context']:,} bytes")
     print(f"FLOPs/byte    {summary['flops_per_byte']:.3g} (training, at full context)")
+    if "patcher" in summary:
+        print(f"patcher       {summary['patcher']}")
     if "trained_steps" in summary:
         print(f"trained steps {summary['trained_steps']:,}")
     step = summary["saved_step"]

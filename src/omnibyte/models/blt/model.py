@@ -169,8 +169,8 @@ class BLTConfig(BaseConfig):
             with field_path(name):
                 stack.validate()
         if needs_entropy(self.patching) and self.entropy_config is None and not self.entropy_model:
-            raise ConfigError("entropy_model", f"the {self.patching.scheme} patcher needs an entropy model: "
-                                               f"set entropy_model to a trained next-byte run folder")
+            raise ConfigError("entropy_model", f"must name a trained next-byte run folder: the "
+                                               f"{self.patching.scheme} patcher needs an entropy model")
 
     def _stack(self, part, num_layers: int, window: int) -> StackConfig:
         return StackConfig(part.hidden_size, num_layers, part.num_query_heads, part.num_key_value_heads,
