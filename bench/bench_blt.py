@@ -173,7 +173,8 @@ def generation(args, device) -> list[dict]:
     model = blt_small(args).to(device, torch.bfloat16).eval()
     rows = []
     prompt = b"The "
-    for batch, new_bytes in ((1, args.gen_bytes), (64, args.batch_gen_bytes)):
+    room = args.context - len(prompt) - 1  # BOS, the prompt and the new bytes fit the context
+    for batch, new_bytes in ((1, min(args.gen_bytes, room)), (64, min(args.batch_gen_bytes, room))):
         for fast in (True, False):
             if not fast and batch == 1 and new_bytes > 2048:
                 new_bytes_here = 2048  # the eager step's rate does not depend on the length much
@@ -193,6 +194,14 @@ def generation(args, device) -> list[dict]:
                  "new_bytes": args.gen_bytes, "bytes_per_s": args.gen_bytes / seconds, "estimated": True})
     cached = next(row["bytes_per_s"] for row in rows if row["batch"] == 1 and row["path"] == "fast")
     rows[-1]["cached_speedup"] = cached / rows[-1]["bytes_per_s"]
+    del model
+    flat = flat_small(args).to(device, torch.bfloat16).eval()  # the same context, one stack over every byte
+    for batch, new_bytes in ((1, min(args.gen_bytes, room)), (64, min(args.batch_gen_bytes, room))):
+        prompts = [prompt] * batch
+        flat.generate(prompts, max_new_bytes=8, temperature=0, fast=True)
+        seconds = timed(lambda: flat.generate(prompts, max_new_bytes=new_bytes, temperature=0, fast=True))
+        rows.append({"model": "flat small (cached)", "path": "fast", "batch": batch, "new_bytes": new_bytes,
+                     "bytes_per_s": batch * new_bytes / seconds})
     return rows
 
 
@@ -284,7 +293,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="training batch (rows of --context bytes)")
     parser.add_argument("--train-steps", type=int, default=8)
     parser.add_argument("--patch-size", type=int, default=4, help="bytes per patch of the cost and peer runs")
-    parser.add_argument("--gen-bytes", type=int, default=8191, help="bytes generated at batch 1")
+    parser.add_argument("--gen-bytes", type=int, default=8187, help="bytes generated at batch 1 (at most the "
+                                                                     "context less the 4-byte prompt and BOS)")
     parser.add_argument("--batch-gen-bytes", type=int, default=1024, help="bytes per row generated at batch 64")
     parser.add_argument("--peer-new-bytes", type=int, default=32)
     parser.add_argument("--parts", nargs="+", default=["check", "cost", "generation", "peer"],

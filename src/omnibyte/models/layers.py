@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import torch
@@ -328,6 +329,7 @@ class Attention(nn.Module):
         )
 
 
+@functools.lru_cache(maxsize=4)  # every layer of a stack, and every step of a run, asks for the same one
 def sliding_window_mask(length: int, window: int, device=None) -> torch.Tensor:
     """Additive causal mask [T, T] where query ``i`` sees keys ``i - window + 1 .. i``."""
     offsets = torch.arange(length, device=device).view(-1, 1) - torch.arange(length, device=device).view(1, -1)
