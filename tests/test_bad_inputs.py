@@ -104,6 +104,7 @@ EVAL = ["eval", "{W}/data", *M]
 GENERATE = ["generate", *M, "--device", "cpu"]
 ANOMALY = ["anomaly", "{W}/text.txt", *M]
 DEMO = ["demo", "--out", "{T}/demo"]
+PATCHES = ["patches", "{W}/text.txt", *M, "--device", "cpu"]
 
 CLI_CASES: list[tuple[list[str], str]] = [
     # the command line itself
@@ -260,6 +261,29 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["anomaly", "{W}/missing", *M], "No such file"),
     (["anomaly", "{W}/empty.bin", *M], "empty"),
     (["anomaly", "{W}/data", *M], "is a folder"),
+    # patches
+    (["patches", "{W}/text.txt"], "--model"),
+    (PATCHES, "has no patcher: give --scheme"),  # a flat model is only an entropy model
+    ([*PATCHES, "--scheme", "bpe"], "invalid choice: 'bpe'"),
+    ([*PATCHES, "--scheme", "entropy", "--threshold", "nan"], "--threshold"),
+    ([*PATCHES, "--scheme", "entropy", "--threshold", "9"], "--threshold: must be a number in [-8, 8]"),
+    ([*PATCHES, "--scheme", "space", "--min-patch-size", "0"], "--min-patch-size"),
+    ([*PATCHES, "--scheme", "space", "--max-patch-size", "-1"], "--max-patch-size"),
+    ([*PATCHES, "--scheme", "space", "--min-patch-size", "8", "--max-patch-size", "4"],
+     "min_patch_size must not exceed max_patch_size (4), got 8"),  # library
+    ([*PATCHES, "--scheme", "space", "--max-patch-size", "100000"], "max_patch_size"),  # library: its range
+    ([*PATCHES, "--scheme", "fixed", "--stride", "0"], "--stride"),
+    ([*PATCHES, "--scheme", "entropy", "--calibrate", "0.5"], "--calibrate"),
+    ([*PATCHES, "--scheme", "entropy", "--calibrate", "4", "--threshold", "2"], "--threshold or --calibrate"),
+    ([*PATCHES, "--scheme", "fixed", "--calibrate", "4"], "entropy or monotonic"),  # library
+    ([*PATCHES, "--scheme", "entropy", "--calibrate", "500"], "must be in"),  # library: out of reach
+    ([*PATCHES, "--scheme", "space", "--plot", "{W}/existing.txt"], "exists (use --force to overwrite)"),
+    ([*PATCHES, "--scheme", "space", "--plot", "{W}/data"], "is a folder"),
+    ([*PATCHES, "--scheme", "space", "--plot-bytes", "0"], "--plot-bytes"),
+    (["patches", "{W}/missing", *M, "--scheme", "space"], "No such file"),
+    (["patches", "{W}/empty.bin", *M, "--scheme", "space"], "empty"),
+    (["patches", "{W}/text.txt", "--model", "{W}/absent", "--scheme", "space"], "not found"),
+    (["patches", "{W}/text.txt", "--model", "{W}/notjson", "--scheme", "space"], "config.json"),
     # demo
     ([*DEMO, "--steps", "0"], "--steps"),
     ([*DEMO, "--steps", "-1"], "--steps"),
@@ -293,8 +317,8 @@ def test_the_catalogue_covers_every_subcommand():
     from omnibyte.cli import COMMAND_MODULES
 
     commands = {case[0][0] for case in CLI_CASES if case[0] and not case[0][0].startswith("-")}
-    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress"} <= commands
-    assert len(COMMAND_MODULES) == 8 and len(CLI_CASES) + len(API_CASES) >= 100
+    assert {"train", "eval", "generate", "info", "demo", "detect", "anomaly", "compress", "patches"} <= commands
+    assert len(COMMAND_MODULES) == 9 and len(CLI_CASES) + len(API_CASES) >= 100
 
 
 # ---- real processes: closed, full and cut-off streams ----------------------------------------
@@ -391,7 +415,23 @@ API_CASES: list[tuple[str, object, type[BaseException]]] = [
         b"abc", tiny_model(), threshold=math.nan), ValueError),
     ("anomaly top_k 0", lambda: __import__("omnibyte.apps.anomaly", fromlist=["x"]).analyze(
         b"abc", tiny_model(), top_k=0), ValueError),
+    # patchers (omnibyte.models.blt.patching): configs name the field, entropy schemes need entropies
+    ("patching min > max", lambda: _patching().PatchingConfig(min_patch_size=5, max_patch_size=2), ValueError),
+    ("patching scheme bpe", lambda: _patching().PatchingConfig(scheme="bpe"), ValueError),
+    ("patching threshold inf", lambda: _patching().PatchingConfig(threshold=math.inf), ValueError),
+    ("patch_starts without entropies", lambda: _patching().patch_starts(
+        _patching().PatchingConfig(), torch.zeros(1, 4, dtype=torch.long)), ValueError),
+    ("patch_starts 1-d tokens", lambda: _patching().patch_starts(
+        _patching().PatchingConfig(scheme="space"), torch.zeros(4, dtype=torch.long)), ValueError),
+    ("calibrate space scheme", lambda: _patching().calibrate_threshold(
+        _patching().PatchingConfig(scheme="space"), torch.rand(1, 50), 3.0), ValueError),
 ]
+
+
+def _patching():
+    from omnibyte.models.blt import patching
+
+    return patching
 
 
 @pytest.mark.parametrize("name, call, error", API_CASES, ids=[case[0] for case in API_CASES])

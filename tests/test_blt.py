@@ -209,7 +209,7 @@ def test_cli_trains_with_nested_settings_evaluates_and_compresses(tmp_path, caps
     # its BOS alone, then every 3 from the byte after it)
     assert report["bytes_per_patch"] == pytest.approx(6000 / (94 * 22), rel=0.01)
     assert main(["info", "--model", str(run), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["patcher"].startswith("fixed, every 3 bytes")
+    assert json.loads(capsys.readouterr().out)["patching"]["description"].startswith("fixed, every 3 bytes")
     sample = tmp_path / "s.txt"
     sample.write_bytes(word_text(300, seed=1))
     assert main(["compress", str(sample), "--model", str(run), "--chunk-size", "64", "-q"]) == 0

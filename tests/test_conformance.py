@@ -34,6 +34,13 @@ VARIANTS = {
                                                  "max_patch_size": 5},
                                     "entropy_config": {"hidden_size": 32, "num_layers": 1, "num_query_heads": 2,
                                                        "num_key_value_heads": 1, "max_sequence_length": 16}}),
+    "blt-differential": ("blt", "tiny", {"differential_attention": True}),
+    "flat-differential": ("flat", "tiny", {"differential_attention": True}),  # layers.DifferentialHeads
+    "multiscale-differential": ("multiscale", "tiny", {"stages": [
+        dict(patch_size=256, hidden_size=64, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+             differential_attention=True),
+        dict(patch_size=4, hidden_size=32, num_layers=1, num_query_heads=2, num_key_value_heads=2,
+             differential_attention=True)]}),
 }
 RAGGED = [7, 1, 13]  # prompt lengths of three rows: unit boundaries fall at different steps
 

@@ -46,7 +46,7 @@ def test_readme_command_line_block_runs_as_written(tmp_path):
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env,
                             timeout=TIME_LIMIT_S)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("out.py", "s-0.txt", "s-3.txt", "tool.py.omb", "tool.py", "tool.png"):
+    for name in ("out.py", "s-0.txt", "s-3.txt", "tool.py.omb", "tool.py", "tool.png", "patches.png"):
         assert (tmp_path / name).exists(), name
     stdlib = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
                             capture_output=True, text=True).stdout.strip()

@@ -13,11 +13,11 @@ from typing import Iterator
 
 from omnibyte import __version__
 from omnibyte.devices import configure_cpu_threads
-from omnibyte.cli import anomaly, common, compress, demo, detect, generate, info, train
+from omnibyte.cli import anomaly, common, compress, demo, detect, generate, info, patches, train
 from omnibyte.cli import eval as eval_command  # the module name would shadow the builtin
 
 # in the order ``omnibyte --help`` lists them
-COMMAND_MODULES = (train, eval_command, generate, info, demo, compress, detect, anomaly)
+COMMAND_MODULES = (train, eval_command, generate, info, demo, compress, detect, anomaly, patches)
 
 
 def build_parser() -> common.Parser:

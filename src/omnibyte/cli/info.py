@@ -7,6 +7,7 @@ from typing import Any
 
 from omnibyte.cli.common import Subparsers, add_model_options, load_cli_model, saved_step, trained_steps
 from omnibyte.models.base import ByteModel
+from omnibyte.models.blt.patching import PatchingConfig
 from omnibyte.models.serialization import read_config
 
 
@@ -21,9 +22,9 @@ def model_summary(model: ByteModel) -> dict[str, Any]:
     """Architecture, parameter count, context, training FLOPs per byte and the config."""
     summary = {"arch": model.arch, "parameters": model.num_parameters(), "context": model.max_seq_len,
                "flops_per_byte": model.flops_per_byte(model.max_seq_len), "config": model.config.to_dict()}
-    patching = getattr(model, "patching", None)  # the patched families (BLT): where patches start
-    if patching is not None:
-        summary["patcher"] = patching.describe()
+    patching = getattr(model, "patching", None)  # the patched families (BLT) say where patches start
+    if isinstance(patching, PatchingConfig):
+        summary["patching"] = {**patching.to_dict(), "description": patching.describe()}
     return summary
 
 
@@ -48,8 +49,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"parameters    {summary['parameters']:,}")
     print(f"context       {summary['context']:,} bytes")
     print(f"FLOPs/byte    {summary['flops_per_byte']:.3g} (training, at full context)")
-    if "patcher" in summary:
-        print(f"patcher       {summary['patcher']}")
+    if "patching" in summary:
+        print(f"patcher       {summary['patching']['description']}")
     if "trained_steps" in summary:
         print(f"trained steps {summary['trained_steps']:,}")
     step = summary["saved_step"]

@@ -24,6 +24,7 @@ as a CUDA graph; the eager and the fast path run the same block code.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -111,6 +112,17 @@ def _sub_config(hint: type[BaseConfig], value: Any, name: str) -> BaseConfig:
         return hint.from_dict(value)
 
 
+def _plain(value: Any) -> Any:
+    """A config value as JSON-ready data (nested configs through their own ``to_dict``)."""
+    if isinstance(value, BaseConfig):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return copy.deepcopy(value)
+
+
 @functools.lru_cache(maxsize=None)
 def _field_hints(config_class: type) -> dict[str, Any]:
     return typing.get_type_hints(config_class)
@@ -130,6 +142,9 @@ class BaseConfig:
 
     LIMITS: ClassVar[dict[str, Limit]] = {}
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # fields added after models were saved: left out of ``to_dict`` while at their default, so
+    # an older model's document, and the compression fingerprint hashed from it, stay the same
+    OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self._check_fields()  # first, so nothing is derived from a value out of range
@@ -162,7 +177,8 @@ class BaseConfig:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)
+                if not (field.name in self.OMIT_WHEN_DEFAULT and getattr(self, field.name) == field.default)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -30,6 +30,8 @@ class ModelConfig(BaseConfig):
         "intermediate_size": Limit(0, STACK_LIMITS["intermediate_size"].high),  # 0: the default
     }
 
+    OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("differential_attention",)
+
     vocab_size: int = NUM_BYTES
     hidden_size: int = 1024
     num_layers: int = 12
@@ -40,6 +42,7 @@ class ModelConfig(BaseConfig):
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     qk_norm: bool = True
+    differential_attention: bool = False  # layers.DifferentialHeads
 
     def fill_defaults(self) -> None:
         if self.intermediate_size == 0:
@@ -56,6 +59,7 @@ class ModelConfig(BaseConfig):
             rope_theta=self.rope_theta,
             norm_eps=self.norm_eps,
             qk_norm=self.qk_norm,
+            differential_attention=self.differential_attention,
         )
 
     def validate(self) -> None:

@@ -1,7 +1,7 @@
 """Transformer building blocks shared by every model family.
 
-RMSNorm, rotary embeddings, grouped-query attention with QK-norm and a KV cache,
-SwiGLU, and ``TransformerStack`` (embeddings are left to the families).
+RMSNorm, rotary embeddings, grouped-query attention with QK-norm and a KV cache (optionally
+differential), SwiGLU, and ``TransformerStack`` (embeddings are left to the families).
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ class StackConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     qk_norm: bool = True
+    differential_attention: bool = False  # DifferentialHeads: pairs of heads, one map minus lambda x the other
     window: int = 0  # sliding-window attention: a token sees itself and the window - 1 before it (0: all)
     attention_dropout: float = 0.0  # on the attention weights, in training
     resid_dropout: float = 0.0  # on each block's attention and MLP outputs, in training
@@ -80,6 +81,9 @@ class StackConfig:
         if self.head_dim % 2:
             raise ConfigError("hidden_size", f"/ num_query_heads (the head dimension) must be even for "
                                              f"rotary embeddings, got {self.hidden_size} / {heads} = {self.head_dim}")
+        if self.differential_attention and (heads % 2 or kv_heads % 2):
+            raise ConfigError("differential_attention", f"pairs heads: num_query_heads ({heads}) and "
+                                                        f"num_key_value_heads ({kv_heads}) must be even")
 
     def num_parameters(self) -> int:
         """Parameters of the matmuls (what training FLOPs count); norms are left out."""
@@ -95,6 +99,8 @@ class StackConfig:
         norms = 2 * d + (2 * head_dim if self.qk_norm else 0)
         heads = self.num_query_heads + 2 * self.num_key_value_heads
         per_layer = norms + d * heads * head_dim + self.num_query_heads * head_dim * d + 3 * d * self.intermediate_size
+        if self.differential_attention:
+            per_layer += DifferentialHeads.num_parameters(head_dim, self.num_query_heads)
         parameters = self.num_layers * per_layer + d
         rope = ROPE_BUILD_BYTES * self.max_sequence_length * head_dim
         return ModelSize.of_parameters(parameters) + ModelSize(0, rope)
@@ -102,8 +108,10 @@ class StackConfig:
     def flops_per_token(self, context: int) -> float:
         """Training FLOPs per token, PaLM's MFU convention: 6 per matmul weight plus
         12 * layers * hidden * context for attention (QK^T and AV, 2*context*d each forward,
-        x3 for backward, counted without halving for causality, as PaLM and nanoGPT do)."""
-        attention = 12 * self.num_layers * self.hidden_size * context
+        x3 for backward, counted without halving for causality, as PaLM and nanoGPT do).
+        Differential attention's two maps each weigh values twice as wide: AV costs double."""
+        per_width = 18 if self.differential_attention else 12
+        attention = per_width * self.num_layers * self.hidden_size * context
         return 6 * self.num_parameters() + attention
 
 
@@ -259,6 +267,46 @@ def _cached_attention_backends(static: bool):
     return contextlib.nullcontext() if static else sdpa_kernel(VARIABLE_SHAPE_BACKENDS)
 
 
+class DifferentialHeads(nn.Module):
+    """Differential attention (Ye et al., "Differential Transformer", 2024) over the heads of an
+    ``Attention`` layer: the same projections, parameters and KV cache as ordinary attention.
+
+    Consecutive query heads form pairs ``(2j, 2j+1)``, key heads ``(2g, 2g+1)`` likewise, and
+    the two value heads of a key pair are read as one value of twice the width. Pair ``j``
+    computes two softmax maps, ``A1`` from query head 2j and key head 2g, ``A2`` from heads
+    2j+1 and 2g+1 (``g`` its group under grouped-query attention), and returns
+    ``RMSNorm((A1 - lambda * A2) V) * (1 - lambda_init)``, RMS-normalised per pair with a
+    learned weight. ``lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init`` is
+    re-parameterised by four learned vectors (initialised N(0, 0.1)), with
+    ``lambda_init = 0.8 - 0.6 exp(-0.3 layer)`` as in the paper."""
+
+    def __init__(self, head_dim: int, layer_index: int = 0, eps: float = 1e-6):
+        super().__init__()
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer_index)
+        self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
+            nn.Parameter(torch.randn(head_dim) * 0.1) for _ in range(4))
+        self.norm = RMSNorm(2 * head_dim, eps)
+
+    @staticmethod
+    def num_parameters(head_dim: int, num_heads: int) -> int:
+        return 4 * head_dim + 2 * head_dim  # the lambda vectors and the pair norm (shared by the pairs)
+
+    def weight(self) -> torch.Tensor:
+        """lambda, a float32 scalar."""
+        first = torch.exp(torch.dot(self.lambda_q1.float(), self.lambda_k1.float()))
+        second = torch.exp(torch.dot(self.lambda_q2.float(), self.lambda_k2.float()))
+        return first - second + self.lambda_init
+
+    def forward(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, attend) -> torch.Tensor:
+        """q [B, T, H, D], keys/values [B, H_kv, S, D], ``attend(q, k, v)`` the layer's attention
+        -> [B, H / 2, T, 2 D]."""
+        pair_values = torch.cat((values[:, 0::2], values[:, 1::2]), dim=-1)
+        first = attend(q[:, :, 0::2], keys[:, 0::2], pair_values)
+        second = attend(q[:, :, 1::2], keys[:, 1::2], pair_values)
+        out = first - self.weight().to(first.dtype) * second
+        return self.norm(out) * (1.0 - self.lambda_init)
+
+
 class Attention(nn.Module):
     """Causal grouped-query attention with RoPE and per-head RMS QK-norm.
 
@@ -266,9 +314,10 @@ class Attention(nn.Module):
     together as one tensor. Without a cache it is plain causal attention (training, scoring);
     with a ``CacheWrite`` the new keys/values are stored at each row's own positions and the
     queries attend over the cache under the write's mask. Both paths, eager or replayed as a
-    CUDA graph, run this one method."""
+    CUDA graph, run this one method. With ``differential_attention`` the heads are combined by
+    ``DifferentialHeads`` (same projections and cache; ``layer_index`` sets its lambda_init)."""
 
-    def __init__(self, config: StackConfig):
+    def __init__(self, config: StackConfig, layer_index: int = 0):
         super().__init__()
         self.config = config
         d, hd = config.hidden_size, config.head_dim
@@ -277,6 +326,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
         self.q_norm = RMSNorm(hd, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(hd, config.norm_eps) if config.qk_norm else None
+        if config.differential_attention:  # only then: an ordinary layer's parameters stay as they were
+            self.differential = DifferentialHeads(hd, layer_index, config.norm_eps)
+        else:
+            self.differential = None
 
     def _normalized_rotated_qk(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """q and k heads [B, T, H + H_kv, D], QK-normed (each with its own weight) and rotated,
@@ -302,23 +355,39 @@ class Attention(nn.Module):
         qk = self._normalized_rotated_qk(qkv[:, :, : heads + kv_heads], cos, sin)
         q, k, v = qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads :]
         if write is None:
-            window = self.config.window
-            mask = sliding_window_mask(length, window, x.device) if 0 < window < length else None
-            out = self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=mask is None,
-                               mask=mask)
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
         else:
             keys, values = write.store(layer, k, v)
-            static = length == 1 and write.visible == write.cache.capacity
-            with _cached_attention_backends(static):
-                if length == 1:
-                    # one query per row: fold the query heads of a kv group into the length
-                    # axis, so grouped keys/values are attended without being repeated
-                    folded = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-                    out = self._attend(folded, keys, values, mask=write.mask, grouped=False)
-                    out = out.reshape(batch, heads, 1, head_dim)
-                else:
-                    out = self._attend(q.transpose(1, 2), keys, values, mask=write.mask)
+
+        def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+            return self._attend_heads(queries, keys, values, write)
+
+        if self.differential is None:
+            out = attend(q, keys, values)
+        else:
+            out = self.differential(q, keys, values, attend)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+    def _attend_heads(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                      write: CacheWrite | None) -> torch.Tensor:
+        """Queries [B, T, h, D] over keys/values [B, h_kv, S, D(v)] (all of them, causally,
+        without a cache; the cache's visible slots under the write's mask with one) -> [B, h, T, Dv]."""
+        batch, length, heads, head_dim = q.shape
+        kv_heads = keys.shape[1]
+        if write is None:
+            window = self.config.window
+            mask = sliding_window_mask(length, window, q.device) if 0 < window < length else None
+            return self._attend(q.transpose(1, 2), keys, values, is_causal=mask is None, mask=mask,
+                                grouped=heads != kv_heads)
+        static = length == 1 and write.visible == write.cache.capacity
+        with _cached_attention_backends(static):
+            if length == 1:
+                # one query per row: fold the query heads of a kv group into the length
+                # axis, so grouped keys/values are attended without being repeated
+                folded = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+                out = self._attend(folded, keys, values, mask=write.mask, grouped=False)
+                return out.reshape(batch, heads, 1, values.shape[-1])
+            return self._attend(q.transpose(1, 2), keys, values, mask=write.mask, grouped=heads != kv_heads)
 
     def _attend(self, q, k, v, is_causal: bool = False, mask=None, grouped: bool | None = None) -> torch.Tensor:
         grouped = self.num_kv_heads != self.num_heads if grouped is None else grouped
@@ -352,10 +421,10 @@ class SwiGLU(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: StackConfig):
+    def __init__(self, config: StackConfig, layer_index: int = 0):
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.attn = Attention(config)
+        self.attn = Attention(config, layer_index)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
         self.resid_dropout = nn.Dropout(config.resid_dropout)
@@ -379,7 +448,7 @@ class TransformerStack(nn.Module):
         config.validate()
         self.config = config
         self.rope = RotaryEmbedding(config.head_dim, config.max_sequence_length, config.rope_theta)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(TransformerBlock(config, index) for index in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.gradient_checkpointing = False
 

@@ -25,6 +25,7 @@ import torch.nn as nn
 from omnibyte.models.base import BOS, ByteModel
 
 LN2 = math.log(2.0)
+WINDOW_TOKENS_PER_FORWARD = 2**16  # long inputs: windows run in batches of about this many tokens
 
 
 def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
@@ -67,13 +68,17 @@ class EntropyModel(nn.Module):
         batch, length = tokens.shape
         if length <= self.window:
             return self._shifted(tokens)
+        # window j >= 1 holds tokens [(j-1)h, (j+1)h): its second half is block j's positions
+        # (the first window gives blocks 0 and 1); all windows run as one batch, in chunks
         half = self.window // 2
-        out = torch.zeros((batch, length), dtype=torch.float32, device=tokens.device)
-        for block_start in range(0, length, half):  # positions [block_start, block_start + half)
-            first = int(window_start(block_start, half))
-            end = min(block_start + half, length)
-            out[:, block_start:end] = self._shifted(tokens[:, first:end])[:, block_start - first:]
-        return out
+        blocks = -(-length // half)
+        padded = torch.full((batch, blocks * half), BOS, dtype=tokens.dtype, device=tokens.device)
+        padded[:, :length] = tokens
+        windows = padded.unfold(1, 2 * half, half).reshape(-1, 2 * half)  # [B * (blocks - 1), 2h]
+        per_chunk = max(1, WINDOW_TOKENS_PER_FORWARD // (2 * half))
+        entropies = torch.cat([self._shifted(windows[i : i + per_chunk])
+                               for i in range(0, len(windows), per_chunk)]).view(batch, blocks - 1, 2 * half)
+        return torch.cat((entropies[:, 0, :half], entropies[:, :, half:].reshape(batch, -1)), dim=1)[:, :length]
 
     def _shifted(self, tokens: torch.Tensor) -> torch.Tensor:
         """Entropies of one window: the prediction after token t-1, placed at t."""
@@ -105,6 +110,7 @@ class EntropyDecoder:
         self.inner = entropy_model.model.decoder(batch_size, min(max_len, entropy_model.window), fast=fast)
         self.history = torch.full((batch_size, max_len), BOS, dtype=torch.long, device=device)
         self.lengths = np.zeros(batch_size, dtype=np.int64)  # tokens seen per row
+        self.device_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # the same, for steps
         self.held_from = np.zeros(batch_size, dtype=np.int64)  # first token the inner decoder holds
         self.next = torch.zeros(batch_size, dtype=torch.float32, device=device)
         self.rows = torch.arange(batch_size, device=device)
@@ -116,7 +122,9 @@ class EntropyDecoder:
         self.inner.reset(np.flatnonzero(chosen).tolist())
         self.lengths[chosen] = 0
         self.held_from[chosen] = 0
-        self.next.masked_fill_(torch.from_numpy(chosen).to(self.device), 0.0)
+        chosen_rows = torch.from_numpy(chosen).to(self.device)
+        self.device_lengths.masked_fill_(chosen_rows, 0)
+        self.next.masked_fill_(chosen_rows, 0.0)
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, lengths=None) -> torch.Tensor:
@@ -131,6 +139,7 @@ class EntropyDecoder:
         for row in np.flatnonzero(counts):  # a prefill is rare: one copy per row
             self.history[row, starts[row] : starts[row] + counts[row]] = tokens[row, : counts[row]]
         self.lengths += counts
+        self.device_lengths.add_(torch.from_numpy(counts).to(self.device))
         # entropies of the new tokens: one full forward over each row's history (a prefill is
         # rare and the entropy model small), read at the new positions
         longest = int(self.lengths.max())
@@ -148,7 +157,8 @@ class EntropyDecoder:
         if (self.lengths + 1 > self.capacity).any():
             raise ValueError(f"context of {self.capacity} tokens exceeded")
         tokens = tokens.to(self.device)
-        self.history[self.rows, torch.from_numpy(self.lengths).to(self.device)] = tokens
+        self.history[self.rows, self.device_lengths] = tokens  # no host-to-device copy per step
+        self.device_lengths.add_(1)
         self.lengths += 1
         moving = window_start(self.lengths, self.half) > self.held_from  # their window moves on
         if not moving.any():

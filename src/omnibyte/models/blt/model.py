@@ -157,6 +157,7 @@ class BLTConfig(BaseConfig):
     qk_norm: bool = True
     attention_dropout: float = 0.0
     resid_dropout: float = 0.0
+    differential_attention: bool = False  # every stack: pairs of heads, one map minus lambda x the other
     entropy_model: str = ""  # a trained next-byte run folder (entropy schemes), read at build
     entropy_config: ModelConfig | None = None  # its config, filled in at build: a saved model stands alone
 
@@ -175,7 +176,8 @@ class BLTConfig(BaseConfig):
     def _stack(self, part, num_layers: int, window: int) -> StackConfig:
         return StackConfig(part.hidden_size, num_layers, part.num_query_heads, part.num_key_value_heads,
                            part.intermediate_size, self.max_sequence_length, self.rope_theta, self.norm_eps,
-                           self.qk_norm, window, self.attention_dropout, self.resid_dropout)
+                           self.qk_norm, differential_attention=self.differential_attention, window=window,
+                           attention_dropout=self.attention_dropout, resid_dropout=self.resid_dropout)
 
     def encoder_stack(self) -> StackConfig:
         return self._stack(self.local, self.local.encoder_layers, self.local.window)

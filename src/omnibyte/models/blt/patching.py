@@ -7,9 +7,11 @@ Four schemes, one config (``PatchingConfig``, nested in the BLT config as ``patc
   * ``monotonic``: a patch starts at ``t`` when the entropy rises by more than ``threshold``
     bits over the previous byte's (``H_t - H_{t-1} > threshold``);
   * ``fixed``: a patch starts every ``stride`` bytes;
-  * ``space``: a patch starts at ``t`` when byte ``t-1`` is "space-like" (SpaceByte): not an
-    ASCII letter or digit and not a UTF-8 continuation byte (0x80..0xBF). Continuation bytes
-    count as word bytes so that a multi-byte character is never cut after its first byte.
+  * ``space``: a patch starts at ``t`` when byte ``t-1`` is "space-like" (SpaceByte's rule):
+    not an ASCII letter or digit. Bytes 0x80..0xFF (the bytes of UTF-8 multi-byte characters)
+    count as letters, so a character is never cut and words of any script stay whole;
+    SpaceByte counts UTF-8 lead bytes as space-like, which cuts accented Latin words after the
+    lead byte of each accented letter.
 
 ``entropies[b, t]`` is the entropy (bits) of the entropy model's prediction of ``tokens[b, t]``
 from ``tokens[b, :t]``: it is known before the byte is seen, so a decoder knows whether the
@@ -93,11 +95,12 @@ def needs_entropy(config: PatchingConfig) -> bool:
 
 
 def word_bytes(tokens: torch.Tensor) -> torch.Tensor:
-    """True where a token is an ASCII letter or digit or a UTF-8 continuation byte (not space-like)."""
+    """True where a token is an ASCII letter or digit or a non-ASCII byte (not space-like);
+    BOS (256) is space-like."""
     letters = ((tokens | 0x20) >= ord("a")) & ((tokens | 0x20) <= ord("z"))
     digits = (tokens >= ord("0")) & (tokens <= ord("9"))
-    continuation = (tokens >= 0x80) & (tokens <= 0xBF)
-    return letters | digits | continuation
+    non_ascii = (tokens >= 0x80) & (tokens < BOS)
+    return letters | digits | non_ascii
 
 
 def _check_inputs(config: PatchingConfig, tokens: torch.Tensor, entropies: torch.Tensor | None) -> None:

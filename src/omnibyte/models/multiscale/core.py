@@ -59,6 +59,7 @@ class StageConfig(BaseConfig):
         "intermediate_size": Limit(0, STACK_LIMITS["intermediate_size"].high),  # 0: the default
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"block": BLOCK_TYPES}
+    OMIT_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("differential_attention",)
 
     patch_size: int
     hidden_size: int
@@ -67,6 +68,7 @@ class StageConfig(BaseConfig):
     num_key_value_heads: int = 4
     intermediate_size: int = 0  # 0: SwiGLU default for hidden_size
     block: str = "transformer"  # or "mamba"
+    differential_attention: bool = False  # layers.DifferentialHeads (transformer stages)
 
     def fill_defaults(self) -> None:
         if self.intermediate_size == 0:
@@ -75,7 +77,7 @@ class StageConfig(BaseConfig):
     def stack(self, rope_theta: float, norm_eps: float, qk_norm: bool) -> StackConfig:
         return StackConfig(self.hidden_size, self.num_layers, self.num_query_heads,
                            self.num_key_value_heads, self.intermediate_size, self.patch_size,
-                           rope_theta, norm_eps, qk_norm)
+                           rope_theta, norm_eps, qk_norm, self.differential_attention)
 
 
 @dataclasses.dataclass
