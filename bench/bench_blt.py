@@ -194,7 +194,6 @@ def generation(args, device) -> list[dict]:
                  "new_bytes": args.gen_bytes, "bytes_per_s": args.gen_bytes / seconds, "estimated": True})
     cached = next(row["bytes_per_s"] for row in rows if row["batch"] == 1 and row["path"] == "fast")
     rows[-1]["cached_speedup"] = cached / rows[-1]["bytes_per_s"]
-    del model
     flat = flat_small(args).to(device, torch.bfloat16).eval()  # the same context, one stack over every byte
     for batch, new_bytes in ((1, min(args.gen_bytes, room)), (64, min(args.batch_gen_bytes, room))):
         prompts = [prompt] * batch

@@ -13,7 +13,7 @@ from omnibyte.cli import main
 from omnibyte.models import build_model
 from omnibyte.models.base import BOS
 from omnibyte.models.blt import BLTModel, patch_starts
-from omnibyte.models.blt.model import HASH_BASE, HASH_MODULUS, NGRAM_PAD, ngram_ids
+from omnibyte.models.blt.ngrams import HASH_BASE, HASH_MODULUS, NGRAM_PAD, ngram_ids
 from omnibyte.models.blt.patching import calibrate_threshold
 from omnibyte.models.flat import BytePredictor
 from omnibyte.models.serialization import load_model, save_model

@@ -10,7 +10,6 @@ from typing import Any, Iterator
 import torch
 
 from omnibyte.models.base import BaseConfig, ByteModel
-from omnibyte.models.blt import BLT_PRESETS, BLTModel
 from omnibyte.models.flat import FLAT_PRESETS, BytePredictor
 from omnibyte.models.multiscale import MULTISCALE_PRESETS, PATCH_PRESETS, MultiscaleModel, PatchModel
 
@@ -19,7 +18,6 @@ ARCHITECTURES: dict[str, tuple[type[ByteModel], dict[str, dict[str, Any]]]] = {
     "flat": (BytePredictor, FLAT_PRESETS),
     "patch": (PatchModel, PATCH_PRESETS),
     "multiscale": (MultiscaleModel, MULTISCALE_PRESETS),
-    "blt": (BLTModel, BLT_PRESETS),
 }
 
 

@@ -28,7 +28,7 @@ import torch
 from omnibyte.models.base import BOS, Decoder
 from omnibyte.models.blt.patching import PatchTracker
 from omnibyte.models.graphs import GraphSteps
-from omnibyte.models.blt.model import NGRAM_PAD
+from omnibyte.models.blt.ngrams import NGRAM_PAD
 
 CACHE_ALIGNMENT = 64  # fast caches are padded to a multiple of this (aligned masks for SDPA)
 

@@ -33,7 +33,6 @@ Cached generation lives in ``decode.py`` (``BLTDecoder``).
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +40,9 @@ import torch
 import torch.nn as nn
 
 from omnibyte.models.base import INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel
+from omnibyte.models.blt.decode import BLTDecoder
+from omnibyte.models.blt.entropy import EntropyModel, load_entropy_model
+from omnibyte.models.blt.ngrams import ngram_ids
 from omnibyte.models.blt.patching import PatchingConfig, needs_entropy, patch_starts
 from omnibyte.models.flat import BytePredictor, ModelConfig
 from omnibyte.models.layers import (
@@ -54,9 +56,6 @@ from omnibyte.models.layers import (
 )
 from omnibyte.models.validation import ConfigError, Limit, ModelSize, field_path
 
-NGRAM_PAD = INPUT_VOCAB  # stands for the tokens before a sequence's first one
-HASH_BASE = 1_000_003
-HASH_MODULUS = 2**31 - 1  # a Mersenne prime: products stay far inside int64
 # expected bytes per patch of the schemes whose patches depend on the data, for the FLOP
 # estimate only: English words with their space; BLT's reported entropy patches
 ASSUMED_PATCH_SIZE = {"space": 6.0, "entropy": 4.5, "monotonic": 4.5}
@@ -223,27 +222,6 @@ BLT_PRESETS: dict[str, dict] = {
 }
 
 
-def ngram_ids(tokens: torch.Tensor, history: torch.Tensor | None, sizes: list[int], buckets: int) -> torch.Tensor:
-    """Row of the n-gram table of every position and n: [B, T, len(sizes)].
-
-    For each ``n`` a rolling polynomial hash (base ``HASH_BASE`` modulo ``HASH_MODULUS``, oldest
-    token first) of the ``n`` tokens ending at ``t``, then modulo ``buckets``; table ``k``'s rows
-    follow the ``k`` tables before it. ``history`` [B, >= max(sizes) - 1] holds the tokens
-    before ``tokens`` (a decoder's last ones); None: ``NGRAM_PAD`` stands for them."""
-    batch, length = tokens.shape
-    before = max(sizes) - 1
-    if history is None:
-        history = tokens.new_full((batch, before), NGRAM_PAD)
-    window = torch.cat((history[:, history.shape[1] - before:], tokens), dim=1)
-    ids = []
-    for table, n in enumerate(sizes):
-        value = torch.zeros_like(tokens)
-        for offset in range(before - n + 1, before + 1):
-            value = (value * HASH_BASE + window[:, offset : offset + length]) % HASH_MODULUS
-        ids.append(value % buckets + table * buckets)
-    return torch.stack(ids, dim=-1)
-
-
 class PatchMemory(nn.Module):
     """Hierarchical memory with adaptive gating, for the latent Transformer.
 
@@ -330,8 +308,6 @@ class BLTModel(ByteModel):
         config = self.config
         if not needs_entropy(config.patching):
             return None
-        from omnibyte.models.blt.entropy import EntropyModel, load_entropy_model
-
         if config.entropy_config is not None:  # weights come with the saved model
             return EntropyModel(BytePredictor(config.entropy_config))
         loaded = load_entropy_model(config.entropy_model)
@@ -368,8 +344,6 @@ class BLTModel(ByteModel):
         flat = self.entropy_model.model
         _reset_rotary(flat.transformer)
         if self.config.entropy_model and Path(self.config.entropy_model).exists():
-            from omnibyte.models.blt.entropy import load_entropy_model
-
             source = load_entropy_model(self.config.entropy_model).model.state_dict()
             with torch.no_grad():
                 for name, tensor in flat.state_dict().items():
@@ -451,9 +425,7 @@ class BLTModel(ByteModel):
         values = torch.cat((start_values.expand(batch, -1, -1, -1), values), dim=1)
         return self.local_decoder(self.read_latents(byte_hidden, keys, values, patch_ids))
 
-    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False):
-        from omnibyte.models.blt.decode import BLTDecoder
-
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> BLTDecoder:
         return BLTDecoder(self, batch_size, max_len, fast)
 
     def mean_patch_size(self) -> float:
