@@ -188,16 +188,25 @@ class BLTConfig(BaseConfig):
         return self._stack(self.latent, self.latent.num_layers, self.latent.window)
 
     def estimate_size(self) -> ModelSize:
-        """Stacks, embeddings, cross-attentions, projections, memory, head and entropy model."""
+        """Every parameter (exact) and the build memory: stacks, embeddings, cross-attentions,
+        projections, memory, head and the entropy model."""
         local, latent = self.local.hidden_size, self.latent.hidden_size
         size = self.encoder_stack().size() + self.decoder_stack().size() + self.latent_stack().size()
         parameters = (INPUT_VOCAB + NUM_BYTES) * local + len(self.ngram_sizes) * self.ngram_vocab_size * local
-        parameters += 2 * 4 * local * local + 2 * local * latent + local  # cross-attentions, projections, start
-        if self.latent.memory_slots:
-            parameters += latent * (self.latent.memory_slots + 1) * 2 + 5 * latent * latent
+        parameters += 2 * _cross_attention_parameters(local, self.local.cross_attention_heads)
+        parameters += 2 * local * latent + local  # projections to and from the latent, start vector
+        slots = self.latent.memory_slots
+        if slots:
+            parameters += latent * slots + slots + latent * latent + slots * latent + latent + 1  # gates, values
+            parameters += _cross_attention_parameters(latent, self.latent.num_query_heads)
         if self.entropy_config is not None:
             size += self.entropy_config.estimate_size()
         return size + ModelSize.of_parameters(parameters)
+
+
+def _cross_attention_parameters(width: int, heads: int) -> int:
+    """``CrossAttention(width, width, heads)``: four projections and four norms."""
+    return 4 * width * width + 2 * width + 2 * (width // heads)
 
 
 def _local(width, heads, encoder, decoder, window, decoder_patches=4) -> dict:
