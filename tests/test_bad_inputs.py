@@ -199,6 +199,16 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*TRAIN, "--set", "hidden_size=1000000000"], "hidden_size"),  # library: its range
     ([*TRAIN, "--set", "hidden_size=65536", "--set", "num_layers=64"], "--allow-large"),  # library: size limit
     ([*TRAIN, "--seq-len", "4096"], "context"),
+    # BLT: nested settings, the patcher, the entropy model
+    ([*TRAIN, "--arch", "blt", "--set", "patching.scheme=words"], "patching.scheme"),
+    ([*TRAIN, "--arch", "blt", "--set", "patching.scheme=entropy"], "entropy_model"),
+    ([*TRAIN, "--arch", "blt", "--set", "patching.scheme=entropy", "--set", "entropy_model={W}/missing"], "missing"),
+    ([*TRAIN, "--arch", "blt", "--set", "patching.scheme=entropy", "--set", "entropy_model={W}/data"], "data"),
+    ([*TRAIN, "--arch", "blt", "--set", "patching.min_patch_size=9"], "min_patch_size"),
+    ([*TRAIN, "--arch", "blt", "--set", "latent.window=-1"], "latent.window"),
+    ([*TRAIN, "--arch", "blt", "--set", "patching..scheme=space"], "patching..scheme"),
+    ([*TRAIN, "--arch", "blt", "--set", "patching=3"], "patching"),
+    ([*TRAIN, "--arch", "blt", "--set", "ngram_sizes=[2, 99]"], "ngram_sizes[1]"),
     (["train", "{W}/missing", "--out", "{T}/run"], "missing"),
     (["train", "{W}/nothing", "--out", "{T}/run"], "nothing"),
     # eval

@@ -26,6 +26,15 @@ VARIANTS = {
     "multiscale-mamba-inner": ("multiscale", "tiny-mamba", {"stages": [  # Mamba in the byte stage
         dict(patch_size=16, hidden_size=32, num_layers=1, num_query_heads=2, num_key_value_heads=1),
         dict(patch_size=4, hidden_size=32, num_layers=2, block="mamba")]}),
+    # BLT: gated patch memory beside a windowed latent; the entropy patcher with a tiny random
+    # flat entropy model (its threshold and min/max sizes make rows close patches at varying bytes)
+    "blt-memory": ("blt", "tiny", {"latent": {"hidden_size": 48, "num_layers": 2, "num_query_heads": 2,
+                                               "num_key_value_heads": 2, "window": 2, "memory_slots": 3}}),
+    "blt-entropy": ("blt", "tiny", {"patching": {"scheme": "entropy", "threshold": 0.0, "min_patch_size": 2,
+                                                 "max_patch_size": 5},
+                                    "entropy_config": {"hidden_size": 32, "num_layers": 1, "num_query_heads": 2,
+                                                       "num_key_value_heads": 1, "max_sequence_length": 16}}),
+    "blt-differential": ("blt", "tiny", {"differential_attention": True}),
     "flat-differential": ("flat", "tiny", {"differential_attention": True}),  # layers.DifferentialHeads
     "multiscale-differential": ("multiscale", "tiny", {"stages": [
         dict(patch_size=256, hidden_size=64, num_layers=2, num_query_heads=4, num_key_value_heads=2,

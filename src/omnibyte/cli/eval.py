@@ -61,7 +61,8 @@ def print_report(report: dict[str, Any]) -> None:
     """The overall numbers, one row per file type (largest first) and, with --per-file, per file."""
     print(f"{report['files']} files, {report['bytes']:,} bytes: {report['bits_per_byte']:.4f} bits/byte, "
           f"accuracy {report['accuracy']:.3f}, perplexity {report['perplexity']:.2f}, "
-          f"mean p(true byte) {report['mean_true_byte_prob']:.3f}")
+          f"mean p(true byte) {report['mean_true_byte_prob']:.3f}"
+          + (f", {report['bytes_per_patch']:.2f} bytes/patch" if "bytes_per_patch" in report else ""))
     print_rows("type", report["by_type"], largest_first=True)
     if "by_file" in report:
         print_rows("file", report["by_file"], largest_first=False)

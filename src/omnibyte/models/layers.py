@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import torch
@@ -48,6 +49,9 @@ class StackConfig:
     norm_eps: float = 1e-6
     qk_norm: bool = True
     differential_attention: bool = False  # DifferentialHeads: pairs of heads, one map minus lambda x the other
+    window: int = 0  # sliding-window attention: a token sees itself and the window - 1 before it (0: all)
+    attention_dropout: float = 0.0  # on the attention weights, in training
+    resid_dropout: float = 0.0  # on each block's attention and MLP outputs, in training
 
     @property
     def head_dim(self) -> int:
@@ -68,6 +72,12 @@ class StackConfig:
                                              f"got {self.hidden_size}")
         if heads % kv_heads:
             raise ConfigError("num_key_value_heads", f"must divide num_query_heads ({heads}), got {kv_heads}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
+            raise ConfigError("window", f"must be a non-negative integer, got {self.window!r}")
+        for name in ("attention_dropout", "resid_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(name, f"must be a number in [0, 1), got {value!r}")
         if self.head_dim % 2:
             raise ConfigError("hidden_size", f"/ num_query_heads (the head dimension) must be even for "
                                              f"rotary embeddings, got {self.hidden_size} / {heads} = {self.head_dim}")
@@ -212,9 +222,10 @@ class KVCache:
         else:
             self.lengths.masked_fill_(rows, 0)
 
-    def prepare(self, valid: torch.Tensor, visible: int | None = None) -> "CacheWrite":
-        """Where ``valid`` [B, T] new tokens go and what each of them may attend to; advances
-        ``lengths`` by the valid tokens of every row. Valid tokens of a row must come first."""
+    def prepare(self, valid: torch.Tensor, visible: int | None = None, window: int = 0) -> "CacheWrite":
+        """Where ``valid`` [B, T] new tokens go and what each of them may attend to (with
+        ``window``, only the last ``window`` positions up to its own); advances ``lengths`` by
+        the valid tokens of every row. Valid tokens of a row must come first."""
         if valid.shape[1] == 1:  # a decoding step: no running count needed
             positions, added = self.lengths.unsqueeze(1), valid[:, 0].long()
         else:
@@ -222,7 +233,10 @@ class KVCache:
             added = valid.sum(dim=1)
         slots = torch.where(valid, positions, self.capacity)  # invalid -> the sink slot
         visible = self.capacity if visible is None else min(visible, self.capacity)
-        allowed = self.key_positions[:visible].view(1, 1, -1) <= positions.unsqueeze(-1)  # [B, T, visible]
+        keys = self.key_positions[:visible].view(1, 1, -1)
+        allowed = keys <= positions.unsqueeze(-1)  # [B, T, visible]
+        if window:
+            allowed &= keys > positions.unsqueeze(-1) - window
         mask = torch.where(allowed, 0.0, float("-inf")).to(self.keys.dtype).unsqueeze(1)
         write = CacheWrite(self, self.head_offsets + slots.unsqueeze(2), positions.clamp_max(self.capacity - 1),
                            mask, visible)
@@ -383,7 +397,10 @@ class Attention(nn.Module):
         batch, length, heads, head_dim = q.shape
         kv_heads = keys.shape[1]
         if write is None:
-            return self._attend(q.transpose(1, 2), keys, values, is_causal=True, grouped=heads != kv_heads)
+            window = self.config.window
+            mask = sliding_window_mask(length, window, q.device) if 0 < window < length else None
+            return self._attend(q.transpose(1, 2), keys, values, is_causal=mask is None, mask=mask,
+                                grouped=heads != kv_heads)
         static = length == 1 and write.visible == write.cache.capacity
         with _cached_attention_backends(static):
             if length == 1:
@@ -396,10 +413,18 @@ class Attention(nn.Module):
 
     def _attend(self, q, k, v, is_causal: bool = False, mask=None, grouped: bool | None = None) -> torch.Tensor:
         grouped = self.num_kv_heads != self.num_heads if grouped is None else grouped
+        dropout = self.config.attention_dropout if self.training else 0.0
         return F.scaled_dot_product_attention(
             q, k.to(q.dtype), v.to(q.dtype), attn_mask=None if mask is None else mask.to(q.dtype),
-            is_causal=is_causal, enable_gqa=grouped,
+            dropout_p=dropout, is_causal=is_causal, enable_gqa=grouped,
         )
+
+
+@functools.lru_cache(maxsize=4)  # every layer of a stack, and every step of a run, asks for the same one
+def sliding_window_mask(length: int, window: int, device=None) -> torch.Tensor:
+    """Additive causal mask [T, T] where query ``i`` sees keys ``i - window + 1 .. i``."""
+    offsets = torch.arange(length, device=device).view(-1, 1) - torch.arange(length, device=device).view(1, -1)
+    return torch.where((offsets >= 0) & (offsets < window), 0.0, float("-inf"))
 
 
 class SwiGLU(nn.Module):
@@ -424,10 +449,11 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(config, layer_index)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        self.resid_dropout = nn.Dropout(config.resid_dropout)
 
     def forward(self, x, rope, write: CacheWrite | None = None, layer: int = 0):
-        x = x + self.attn(self.attn_norm(x), rope, write, layer)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.resid_dropout(self.attn(self.attn_norm(x), rope, write, layer))
+        return x + self.resid_dropout(self.mlp(self.mlp_norm(x)))
 
 
 class TransformerStack(nn.Module):
@@ -459,7 +485,7 @@ class TransformerStack(nn.Module):
         if cache is not None:
             if valid is None:
                 valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            write = cache.prepare(valid, visible)
+            write = cache.prepare(valid, visible, self.config.window)
             write.rotation = self.rope.tables(x.shape[1], write.positions)
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
@@ -527,3 +553,83 @@ def fuse_legacy_projections(weights: dict[str, torch.Tensor]) -> dict[str, torch
         if all(part is not None for part in parts):
             fused[prefix + "gate_up_proj.weight"] = torch.cat(parts)
     return fused
+
+
+class CrossAttention(nn.Module):
+    """Queries attending to keys chosen for each of them, in two patterns (no causal mask, no
+    rotary positions; pre-norm on both sides and per-head RMS QK-norm):
+
+    * ``gathered``: each query reads its own ``W`` keys, picked by index from a key set (bytes
+      reading the latent outputs of the patches before theirs; patches reading memory slots);
+    * ``segments``: each key belongs to exactly one query (a patch pooling its own bytes): a
+      softmax per segment, computed with scatters, linear in the number of keys.
+
+    ``keys(memory)`` projects a key set once; a decoder keeps the projections."""
+
+    def __init__(self, query_size: int, key_size: int, num_heads: int, norm_eps: float = 1e-6):
+        super().__init__()
+        if query_size % num_heads:
+            raise ConfigError("cross_attention_heads", f"must divide the width ({query_size}), got {num_heads}")
+        self.num_heads, self.head_dim = num_heads, query_size // num_heads
+        self.query_norm = RMSNorm(query_size, norm_eps)
+        self.key_norm = RMSNorm(key_size, norm_eps)
+        self.q_proj = nn.Linear(query_size, query_size, bias=False)
+        self.kv_proj = nn.Linear(key_size, 2 * query_size, bias=False)
+        self.o_proj = nn.Linear(query_size, query_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, norm_eps)
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> scaled, normalised queries [B, T, H, hd]."""
+        q = self.q_proj(self.query_norm(x)).unflatten(-1, (self.num_heads, self.head_dim))
+        return self.q_norm(q) / math.sqrt(self.head_dim)
+
+    def keys(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, N, Dk] -> keys and values [B, N, H, hd]."""
+        k, v = self.kv_proj(self.key_norm(memory)).unflatten(-1, (2 * self.num_heads, self.head_dim)).chunk(2, dim=-2)
+        return self.k_norm(k), v
+
+    def _out(self, heads: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(heads.flatten(-2).to(self.o_proj.weight.dtype))
+
+    def gathered(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
+                 valid: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] reads keys/values [B, N, H, hd] at ``index`` [B, T, W] where ``valid``
+        [B, T, W] (at least one per query) -> [B, T, D]."""
+        batch, length, width = index.shape
+        flat = index.clamp(0, keys.shape[1] - 1).reshape(batch, length * width, 1, 1)
+        flat = flat.expand(-1, -1, self.num_heads, self.head_dim)
+        picked_keys = keys.gather(1, flat).view(batch, length, width, self.num_heads, self.head_dim)
+        picked_values = values.gather(1, flat).view(batch, length, width, self.num_heads, self.head_dim)
+        return self.attend_picked(x, picked_keys, picked_values, valid)
+
+    def attend_picked(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                      valid: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] reads its own keys/values [B, T, W, H, hd] where ``valid`` [B, T, W]."""
+        q = self.queries(x)
+        scores = torch.einsum("bthd,btwhd->bthw", q.float(), keys.float())
+        scores = scores.masked_fill(~valid.unsqueeze(2), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        return self._out(torch.einsum("bthw,btwhd->bthd", weights, values.float()))
+
+    def segments(self, queries: torch.Tensor, memory: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+        """Query ``s`` of ``queries`` [B, S, D] reads the keys of ``memory`` [B, T, Dk] whose
+        ``segment`` [B, T] is ``s`` (a segment id >= S drops the key) -> [B, S, D]; a query
+        with no key reads zeros."""
+        batch, count, _ = queries.shape
+        q = self.queries(queries).float()
+        k, v = self.keys(memory)
+        segment = segment.clamp_max(count)  # S: the dropped keys' segment
+        q = torch.cat((q, q.new_zeros(batch, 1, *q.shape[2:])), dim=1)
+        per_key = segment.view(batch, -1, 1, 1).expand(-1, -1, self.num_heads, self.head_dim)
+        scores = (q.gather(1, per_key) * k.float()).sum(-1)  # [B, T, H]
+        per_score = per_key[..., 0]
+        # the running max per segment only keeps exp() in range; it cancels out of the softmax
+        peak = scores.new_full((batch, count + 1, self.num_heads), float("-inf"))
+        peak = peak.scatter_reduce(1, per_score, scores.detach(), "amax").gather(1, per_score)
+        weights = torch.exp(scores - peak)
+        total = scores.new_zeros(batch, count + 1, self.num_heads).scatter_add(1, per_score, weights)
+        summed = scores.new_zeros(batch, count + 1, self.num_heads, self.head_dim)
+        summed = summed.scatter_add(1, per_key, weights.unsqueeze(-1) * v.float())
+        heads = summed[:, :count] / total[:, :count].clamp_min(torch.finfo(summed.dtype).tiny).unsqueeze(-1)
+        return self._out(heads)

@@ -41,8 +41,38 @@ def make_config(arch: str, preset: str = "tiny", **overrides: Any) -> BaseConfig
     presets = ARCHITECTURES[arch][1]
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {arch} (choose from {', '.join(presets)})")
-    values = model_class.upgrade_config({**presets[preset], **overrides})
-    return model_class.config_class.from_dict(values)
+    values = merge_settings(presets[preset], nest_dotted(overrides))
+    return model_class.config_class.from_dict(model_class.upgrade_config(values))
+
+
+def nest_dotted(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{"patching.scheme": "space"}`` -> ``{"patching": {"scheme": "space"}}`` (a ``--set``
+    key names a field of a nested config with dots)."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, name = key.split(".")
+        if not all(parents) or not name:
+            raise ValueError(f"bad setting name {key!r}")
+        target = nested
+        for parent in parents:
+            child = target.setdefault(parent, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"{key!r} sets a field inside {parent!r}, which is also set to a value")
+            target = child
+        target[name] = merge_settings(target[name], value) if isinstance(target.get(name), dict) else value
+    return nested
+
+
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top; a dict (a nested config) is merged field by field,
+    anything else (lists included) replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 @contextlib.contextmanager
