@@ -303,8 +303,8 @@ class DifferentialHeads(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The lambda vectors from torch's CPU generator (``TransformerStack.reset_parameters``
-        calls this after the matrices, so a meta build initialises them as an eager build does)."""
+        """The lambda vectors from torch's CPU generator (``init_weights`` calls this after the
+        matrices, so a meta build initialises them as an eager build does)."""
         for vector in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2):
             if not vector.is_meta:
                 normal_from_cpu_(vector, std=0.1)
@@ -502,9 +502,6 @@ class TransformerStack(nn.Module):
         """Every weight and buffer from torch's CPU generator: GPT-2 init of the matrices, unit
         norms, the rotary tables (``ByteModel.init_weights`` of the families calls this)."""
         init_weights(self, num_layers=self.config.num_layers)
-        for module in self.modules():
-            if isinstance(module, DifferentialHeads):
-                module.reset_parameters()
         reset_norms(self)
         self.rope.reset_parameters()
 
@@ -518,6 +515,9 @@ def init_weights(module: nn.Module, std: float = 0.02, num_layers: int = 1) -> N
             continue
         scale = std / math.sqrt(2 * num_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
         normal_from_cpu_(param, std=scale)
+    for sub in module.modules():  # then the differential-attention lambdas, in module order
+        if isinstance(sub, DifferentialHeads):
+            sub.reset_parameters()
 
 
 @torch.no_grad()

@@ -48,11 +48,11 @@ from omnibyte.models.flat import BytePredictor, ModelConfig
 from omnibyte.models.layers import (
     STACK_LIMITS,
     CrossAttention,
-    RotaryEmbedding,
     StackConfig,
     TransformerStack,
     default_intermediate_size,
     init_weights,
+    normal_from_cpu_,
 )
 from omnibyte.models.validation import ConfigError, Limit, ModelSize, field_path
 
@@ -291,23 +291,27 @@ class BLTModel(ByteModel):
         config = self.config
         local, latent = config.local.hidden_size, config.latent.hidden_size
         heads = config.local.cross_attention_heads
-        self.embed = nn.Embedding(INPUT_VOCAB, local)
-        self.ngram_embed = (nn.EmbeddingBag(len(config.ngram_sizes) * config.ngram_vocab_size, local, mode="sum")
-                            if config.ngram_vocab_size else None)
-        self.encoder = TransformerStack(config.encoder_stack())
-        self.patch_attention = CrossAttention(local, local, heads, config.norm_eps)
-        self.to_latent = nn.Linear(local, latent, bias=False)
-        self.memory = (PatchMemory(latent, config.latent.memory_slots, config.latent.memory_lag,
-                                   config.latent.num_query_heads, config.norm_eps)
-                       if config.latent.memory_slots else None)
-        self.latent = TransformerStack(config.latent_stack())
-        self.from_latent = nn.Linear(latent, local, bias=False)
-        self.latent_start = nn.Parameter(torch.zeros(local))  # what the bytes of patch 0 read
-        self.byte_attention = CrossAttention(local, local, heads, config.norm_eps)
-        self.local_decoder = TransformerStack(config.decoder_stack())
-        self.head = nn.Linear(local, NUM_BYTES, bias=False)
-        self.entropy_model = self._build_entropy_model()
-        self.init_weights(entropy=False)  # a loaded entropy model keeps its weights
+        with self.defaults_undrawn():  # default inits leave the generator alone: init_weights draws
+            self.embed = nn.Embedding(INPUT_VOCAB, local)
+            self.ngram_embed = (nn.EmbeddingBag(len(config.ngram_sizes) * config.ngram_vocab_size, local, mode="sum")
+                                if config.ngram_vocab_size else None)
+            self.encoder = TransformerStack(config.encoder_stack())
+            self.patch_attention = CrossAttention(local, local, heads, config.norm_eps)
+            self.to_latent = nn.Linear(local, latent, bias=False)
+            self.memory = (PatchMemory(latent, config.latent.memory_slots, config.latent.memory_lag,
+                                       config.latent.num_query_heads, config.norm_eps)
+                           if config.latent.memory_slots else None)
+            self.latent = TransformerStack(config.latent_stack())
+            self.from_latent = nn.Linear(latent, local, bias=False)
+            self.latent_start = nn.Parameter(torch.zeros(local))  # what the bytes of patch 0 read
+            self.byte_attention = CrossAttention(local, local, heads, config.norm_eps)
+            self.local_decoder = TransformerStack(config.decoder_stack())
+            self.head = nn.Linear(local, NUM_BYTES, bias=False)
+            self.entropy_model = self._build_entropy_model()
+        if not any(tensor.is_meta for tensor in self.parameters()):
+            # an entropy model loaded from its run folder keeps its weights; a random one is
+            # drawn after the rest, as init_weights after a meta build draws it
+            self.init_weights(entropy=not self._entropy_from_run)
 
     @property
     def patching(self) -> PatchingConfig:
@@ -315,10 +319,12 @@ class BLTModel(ByteModel):
 
     def _build_entropy_model(self):
         config = self.config
+        self._entropy_from_run = False
         if not needs_entropy(config.patching):
             return None
         if config.entropy_config is not None:  # weights come with the saved model
             return EntropyModel(BytePredictor(config.entropy_config))
+        self._entropy_from_run = True
         loaded = load_entropy_model(config.entropy_model)
         if not isinstance(loaded.model, BytePredictor):
             raise ConfigError("entropy_model", f"must be a flat model, {config.entropy_model} holds "
@@ -333,7 +339,7 @@ class BLTModel(ByteModel):
         its run folder when the config names one that exists, else randomly."""
         config = self.config
         for stack in (self.encoder, self.latent, self.local_decoder):
-            _reset_rotary(stack)
+            stack.rope.reset_parameters()
         trainable = [module for name, module in self.named_children() if name != "entropy_model"]
         layers = config.local.encoder_layers + config.latent.num_layers + config.local.decoder_layers
         for module in trainable:
@@ -343,25 +349,22 @@ class BLTModel(ByteModel):
                     nn.init.zeros_(sub.bias)
                 if hasattr(sub, "weight") and isinstance(sub.weight, nn.Parameter) and sub.weight.dim() == 1:
                     nn.init.ones_(sub.weight)  # the norms
-        nn.init.normal_(self.latent_start, std=0.02)
+        normal_from_cpu_(self.latent_start, std=0.02)  # CPU draws: the same weights on any device
         if self.memory is not None:
-            nn.init.normal_(self.memory.slot_vectors, std=0.02)
+            normal_from_cpu_(self.memory.slot_vectors, std=0.02)
         if entropy and self.entropy_model is not None:
             self._reset_entropy_model()
 
     def _reset_entropy_model(self) -> None:
         flat = self.entropy_model.model
-        _reset_rotary(flat.transformer)
+        flat.transformer.rope.reset_parameters()
         if self.config.entropy_model and Path(self.config.entropy_model).exists():
             source = load_entropy_model(self.config.entropy_model).model.state_dict()
             with torch.no_grad():
                 for name, tensor in flat.state_dict().items():
                     tensor.copy_(source[name])
         else:
-            for module in flat.modules():
-                if isinstance(module, nn.LayerNorm) or type(module).__name__ == "RMSNorm":
-                    nn.init.ones_(module.weight)
-            init_weights(flat, num_layers=flat.config.num_layers)
+            flat.init_weights()
 
     def shard_units(self) -> list[nn.Module]:
         """The blocks, for FSDP: every layer of the three stacks."""
@@ -462,15 +465,6 @@ class BLTModel(ByteModel):
             flat = self.entropy_model.model
             flops += flat.flops_per_byte(min(seq_len, flat.max_seq_len)) / 3  # forward only
         return flops
-
-
-def _reset_rotary(stack: TransformerStack) -> None:
-    """Recompute a stack's rotary tables in place (they are buffers, not saved)."""
-    config = stack.config
-    fresh = RotaryEmbedding(config.head_dim, config.max_sequence_length, config.rope_theta)
-    with torch.no_grad():
-        stack.rope.cos.copy_(fresh.cos)
-        stack.rope.sin.copy_(fresh.sin)
 
 
 def describe(model: BLTModel) -> dict[str, Any]:
