@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from omnibyte.models import build_model
+from omnibyte.models import flat
 from omnibyte.models.flat import CACHE_ALIGNMENT, FlatDecoder
 from helpers import random_tokens
 
@@ -59,6 +60,32 @@ def test_padding_of_a_ragged_prefill_never_reaches_a_real_slot():
         decoder.prefill(tokens, [0, 6])  # row 1 fills up to the capacity; row 0 takes nothing
         torch.testing.assert_close(decoder.cache.keys[:, 0, :, :8], before, atol=0, rtol=0)
         assert decoder.lengths.tolist() == [8, 8]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_long_prompt_is_written_in_pieces_with_the_same_logits(fast, monkeypatch):
+    # rows end in different pieces (and one row is longer than several pieces), so each row's
+    # logits must come from the piece that holds its last token
+    model = tiny()
+    tokens = random_tokens(3, 23, seed=11)
+    lengths = [23, 4, 11]
+    with torch.no_grad():
+        full = model(tokens)
+        monkeypatch.setattr(flat, "PREFILL_CHUNK", 5)
+        decoder = model.decoder(3, 40, fast=fast)
+        pieces = []
+        hook = model.transformer.register_forward_hook(lambda module, args, output: pieces.append(args[0].shape[1]))
+        logits = decoder.prefill(tokens, lengths)
+        hook.remove()
+        assert pieces == [5, 5, 5, 5, 3]
+        expected = torch.stack([full[row, length - 1] for row, length in enumerate(lengths)])
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+        assert decoder.cache.lengths.tolist() == lengths
+        # the cache holds what one piece would have written: a step continues every row exactly
+        step = decoder.step(tokens[:, 0])
+        for row, length in enumerate(lengths):
+            reference = model(torch.cat([tokens[row, :length], tokens[row, :1]]).unsqueeze(0))[0, -1]
+            torch.testing.assert_close(step[row], reference, atol=1e-5, rtol=1e-5)
 
 
 def test_capacity_batch_and_lengths_are_checked():
