@@ -93,10 +93,12 @@ def sdpa_context(name: str):
 # ---- training ---------------------------------------------------------------------
 
 def measure_training(preset: str, seq_len: int, batch: int, steps: int, warmup: int,
-                     compiled: bool, sdpa: str, device: torch.device) -> dict[str, Any]:
+                     compiled: bool, sdpa: str, device: torch.device,
+                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
-    overrides = {} if seq_len <= make_config("flat", preset).max_sequence_length else \
-        {"max_sequence_length": seq_len}
+    overrides = dict(overrides or {})
+    if seq_len > make_config("flat", preset, **overrides).max_sequence_length:
+        overrides["max_sequence_length"] = seq_len
     model = build_model("flat", preset, **overrides).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                   fused=device.type == "cuda")

@@ -60,6 +60,17 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], None]) -> Path:
     return path
 
 
+
+def save_png(figure, path: str | Path, dpi: int | None = None) -> Path:
+    """Write a matplotlib ``figure`` to ``path`` as PNG, atomically (a crash mid-plot leaves the
+    previous file, never a torn one), and close it."""
+    import matplotlib.pyplot as plt  # matplotlib loads only when a plot is asked for
+
+    try:
+        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(figure)
+
 def current_umask() -> int:
     """The process's umask, read without changing it where Linux allows (``os.umask`` can only
     be read by setting it, which races with other threads creating files)."""

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from omnibyte.fileio import atomic_write
+from omnibyte.fileio import save_png
 from omnibyte.models.base import ByteModel
 from omnibyte.scoring import score_bytes
 
@@ -328,12 +328,7 @@ def plot_surprisal(
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    finally:
-        plt.close(figure)
-    return path
+    return save_png(figure, path)
 
 
 # ---- report -------------------------------------------------------------------------------

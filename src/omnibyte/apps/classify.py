@@ -12,7 +12,7 @@ import torch
 from omnibyte.data.sources import Document
 from omnibyte.devices import autocast
 from omnibyte.errors import OmnibyteError
-from omnibyte.fileio import atomic_write
+from omnibyte.fileio import save_png
 from omnibyte.models.base import ByteModel
 from omnibyte.models.serialization import read_config
 from omnibyte.tasks import ClassifyTask, load_task
@@ -148,7 +148,4 @@ def plot_confusion(report: ClassifierReport, path: str | Path) -> Path:
         axes.text(column, row, str(count), ha="center", va="center",
                   color="white" if count > threshold else "black", fontsize=8)
     figure.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(figure)
+    return save_png(figure, path, dpi=100)

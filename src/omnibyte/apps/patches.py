@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.fileio import atomic_write
+from omnibyte.fileio import save_png
 from omnibyte.models.base import BOS, ByteModel
 from omnibyte.models.blt.entropy import EntropyModel
 from omnibyte.models.blt.patching import (
@@ -194,9 +194,4 @@ def plot_patches(report: PatchReport, path: str | Path, max_bytes: int = DEFAULT
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    finally:
-        plt.close(figure)
-    return path
+    return save_png(figure, path)

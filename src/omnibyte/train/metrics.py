@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from omnibyte.fileio import atomic_write
+from omnibyte.fileio import save_png
 
 
 class MetricsLog:
@@ -74,7 +74,4 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    try:  # atomically: a crash mid-plot keeps the previous curve instead of a torn PNG
-        return atomic_write(png_path, lambda tmp: figure.savefig(tmp, format="png"))
-    finally:
-        plt.close(figure)
+    return save_png(figure, png_path)
