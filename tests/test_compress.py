@@ -276,8 +276,8 @@ def test_a_version_2_stream_still_decodes():
         codec.decompress_members(bytes(damaged), model)
 
 
-def test_new_streams_are_version_3(blob):
-    assert blob[4] == container.VERSION == 3
+def test_new_streams_are_version_4(blob):
+    assert blob[4] == container.VERSION == 4
 
 
 # ---- rejected streams -------------------------------------------------------------

@@ -169,7 +169,7 @@ def deterministic(enabled: bool) -> Iterator[None]:
 # ---- online adaptation ----------------------------------------------------------------
 
 DEFAULT_ADAPT_BLOCK = 64  # bytes per row between updates
-DEFAULT_ADAPT_LR = {"trained": 3e-4, "scratch": 3e-3}  # a fresh model learns with larger steps (nncp)
+DEFAULT_ADAPT_LR = {"trained": 1e-3, "scratch": 3e-3}  # a fresh model learns with larger steps (nncp)
 
 
 def adapt_settings(lr: float | None = None, block: int | None = None, scratch: bool = False) -> AdaptSettings:
