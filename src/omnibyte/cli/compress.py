@@ -238,10 +238,12 @@ def adapt_options(args: argparse.Namespace, scratch: bool):
 
 def trained_seq_len(directory: Path) -> int | None:
     """The sequence length a run was trained with: ``train_config.json`` in the run folder (or,
-    for its ``best/`` model, the folder above); None when unknown."""
+    for its ``best/`` model, the run folder above it); None when unknown."""
     import json
 
-    for folder in (Path(directory), Path(directory).parent):
+    directory = Path(directory)
+    folders = [directory, directory.parent] if directory.name == "best" else [directory]
+    for folder in folders:
         try:
             value = json.loads((folder / "train_config.json").read_text()).get("seq_len")
         except (OSError, ValueError, AttributeError):
