@@ -360,7 +360,7 @@ HUGE = 2**62
     (dict(device=5), "device = 5"),
     (dict(flags=0x80), "flags = 0x80"),
     (dict(flags=0x03), "unknown bits 0x02"),
-    (dict(version=4), "version 4"),
+    (dict(version=5), "version 5"),
     (dict(version=1), "version 1 was made by omnibyte 0.1"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_crafted_headers_are_refused_at_once(model, fields, message, monkeypatch):
