@@ -219,6 +219,9 @@ def test_default_chunks_never_exceed_the_trained_length_and_fill_the_rows():
     assert codec.default_layout(model, [10_000], "cuda") == (1024, 10)
     chunk, rows = codec.default_layout(model, [5_000_000], "cpu")
     assert chunk == 1024 and rows == codec.DEFAULT_ROWS["cpu"]
+    # adapting: fewer rows, so that there are at least MIN_ADAPT_UPDATES updates of rows x block bytes
+    assert codec.default_layout(model, [100_000], "cpu", adapt_block=64) == (1024, 100_000 // (64 * 64))
+    assert codec.default_layout(model, [1000], "cpu", adapt_block=64) == (1024, 1)
     header = container.unpack(codec.compress(b"x" * 3000, model, train_seq_len=512))
     assert header.settings.chunk_size == 512 and header.settings.batch_size == 6
 

@@ -353,6 +353,7 @@ class _GroupUpdates:
 # bench/bench_compress_cpu.py on 2 CPU cores; on CUDA a step of 1,024 rows costs little more than one of 64)
 DEFAULT_ROWS = {"cpu": 64, "cuda": 1024}
 MIN_DEFAULT_CHUNK = 1024  # shorter chunks cost ratio (every chunk starts from BOS) for little speed
+MIN_ADAPT_UPDATES = 64  # adapting, rows * block bytes make one update: enough updates to learn from
 
 
 def context_limit(model: ByteModel, train_seq_len: int | None = None) -> int:
@@ -362,13 +363,16 @@ def context_limit(model: ByteModel, train_seq_len: int | None = None) -> int:
 
 
 def default_layout(model: ByteModel, member_sizes: Sequence[int], device_type: str,
-                   train_seq_len: int | None = None) -> tuple[int, int]:
+                   train_seq_len: int | None = None, adapt_block: int | None = None) -> tuple[int, int]:
     """(chunk size, rows) for inputs of these sizes: chunks as long as the model was trained on
     (the best ratio), shortened -- down to ``MIN_DEFAULT_CHUNK`` -- until the input fills the
-    device's rows (the best speed); rows: the device's default, at most one per chunk."""
+    device's rows (the best speed); rows: the device's default, at most one per chunk. Adapting
+    (``adapt_block``), fewer rows, so that the model makes at least ``MIN_ADAPT_UPDATES`` updates."""
     limit = context_limit(model, train_seq_len)
     rows = DEFAULT_ROWS.get(device_type, DEFAULT_ROWS["cpu"])
     total = sum(member_sizes)
+    if adapt_block:
+        rows = max(1, min(rows, total // (adapt_block * MIN_ADAPT_UPDATES)))
     chunk = max(min(MIN_DEFAULT_CHUNK, limit), -(-total // rows))
     chunk = min(limit, chunk)
     return chunk, max(1, min(rows, count_chunks(member_sizes, chunk)))
@@ -394,12 +398,13 @@ def coding_settings(
     dtype: str,
     fast: bool | None,
     train_seq_len: int | None = None,
+    adapt_block: int | None = None,
 ) -> CodingSettings:
     """Resolve and check the options against the model and where it lives; chunk size and rows
     left out (None) are picked by ``default_layout``."""
     device = model.device
     if chunk_size is None:
-        default_chunk, default_rows = default_layout(model, member_sizes, device.type, train_seq_len)
+        default_chunk, default_rows = default_layout(model, member_sizes, device.type, train_seq_len, adapt_block)
         chunk_size = default_chunk
         batch_size = default_rows if batch_size is None else batch_size
     chunk_size = resolve_chunk_size(model, chunk_size)
@@ -615,7 +620,8 @@ def compress_members(
         raise OmnibyteError(f"bad adaptation setting: {adapt.problem()}")
     members = [bytes(member) for member in members]
     sizes = [len(member) for member in members]
-    settings = coding_settings(model, sizes, chunk_size, batch_size, dtype, fast, train_seq_len)
+    settings = coding_settings(model, sizes, chunk_size, batch_size, dtype, fast, train_seq_len,
+                               adapt.block if adapt else None)
     rows = settings.batch_size
     plan = plan_chunks(sizes, settings.chunk_size)
     data = np.frombuffer(b"".join(members), dtype=np.uint8)
