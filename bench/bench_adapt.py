@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", default="", help="comma-separated adapt learning rates to sweep (default: the defaults)")
     parser.add_argument("--block", type=int, default=None, help="adapt block (default: omnibyte's)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: omnibyte's default layout")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: omnibyte's default layout")
     parser.add_argument("--speed-grid", action="store_true", help="CPU speed over batch shapes and threads")
     parser.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md)")
     args = parser.parse_args(argv)
@@ -147,16 +149,18 @@ def main(argv: list[str] | None = None) -> int:
             from omnibyte.cli.compress import trained_seq_len
 
             seq_len = trained_seq_len(args.model)
-            rows.append(omnibyte_row(data, model, str(args.model), device, None, seq_len=seq_len))
+            rows.append(omnibyte_row(data, model, str(args.model), device, None, args.chunk_size, args.batch_size,
+                                     seq_len=seq_len))
             print_table(rows[-1:], COLUMNS)
             for lr in lrs:
-                rows.append(omnibyte_row(data, model, str(args.model), device,
-                                         codec.adapt_settings(lr, args.block), seq_len=seq_len))
+                rows.append(omnibyte_row(data, model, str(args.model), device, codec.adapt_settings(lr, args.block),
+                                         args.chunk_size, args.batch_size, seq_len=seq_len))
                 print_table(rows[-1:], COLUMNS)
         for lr in lrs:
             recipe = codec.scratch_model("flat", args.preset, seed=0)
             rows.append(omnibyte_row(data, recipe, f"scratch flat/{args.preset}", device,
-                                     codec.adapt_settings(lr, args.block, scratch=True)))
+                                     codec.adapt_settings(lr, args.block, scratch=True), args.chunk_size,
+                                     args.batch_size))
             print_table(rows[-1:], COLUMNS)
     print_table(rows, COLUMNS, title=f"omnibyte --adapt on {len(data):,} unseen bytes")
     environment = describe_environment(device)
