@@ -181,6 +181,20 @@ def test_damaged_and_truncated_adapt_streams_are_refused(adapted_blob):
         container.unpack(recrc(bytes(claiming), header_end(old)))
 
 
+def test_a_stream_from_another_device_type_is_refused_before_decoding(adapted_blob, tmp_path, capsys):
+    header = container.unpack(adapted_blob)
+    on_cuda = container.pack(dataclasses.replace(
+        header, settings=dataclasses.replace(header.settings, device="cuda", dtype="bfloat16")))
+    if not torch.cuda.is_available():
+        with pytest.raises(OmnibyteError, match="made on cuda"):
+            codec.decompress(on_cuda)
+    with pytest.raises(OmnibyteError, match="decodes only there, not on cpu"):
+        codec.decompress(on_cuda, device="cpu")
+    (tmp_path / "x.omb").write_bytes(on_cuda)
+    assert main(["decompress", str(tmp_path / "x.omb"), "--device", "cpu", "-q"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
 def test_bad_adaptation_settings_are_one_line():
     for lr, block in [(0.0, 8), (float("nan"), 8), (2.0, 8), (1e-3, 0)]:
         with pytest.raises(OmnibyteError, match="bad adaptation setting"):

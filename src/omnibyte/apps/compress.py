@@ -12,6 +12,11 @@ step by step. The decoder runs the very same computation (same batch shape, devi
 dtype, path, and the raw rows' stored bytes as their tokens) and recovers each coded byte
 before feeding it back, so it sees bit-identical frequencies.
 
+With adaptation (``adapt=``) a float32 copy of the model takes one Adam step on every block of
+bytes both sides already have (after every ``block`` steps of a group, on the block's bytes of
+every row), under deterministic algorithms, so the decoder repeats the very same updates; a
+``FreshModel`` (``scratch_model``) is rebuilt by the decoder from the recipe the container holds.
+
 Container format: ``omnibyte.apps.container``; spec and limits: docs/compression.md.
 """
 from __future__ import annotations
