@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -38,6 +39,10 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import BOS, NUM_BYTES, ByteModel
 from omnibyte.models.registry import make_config, seeded
 from omnibyte.models.serialization import FORMAT_VERSION, config_document, model_from_config
+
+# cuBLAS reads its workspace setting when it starts: set here, before any CUDA work of a process
+# that codes, so adaptation updates (deterministic algorithms) can use cuBLAS; a user's value wins
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 PRECISION = container.PRECISION  # constriction's range coder codes with 24-bit frequencies
 MAX_BATCH_SIZE = container.MAX_BATCH_SIZE
@@ -135,11 +140,11 @@ class _BatchStepper:
 def _stepping(model: ByteModel, settings: CodingSettings, max_len: int,
               adapt: AdaptSettings | None = None) -> Iterator[_BatchStepper]:
     """The stepper both directions code with, under the coding numerics, ``model`` in eval mode
-    (never changed: adaptation trains a copy), and with adaptation under deterministic algorithms."""
+    (never changed: adaptation trains a copy)."""
     was_training = model.training
     model.eval()
     try:
-        with numerics(settings), deterministic(adapt is not None), _no_grad(adapt is not None):
+        with numerics(settings), _no_grad(adapt is not None):
             adapter = _Adapter(model, settings, adapt) if adapt else None
             yield _BatchStepper(model, settings, max_len, adapter)
     finally:
@@ -154,14 +159,14 @@ def _no_grad(adapting: bool):
 
 @contextlib.contextmanager
 def deterministic(enabled: bool) -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(True)`` for the coding only (the caller's setting is
-    restored after): both sides of an adapted stream must compute bit-identical gradients. On
-    CUDA cuBLAS also needs a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, set if unset)."""
+    """``torch.use_deterministic_algorithms(True)`` around each adaptation update only (the
+    caller's setting is restored after; the decoder's steps are the same kernels as without
+    adaptation, whose reproducibility the format already rests on, and CUDA-graph capture must not
+    meet deterministic-only kernels): both sides of an adapted stream must compute bit-identical
+    gradients. On CUDA cuBLAS also needs a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, set if unset)."""
     if not enabled:
         yield
         return
-    import os
-
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
@@ -223,11 +228,11 @@ class _Adapter:
         if int(lengths[active - 1]) < end:  # a row ends inside the block
             positions = torch.arange(start, end)[None, :]
             mask = (positions < torch.from_numpy(lengths[:active].astype(np.int64))[:, None]).to(device)
-        with torch.enable_grad():
+        with deterministic(True), torch.enable_grad():
             loss = self.trainee.loss(inputs, targets, mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        with torch.no_grad():
+        with deterministic(True), torch.no_grad():
             if self.adapt.clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.parameters, self.adapt.clip, foreach=self.settings.device == "cuda")
             self.optimizer.step()
