@@ -46,6 +46,9 @@ def world(tmp_path_factory) -> Path:
     (root / "nothing").mkdir()
     (root / "existing.txt").write_bytes(b"precious")
     (root / "existing-0.txt").write_bytes(b"precious too")
+    from omnibyte.apps.compress import compress
+
+    (root / "trained.omb").write_bytes(compress(b"abc" * 10, model))
     document = json.loads((root / "model" / "config.json").read_text())
     weights = (root / "model" / "model.safetensors").read_bytes()
 
@@ -409,6 +412,21 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*NOTTINGHAM, "--test-fraction", "1"], "--test-fraction"),
     ([*NOTTINGHAM, "--test-fraction", "0"], "--test-fraction"),
     ([*NOTTINGHAM, "--midi", "drums"], "drums"),
+    # compress --adapt and --model none
+    (["compress", "{W}/text.txt", *M, "--adapt", "--adapt-lr", "0"], "--adapt-lr: must be a number in (0, 1]"),
+    (["compress", "{W}/text.txt", *M, "--adapt", "--adapt-lr", "nan"], "--adapt-lr"),
+    (["compress", "{W}/text.txt", *M, "--adapt", "--adapt-lr", "2"], "--adapt-lr"),
+    (["compress", "{W}/text.txt", *M, "--adapt", "--adapt-lr", "fast"], "--adapt-lr"),
+    (["compress", "{W}/text.txt", *M, "--adapt", "--adapt-block", "0"], "--adapt-block"),
+    (["compress", "{W}/text.txt", *M, "--adapt-lr", "0.001"], "--adapt-lr sets up --adapt: add --adapt"),
+    (["compress", "{W}/text.txt", "--model", "none"], "--model none needs --preset"),
+    (["compress", "{W}/text.txt", "--model", "none", "--preset", "enormous"], "unknown preset 'enormous'"),
+    (["compress", "{W}/text.txt", "--model", "none", "--preset", "tiny", "--arch", "gpt"],
+     "unknown architecture 'gpt'"),
+    (["compress", "{W}/text.txt", "--model", "none", "--preset", "tiny", "--seed", "-1"], "--seed"),
+    (["compress", "{W}/text.txt", *M, "--preset", "tiny"], "--preset builds a model from scratch"),
+    (["compress", "{W}/text.txt", *M, "--seed", "3"], "--seed builds a model from scratch"),
+    (["decompress", "{W}/trained.omb"], "was compressed with a trained model: name it with --model"),
 ]
 
 

@@ -12,6 +12,10 @@ import os
 # idle speed and most of it back (bench/bench_cpu.py, bench/RESULTS.md). It must be set before
 # torch loads its OpenMP runtime, hence here; a value the user set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+# MKL's matrix products round differently with another thread count or buffer alignment unless
+# its conditional numerical reproducibility is on; compression with --adapt needs the encoder's
+# and the decoder's gradients bit-identical (docs/compression.md). Read when MKL starts: here.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from omnibyte.errors import OmnibyteError  # noqa: E402 (after the OpenMP setting above)
 from omnibyte.models import BOS, ByteModel, BytePredictor, ModelConfig, build_model, make_config  # noqa: E402

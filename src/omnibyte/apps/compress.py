@@ -12,6 +12,11 @@ step by step. The decoder runs the very same computation (same batch shape, devi
 dtype, path, and the raw rows' stored bytes as their tokens) and recovers each coded byte
 before feeding it back, so it sees bit-identical frequencies.
 
+With adaptation (``adapt=``) a float32 copy of the model takes one Adam step on every block of
+bytes both sides already have (after every ``block`` steps of a group, on the block's bytes of
+every row), under deterministic algorithms, so the decoder repeats the very same updates; a
+``FreshModel`` (``scratch_model``) is rebuilt by the decoder from the recipe the container holds.
+
 Container format: ``omnibyte.apps.container``; spec and limits: docs/compression.md.
 """
 from __future__ import annotations
@@ -22,20 +27,24 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from omnibyte.apps import container
-from omnibyte.apps.container import CodingSettings, Container
+from omnibyte.apps.container import AdaptSettings, CodingSettings, Container, FreshModel
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import BOS, NUM_BYTES, ByteModel
-from omnibyte.models.serialization import config_document
+from omnibyte.models.registry import make_config, seeded
+from omnibyte.models.serialization import FORMAT_VERSION, config_document, model_from_config
+
+# cuBLAS reads its workspace setting when it starts: set here, before any CUDA work of a process
+# that codes, so adaptation updates (deterministic algorithms) can use cuBLAS; a user's value wins
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 PRECISION = container.PRECISION  # constriction's range coder codes with 24-bit frequencies
-DEFAULT_CHUNK_SIZE = 64 * 1024  # clamped to the model's context
-DEFAULT_BATCH_SIZE = 256
 MAX_BATCH_SIZE = container.MAX_BATCH_SIZE
 ENCODE_SLICE = 1 << 20  # symbols per range-coder call (bounds the temporary parameter array)
 SUFFIX = ".omb"
@@ -109,15 +118,16 @@ class _BatchStepper:
     the coding copy of the model) is only made when a group first needs it, so a stream whose
     chunks are all raw decodes without running the model."""
 
-    def __init__(self, model: ByteModel, settings: CodingSettings, max_len: int):
+    def __init__(self, model: ByteModel, settings: CodingSettings, max_len: int, adapter: "_Adapter | None" = None):
         self.model, self.settings, self.max_len = model, settings, max_len
         self.rows = settings.batch_size
         self.device = model.device
         self.decoder = None
+        self.adapter = adapter
 
     def restart(self) -> None:
         if self.decoder is None:
-            coder = coding_model(self.model, self.settings)
+            coder = self.adapter.coder if self.adapter else coding_model(self.model, self.settings)
             self.decoder = coder.decoder(self.rows, self.max_len, fast=self.settings.fast)
         else:
             self.decoder.reset()
@@ -127,15 +137,134 @@ class _BatchStepper:
 
 
 @contextlib.contextmanager
-def _stepping(model: ByteModel, settings: CodingSettings, max_len: int) -> Iterator[_BatchStepper]:
-    """The stepper both directions code with, under the coding numerics, ``model`` in eval mode."""
+def _stepping(model: ByteModel, settings: CodingSettings, max_len: int,
+              adapt: AdaptSettings | None = None) -> Iterator[_BatchStepper]:
+    """The stepper both directions code with, under the coding numerics, ``model`` in eval mode
+    (never changed: adaptation trains a copy)."""
     was_training = model.training
     model.eval()
     try:
-        with numerics(settings):
-            yield _BatchStepper(model, settings, max_len)
+        with numerics(settings), _no_grad(adapt is not None):
+            adapter = _Adapter(model, settings, adapt) if adapt else None
+            yield _BatchStepper(model, settings, max_len, adapter)
     finally:
         model.train(was_training)
+
+
+def _no_grad(adapting: bool):
+    """Inference mode, except while adapting: the adapted copy's weights must stay ordinary
+    tensors that autograd can train (inference-mode tensors cannot be saved for backward)."""
+    return torch.inference_mode(False) if adapting else torch.inference_mode()
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` around each adaptation update only (the
+    caller's setting is restored after; the decoder's steps are the same kernels as without
+    adaptation, whose reproducibility the format already rests on, and CUDA-graph capture must not
+    meet deterministic-only kernels): both sides of an adapted stream must compute bit-identical
+    gradients. On CUDA cuBLAS also needs a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, set if unset)."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+
+
+# ---- online adaptation ----------------------------------------------------------------
+
+DEFAULT_ADAPT_BLOCK = 64  # bytes per row between updates
+DEFAULT_ADAPT_LR = {"trained": 1e-3, "scratch": 3e-3}  # a fresh model learns with larger steps (nncp)
+
+
+def adapt_settings(lr: float | None = None, block: int | None = None, scratch: bool = False) -> AdaptSettings:
+    """The adaptation schedule, defaults filled in and every value checked (one-line errors)."""
+    adapt = AdaptSettings(block=DEFAULT_ADAPT_BLOCK if block is None else int(block),
+                          lr=DEFAULT_ADAPT_LR["scratch" if scratch else "trained"] if lr is None else float(lr))
+    problem = adapt.problem()
+    if problem:
+        raise OmnibyteError(f"bad adaptation setting: {problem} (lr in (0, 1], block in 1..{container.MAX_ADAPT_BLOCK:,})")
+    return adapt
+
+
+class _Adapter:
+    """Dynamic evaluation: a float32 copy of the model (``trainee``) that an Adam step trains on
+    every block of bytes both sides already have; ``coder`` is what the decoder steps (the
+    trainee itself, or on CUDA a copy in the coding dtype whose weights are refreshed in place
+    after each update, so captured CUDA graphs see them)."""
+
+    def __init__(self, model: ByteModel, settings: CodingSettings, adapt: AdaptSettings):
+        self.settings, self.adapt = settings, adapt
+        self.trainee = copy.deepcopy(getattr(model, "_orig_mod", model)).float().eval()
+        for parameter in self.trainee.parameters():
+            parameter.requires_grad_(True)
+        self.parameters = [p for p in self.trainee.parameters()]
+        cuda = settings.device == "cuda"
+        self.optimizer = torch.optim.Adam(self.parameters, lr=adapt.lr, betas=(adapt.beta1, adapt.beta2),
+                                          eps=adapt.eps, foreach=cuda, fused=False)
+        self.coder = coding_model(self.trainee, settings)
+        self.pairs = ([] if self.coder is self.trainee else
+                      list(zip(self.coder.parameters(), self.trainee.parameters())))
+        self.updates = 0
+
+    def update(self, matrix: np.ndarray, lengths: np.ndarray, start: int, end: int) -> None:
+        """One optimizer step on bytes ``[start, end)`` of every row still coding there (a prefix
+        of the rows, so the batch shape is the same on both sides): inputs are the byte before
+        each (BOS at 0), the loss the mean cross-entropy over the bytes that exist."""
+        active = int(np.count_nonzero(lengths > start))
+        if not active:
+            return
+        device = self.trainee.device
+        targets = torch.from_numpy(np.ascontiguousarray(matrix[start:end, :active].T).astype(np.int64)).to(device)
+        first = (torch.full((active, 1), BOS, dtype=torch.long) if start == 0 else
+                 torch.from_numpy(matrix[start - 1, :active].astype(np.int64))[:, None]).to(device)
+        inputs = torch.cat([first, targets[:, :-1]], dim=1)
+        mask = None
+        if int(lengths[active - 1]) < end:  # a row ends inside the block
+            positions = torch.arange(start, end)[None, :]
+            mask = (positions < torch.from_numpy(lengths[:active].astype(np.int64))[:, None]).to(device)
+        with deterministic(True), torch.enable_grad():
+            loss = self.trainee.loss(inputs, targets, mask)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with deterministic(True), torch.no_grad():
+            if self.adapt.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.parameters, self.adapt.clip, foreach=self.settings.device == "cuda")
+            self.optimizer.step()
+            for coded, trained in self.pairs:
+                coded.copy_(trained)
+        self.updates += 1
+
+
+def _block_ends(steps: int, block: int) -> list[int]:
+    """Where a group of ``steps`` steps updates the model: after every ``block`` steps and after its last."""
+    return list(range(block, steps, block)) + ([steps] if steps else [])
+
+
+# ---- models built from scratch ------------------------------------------------------------
+
+def scratch_model(arch: str = "flat", preset: str = "tiny", seed: int = 0, **overrides) -> FreshModel:
+    """The recipe of a freshly initialised model (``--model none``): its config document and
+    the seed of its initial weights. The container records it; ``build_scratch`` rebuilds it."""
+    try:
+        config = make_config(arch, preset, **overrides)
+    except ValueError as error:  # unknown arch or preset, a bad field
+        raise OmnibyteError(str(error)) from None
+    document = {"format": FORMAT_VERSION, "arch": arch, "config": config.to_dict()}
+    return FreshModel(json.dumps(document, sort_keys=True, separators=(",", ":")), int(seed))
+
+
+def build_scratch(recipe: FreshModel, device: str | torch.device = "cpu") -> ByteModel:
+    """The model a recipe describes, with the same initial weights on every machine that has
+    the same torch (the stream's fingerprint checks that). Built on the CPU, then moved."""
+    with seeded(recipe.seed):
+        model = model_from_config(json.loads(recipe.document), source="the stream's model section")
+    return model.to(device).eval()
 
 
 # ---- the coding plan --------------------------------------------------------------
@@ -181,10 +310,12 @@ def _run_group(
     code_step: Callable[[int, int, torch.Tensor], torch.Tensor],
     progress: Progress | None,
     bits: Callable[[], int | None],
+    after_step: Callable[[int], None] | None = None,
 ) -> int:
     """Step one group ``steps`` times; ``code_step(t, active rows, their quantized frequencies)``
     codes position ``t`` and returns every row's token for the next step (its byte at ``t``; 0,
-    the dummy token, past a row's end). Returns the bytes reported to ``progress``."""
+    the dummy token, past a row's end); ``after_step(steps done)`` adapts the model. Returns the
+    bytes reported to ``progress``."""
     descending = -lengths
     tokens = torch.full((step.rows,), BOS, dtype=torch.long, device=step.device)
     step.restart()
@@ -196,17 +327,73 @@ def _run_group(
         done += active
         if progress is not None:
             progress(active, bits())
+        if after_step is not None:
+            after_step(t + 1)
     return done
+
+
+class _GroupUpdates:
+    """The updates of one group under adaptation: after every ``block`` steps and after the
+    group's last (of its longest row, raw or not), each on the bytes of that block; none after
+    the stream's last block (nothing is coded after it). The decoder, which stops stepping after
+    its last coded row, makes the remaining ones in ``finish`` from the raw rows' bytes."""
+
+    def __init__(self, adapter: "_Adapter | None", matrix: np.ndarray, lengths: np.ndarray, last_group: bool):
+        self.adapter, self.matrix, self.lengths = adapter, matrix, lengths
+        steps = int(lengths[0])
+        self.ends = _block_ends(steps, adapter.adapt.block) if adapter else []
+        if last_group and self.ends:
+            self.ends.pop()
+        self.done = 0  # updates made
+
+    def __call__(self, steps_done: int) -> None:
+        while self.done < len(self.ends) and self.ends[self.done] <= steps_done:
+            end = self.ends[self.done]
+            start = self.ends[self.done - 1] if self.done else 0
+            self.adapter.update(self.matrix, self.lengths, start, end)
+            self.done += 1
+
+    def finish(self) -> None:
+        self(int(self.lengths[0]))
 
 
 # ---- settings -----------------------------------------------------------------------
 
-def resolve_chunk_size(model: ByteModel, chunk_size: int | None) -> int:
-    """Default: 64 KiB clamped to the model's context; an explicit size must fit the context
+# rows a step runs at once by default: enough to amortise a step's fixed cost (measured with
+# bench/bench_compress_cpu.py on 2 CPU cores; on CUDA a step of 1,024 rows costs little more than one of 64)
+DEFAULT_ROWS = {"cpu": 64, "cuda": 1024}
+MIN_DEFAULT_CHUNK = 1024  # shorter chunks cost ratio (every chunk starts from BOS) for little speed
+MIN_ADAPT_UPDATES = 64  # adapting, rows * block bytes make one update: enough updates to learn from
+
+
+def context_limit(model: ByteModel, train_seq_len: int | None = None) -> int:
+    """The longest default chunk: what the model was trained on (when known), at most its context."""
+    context = model.max_seq_len
+    return min(context, train_seq_len) if train_seq_len else context
+
+
+def default_layout(model: ByteModel, member_sizes: Sequence[int], device_type: str,
+                   train_seq_len: int | None = None, adapt_block: int | None = None) -> tuple[int, int]:
+    """(chunk size, rows) for inputs of these sizes: chunks as long as the model was trained on
+    (the best ratio), shortened -- down to ``MIN_DEFAULT_CHUNK`` -- until the input fills the
+    device's rows (the best speed); rows: the device's default, at most one per chunk. Adapting
+    (``adapt_block``), fewer rows, so that the model makes at least ``MIN_ADAPT_UPDATES`` updates."""
+    limit = context_limit(model, train_seq_len)
+    rows = DEFAULT_ROWS.get(device_type, DEFAULT_ROWS["cpu"])
+    total = sum(member_sizes)
+    if adapt_block:
+        rows = max(1, min(rows, total // (adapt_block * MIN_ADAPT_UPDATES)))
+    chunk = max(min(MIN_DEFAULT_CHUNK, limit), -(-total // rows))
+    chunk = min(limit, chunk)
+    return chunk, max(1, min(rows, count_chunks(member_sizes, chunk)))
+
+
+def resolve_chunk_size(model: ByteModel, chunk_size: int | None, train_seq_len: int | None = None) -> int:
+    """Default: the model's trained length (or context); an explicit size must fit the context
     (a chunk of n bytes takes n steps: BOS and its first n - 1 bytes)."""
     context = model.max_seq_len
     if chunk_size is None:
-        return min(DEFAULT_CHUNK_SIZE, context)
+        return context_limit(model, train_seq_len)
     if not 1 <= chunk_size <= context:
         raise OmnibyteError(f"chunk size must be between 1 and the model's context of {context:,} bytes, "
                             f"got {chunk_size:,}")
@@ -217,13 +404,22 @@ def coding_settings(
     model: ByteModel,
     member_sizes: Sequence[int],
     chunk_size: int | None,
-    batch_size: int,
+    batch_size: int | None,
     dtype: str,
     fast: bool | None,
+    train_seq_len: int | None = None,
+    adapt_block: int | None = None,
 ) -> CodingSettings:
-    """Resolve and check the options against the model and where it lives."""
+    """Resolve and check the options against the model and where it lives; chunk size and rows
+    left out (None) are picked by ``default_layout``."""
     device = model.device
+    if chunk_size is None:
+        default_chunk, default_rows = default_layout(model, member_sizes, device.type, train_seq_len, adapt_block)
+        chunk_size = default_chunk
+        batch_size = default_rows if batch_size is None else batch_size
     chunk_size = resolve_chunk_size(model, chunk_size)
+    if batch_size is None:
+        batch_size = DEFAULT_ROWS.get(device.type, DEFAULT_ROWS["cpu"])
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise OmnibyteError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
     dtype = default_dtype(device) if dtype == "auto" else dtype
@@ -397,32 +593,54 @@ def _group_matrix(data: np.ndarray, plan: Plan, group: np.ndarray, rows: int, st
 @torch.inference_mode()
 def compress_members(
     members: Sequence[bytes],
-    model: ByteModel,
+    model: ByteModel | FreshModel,
     chunk_size: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     dtype: str = "auto",
     fast: bool | None = None,
     progress: Progress | None = None,
     fingerprint: bytes | None = None,
+    adapt: AdaptSettings | bool | None = None,
+    device: str | torch.device = "cpu",
+    train_seq_len: int | None = None,
 ) -> bytes:
     """Compress several byte strings into one container; each is coded independently (own chunks,
     each from BOS), only the header and the batch are shared. ``decompress_members`` inverts it.
 
     A chunk that the model codes in at least 8 bits per byte is stored raw, and so is every
     chunk of a group whose stream would not be shorter than its coded chunks: no input grows
-    by more than ``max_compressed_size`` allows."""
+    by more than ``max_compressed_size`` allows.
+
+    ``adapt`` (``True`` for the default schedule, or ``AdaptSettings``): the model keeps learning
+    from the bytes already coded (a copy is trained; ``model`` is never changed). ``model`` may be
+    a ``FreshModel`` (``scratch_model(...)``): it is built on ``device`` from its recipe, which the
+    container records, and always adapts. ``chunk_size``/``batch_size`` default to what
+    ``default_layout`` picks for the input size and the device (``train_seq_len``: the longest
+    sequence the model was trained on, when known: no default chunk is longer)."""
     _check_interval_coding()
+    fresh = model if isinstance(model, FreshModel) else None
+    if fresh is not None:
+        model = build_scratch(fresh, device)
+        adapt = True if adapt in (None, False) else adapt
+    if adapt is True:
+        adapt = adapt_settings(scratch=fresh is not None)
+    elif adapt is False:
+        adapt = None
+    elif adapt is not None and adapt.problem():
+        raise OmnibyteError(f"bad adaptation setting: {adapt.problem()}")
     members = [bytes(member) for member in members]
     sizes = [len(member) for member in members]
-    settings = coding_settings(model, sizes, chunk_size, batch_size, dtype, fast)
+    settings = coding_settings(model, sizes, chunk_size, batch_size, dtype, fast, train_seq_len,
+                               adapt.block if adapt else None)
     rows = settings.batch_size
     plan = plan_chunks(sizes, settings.chunk_size)
     data = np.frombuffer(b"".join(members), dtype=np.uint8)
     raw = np.zeros(len(plan.lengths), dtype=bool)
     streams: list[bytes] = []
     done_bits = 0
-    with _stepping(model, settings, plan.longest) as stepper:
-        for group in plan.groups(rows):
+    groups = plan.groups(rows)
+    with _stepping(model, settings, plan.longest, adapt) as stepper:
+        for index, group in enumerate(groups):
             lengths = _padded(plan.lengths[group], rows)
             steps = int(lengths[0])
             matrix = _group_matrix(data, plan, group, rows, steps)
@@ -439,7 +657,10 @@ def compress_members(
                     group_bits += float(np.sum(PRECISION - np.log2(interval[1])))
                 return symbols[t]
 
-            _run_group(stepper, lengths, steps, encode_step, progress, lambda: done_bits + int(group_bits))
+            updates = _GroupUpdates(stepper.adapter, matrix, lengths, index == len(groups) - 1)
+            _run_group(stepper, lengths, steps, encode_step, progress, lambda: done_bits + int(group_bits),
+                       updates if stepper.adapter else None)
+            updates.finish()
             costs = np.sum(PRECISION - np.log2(frequency.astype(np.float64)), axis=0)  # bits per row
             coded = (lengths > 0) & (costs < 8 * lengths)
             stream = b""
@@ -456,11 +677,11 @@ def compress_members(
     return container.pack(Container(
         fingerprint=fingerprint or model_fingerprint(model), settings=settings,
         member_sizes=tuple(sizes), original_digest=container.digest(members), streams=tuple(streams),
-        raw_bitmap=np.packbits(raw, bitorder="little").tobytes(), raw_data=raw_data))
+        raw_bitmap=np.packbits(raw, bitorder="little").tobytes(), raw_data=raw_data, adapt=adapt, fresh=fresh))
 
 
-def compress(data: bytes, model: ByteModel, chunk_size: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE, **options) -> bytes:
+def compress(data: bytes, model: ByteModel | FreshModel, chunk_size: int | None = None,
+             batch_size: int | None = None, **options) -> bytes:
     """Compress ``data`` with ``model`` (on the device it lives on); see ``compress_members``."""
     return compress_members([data], model, chunk_size, batch_size, **options)
 
@@ -502,13 +723,21 @@ def check_groups(header: Container, plan: Plan, raw: np.ndarray) -> None:
 @torch.inference_mode()
 def decompress_members(
     blob: bytes,
-    model: ByteModel,
+    model: ByteModel | None = None,
     progress: Progress | None = None,
     fingerprint: bytes | None = None,
+    device: str | torch.device | None = None,
 ) -> list[bytes]:
     """Inverse of ``compress_members``; checks the stream, the model, the settings and the
-    end-to-end digest. Any failure is one ``OmnibyteError``; wrong data is never returned."""
+    end-to-end digest. Any failure is one ``OmnibyteError``; wrong data is never returned.
+    A stream made from scratch rebuilds its model from the container (``model`` is not used;
+    ``device`` defaults to the stream's own); any other stream needs its ``model``."""
     header = container.unpack(blob)
+    if header.fresh is not None:
+        model = scratch_for(header, device)
+        fingerprint = None
+    elif model is None:
+        raise OmnibyteError("this stream was compressed with a trained model: give that model")
     check_compatible(header, model, fingerprint)
     settings = header.settings
     rows = settings.batch_size
@@ -523,17 +752,24 @@ def decompress_members(
         out[start : start + length] = raw_data[source : source + length]
     # version 2 stepped a decoder of chunk_size tokens; version 3 one of the longest chunk's
     max_len = settings.chunk_size if header.version == 2 else plan.longest
-    with _stepping(model, settings, max_len) as stepper:
-        for index, (group, stream) in enumerate(zip(plan.groups(rows), header.streams)):
+    groups = plan.groups(rows)
+    with _stepping(model, settings, max_len, header.adapt) as stepper:
+        for index, (group, stream) in enumerate(zip(groups, header.streams)):
             lengths = _padded(plan.lengths[group], rows)
             coded_rows = np.flatnonzero(~_padded(raw[group], rows, True) & (lengths > 0))
-            if not len(coded_rows):  # all raw: no model needed
+            is_raw = _padded(raw[group], rows, False)
+            adapting = stepper.adapter is not None
+            if not len(coded_rows):  # all raw: no model needed (but an adapting one learns from them)
+                if adapting:
+                    matrix = _group_matrix(out, plan, group, rows, int(lengths[0]), which=is_raw)
+                    _GroupUpdates(stepper.adapter, matrix, lengths, index == len(groups) - 1).finish()
                 if progress is not None:
                     progress(int(lengths.sum()), None)
                 continue
             coded_lengths = lengths[coded_rows]  # descending, like the rows
             steps = int(coded_lengths[0])  # the raw rows' later steps are not needed
-            matrix = _group_matrix(out, plan, group, rows, steps, which=_padded(raw[group], rows, False))
+            # adapting, the updates need every row's bytes up to the group's longest row
+            matrix = _group_matrix(out, plan, group, rows, int(lengths[0]) if adapting else steps, which=is_raw)
             device_rows = torch.from_numpy(coded_rows).to(stepper.device)
             decoder = _GroupDecoder(stream, index)
 
@@ -543,8 +779,11 @@ def decompress_members(
                 matrix[t, coded_rows[:coding]] = decoder.decode(frequencies)
                 return torch.from_numpy(matrix[t].astype(np.int64)).to(stepper.device)
 
-            done = _run_group(stepper, lengths, steps, decode_step, progress, lambda: None)
+            updates = _GroupUpdates(stepper.adapter, matrix, lengths, index == len(groups) - 1)
+            done = _run_group(stepper, lengths, steps, decode_step, progress, lambda: None,
+                              updates if adapting else None)
             decoder.finish()
+            updates.finish()
             for row in coded_rows:
                 chunk = group[row]
                 start, length = int(plan.starts[chunk]), int(plan.lengths[chunk])
@@ -561,7 +800,20 @@ def decompress_members(
     return members
 
 
-def decompress(blob: bytes, model: ByteModel, **options) -> bytes:
+def scratch_for(header: Container, device: str | torch.device | None = None) -> ByteModel:
+    """The from-scratch model a stream records, rebuilt on ``device`` (default: the stream's own
+    device type), after the checks that need no model."""
+    device = torch.device(device or header.settings.device)
+    if device.type != header.settings.device:
+        raise OmnibyteError(f"the stream was made on {header.settings.device} ({header.settings.dtype}) and "
+                            f"decodes only there, not on {device.type}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OmnibyteError(f"the stream was made on cuda ({header.settings.dtype}) and decodes only there; "
+                            f"this machine has no CUDA GPU")
+    return build_scratch(header.fresh, device)
+
+
+def decompress(blob: bytes, model: ByteModel | None = None, **options) -> bytes:
     """Inverse of ``compress``."""
     members = decompress_members(blob, model, **options)
     if len(members) != 1:

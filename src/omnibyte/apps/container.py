@@ -1,18 +1,24 @@
 """The ``.omb`` container: header, stream table, raw-chunk bitmap, coded streams, raw chunks.
 
-Layout (version 3, all integers little-endian; spec in docs/compression.md)::
+Layout (version 4, all integers little-endian; spec in docs/compression.md)::
 
     magic            4   b"\\x89OMB"
-    version          1   3
+    version          1   4
     fingerprint     16   first 16 bytes of the model's SHA-256 fingerprint
     device           1   0 cpu, 1 cuda      -- where the probabilities were computed
     dtype            1   0 float32, 1 bfloat16, 2 float16 (float32 only on the CPU)
     precision        1   log2 of the frequency total (24)
-    flags            1   bit 0: probabilities came from the family's fast decoder
+    flags            1   bit 0: probabilities came from the family's fast decoder;
+                         bit 1: online adaptation (an adapt section follows the fixed part);
+                         bit 2: the model was built from scratch (a model section follows)
     chunk_size       4   u32, bytes per chunk (each chunk starts from BOS)
     batch_size       4   u32, rows stepped together (the batch shape), 1..65,536
     original_size    8   u64, bytes of all members together
     original_digest  8   BLAKE2b-64 of the members, concatenated
+    [adapt section]      (flag bit 1) u8 optimizer (0 adam), u32 block (bytes per row between
+                         updates), f64 lr, beta1, beta2, eps, clip (gradient-norm clip, 0 none)
+    [model section]      (flag bit 2) u64 seed, varint length + the model's config document
+                         (UTF-8 JSON: format, arch, config) -- what the decoder rebuilds
     num_members      varint, then one varint size per member      -- the chunk table
     num_streams      varint, then one varint byte length per stream -- the stream table
     raw_bitmap       ceil(chunks / 8) bytes: bit k (LSB first) set = chunk k is stored raw
@@ -21,8 +27,8 @@ Layout (version 3, all integers little-endian; spec in docs/compression.md)::
     raw chunks           the raw chunks' bytes, concatenated in chunk order
     payload_crc      4   CRC32 of the streams and the raw chunks
 
-Version 2 is the same without ``raw_bitmap`` and the raw chunks (every chunk coded); it is
-still read. Every size is checked against the format's limits and the blob's own length
+Version 3 is the same without flag bits 1 and 2 (and their sections); version 2 is version 3
+without ``raw_bitmap`` and the raw chunks (every chunk coded). Both are still read. Every size is checked against the format's limits and the blob's own length
 before anything proportional to it is allocated; every parse error is an ``OmnibyteError``
 with a one-line message.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import struct
 import zlib
@@ -39,8 +46,10 @@ import numpy as np
 from omnibyte.errors import OmnibyteError
 
 MAGIC = b"\x89OMB"
-VERSION = 3
-READ_VERSIONS = (2, 3)  # version 2 (omnibyte 0.2.0): version 3 without raw chunks
+VERSION = 4
+# version 2 (omnibyte 0.2.0): version 3 without raw chunks; version 3: version 4 without
+# online adaptation and from-scratch models (flag bits 1 and 2)
+READ_VERSIONS = (2, 3, 4)
 # version 1 (omnibyte 0.1) had the layout of version 2, but its probabilities came from the old
 # decoder (separate q/k/v projections, per-batch positions), which no longer exists: its streams
 # are refused by name rather than decoded into garbage
@@ -49,7 +58,11 @@ FINGERPRINT_BYTES = 16
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 PRECISION = 24  # the only precision this build codes (constriction's 24-bit frequencies)
-KNOWN_FLAGS = 0b1  # bit 0: fast decoder
+FLAG_FAST, FLAG_ADAPT, FLAG_FRESH = 0b001, 0b010, 0b100
+KNOWN_FLAGS = {2: FLAG_FAST, 3: FLAG_FAST, 4: FLAG_FAST | FLAG_ADAPT | FLAG_FRESH}  # by version
+OPTIMIZERS = ("adam",)  # the adapt section's optimizer byte
+MAX_ADAPT_BLOCK = 1 << 24
+MAX_DOCUMENT_BYTES = 1 << 16  # a from-scratch model's config document
 MAX_BATCH_SIZE = 1 << 16  # rows per group, the encoder's limit
 MAX_CHUNK_SIZE = (1 << 32) - 1  # u32
 # the most probable byte is coded with frequency at most 2**24 - 255 out of 2**24, so every
@@ -61,6 +74,8 @@ STREAM_SLACK_BITS = 64  # range-coder state that a flush may leave out (measured
 # fixed part after magic + version
 _FIXED = struct.Struct("<16sBBBBIIQ8s")
 _CRC = struct.Struct("<I")
+_ADAPT = struct.Struct("<BIddddd")  # optimizer, block, lr, beta1, beta2, eps, clip
+_SEED = struct.Struct("<Q")
 # magic, version, the fixed fields and both CRCs: every container has these 57 bytes
 FIXED_OVERHEAD = len(MAGIC) + 1 + _FIXED.size + 2 * _CRC.size
 
@@ -78,6 +93,45 @@ class CodingSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdaptSettings:
+    """Online adaptation: after every ``block`` steps of a group, one optimizer step on the
+    bytes the block coded (every row), so the next block is coded with the updated weights.
+    The optimizer starts from a fresh state (zero moments) at the start of the stream."""
+
+    block: int  # bytes per row between updates
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    clip: float = 1.0  # gradient-norm clip (0: none)
+    optimizer: str = "adam"
+
+    def problem(self) -> str | None:
+        """What is out of range (named as the header field), or None."""
+        if self.optimizer not in OPTIMIZERS:
+            return f"optimizer = {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})"
+        if not 1 <= self.block <= MAX_ADAPT_BLOCK:
+            return f"block = {self.block:,}, outside 1..{MAX_ADAPT_BLOCK:,}"
+        checks = [("lr", self.lr, 0.0, 1.0, False), ("beta1", self.beta1, 0.0, 1.0, True),
+                  ("beta2", self.beta2, 0.0, 1.0, True), ("eps", self.eps, 0.0, 1.0, False),
+                  ("clip", self.clip, 0.0, 1e6, True)]
+        for name, value, low, high, low_allowed in checks:
+            if not (math.isfinite(value) and (value >= low if low_allowed else value > low) and value <= high
+                    and not (name.startswith("beta") and value >= 1.0)):
+                return f"{name} = {value!r}"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FreshModel:
+    """A model built from scratch: its config document (JSON: format, arch, config) and the
+    seed its initial weights come from (``omnibyte.models.registry.seeded``)."""
+
+    document: str
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Container:
     fingerprint: bytes
     settings: CodingSettings
@@ -88,7 +142,9 @@ class Container:
     # b"" means no chunk is raw
     raw_bitmap: bytes = b""
     raw_data: bytes = b""  # the raw chunks, concatenated in chunk order
-    version: int = VERSION  # the version read (pack writes this version: 2 or 3)
+    version: int = VERSION  # the version read (pack writes this version: 2, 3 or 4)
+    adapt: AdaptSettings | None = None  # version 4: online adaptation
+    fresh: FreshModel | None = None  # version 4: the model was built from scratch
 
     @property
     def original_size(self) -> int:
@@ -187,10 +243,21 @@ def pack(container: Container) -> bytes:
         raise ValueError(f"cannot write container version {container.version}")
     header = bytearray(MAGIC)
     header.append(container.version)
+    if container.version < 4 and (container.adapt or container.fresh):
+        raise ValueError("adaptation and from-scratch models need container version 4")
+    flags = ((FLAG_FAST if settings.fast else 0) | (FLAG_ADAPT if container.adapt else 0)
+             | (FLAG_FRESH if container.fresh else 0))
     header += _FIXED.pack(
         container.fingerprint[:FINGERPRINT_BYTES], DEVICES.index(settings.device),
-        DTYPES.index(settings.dtype), settings.precision, int(settings.fast), settings.chunk_size,
+        DTYPES.index(settings.dtype), settings.precision, flags, settings.chunk_size,
         settings.batch_size, container.original_size, container.original_digest)
+    if container.adapt:
+        adapt = container.adapt
+        header += _ADAPT.pack(OPTIMIZERS.index(adapt.optimizer), adapt.block, adapt.lr, adapt.beta1,
+                              adapt.beta2, adapt.eps, adapt.clip)
+    if container.fresh:
+        document = container.fresh.document.encode()
+        header += _SEED.pack(container.fresh.seed) + varint(len(document)) + document
     for table in (container.member_sizes, [len(s) for s in container.streams]):
         header += varint(len(table)) + b"".join(varint(value) for value in table)
     if container.version >= 3:
@@ -221,7 +288,7 @@ def read_version(blob: bytes) -> int:
 
 
 def _check_coding_mode(device: int, dtype: int, precision: int, flags: int, chunk_size: int,
-                       batch_size: int) -> None:
+                       batch_size: int, version: int = VERSION) -> None:
     """Only settings the encoder produces; each refusal names its header field."""
     if device >= len(DEVICES):
         raise OmnibyteError(f"corrupted stream (header field device = {device}, not 0 (cpu) or 1 (cuda))")
@@ -234,9 +301,12 @@ def _check_coding_mode(device: int, dtype: int, precision: int, flags: int, chun
     if precision != PRECISION:
         raise OmnibyteError(f"unsupported coding mode: header field precision = {precision} bits "
                             f"(this build codes with {PRECISION})")
-    if flags & ~KNOWN_FLAGS:
+    known = KNOWN_FLAGS[version]
+    if flags & ~known:
+        meaning = ("only bit 0, fast decoder, is defined" if known == FLAG_FAST else
+                   "bits 0 fast decoder, 1 adaptation and 2 from-scratch model are defined")
         raise OmnibyteError(f"unsupported coding mode: header field flags = {flags:#04x} has unknown bits "
-                            f"{flags & ~KNOWN_FLAGS:#04x} (only bit 0, fast decoder, is defined)")
+                            f"{flags & ~known:#04x} in version {version} ({meaning})")
     if chunk_size < 1:
         raise OmnibyteError("corrupted stream (header field chunk_size = 0)")
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
@@ -272,6 +342,22 @@ def unpack(blob: bytes) -> Container:
     (fingerprint, device, dtype, precision, flags, chunk_size, batch_size, original_size,
      original_digest) = _FIXED.unpack_from(blob, offset)
     offset += _FIXED.size
+    adapt_fields = fresh_fields = None
+    if version >= 4 and flags & FLAG_ADAPT:
+        if len(blob) < offset + _ADAPT.size:
+            raise OmnibyteError("truncated stream (header ends inside the adapt section)")
+        adapt_fields = _ADAPT.unpack_from(blob, offset)
+        offset += _ADAPT.size
+    if version >= 4 and flags & FLAG_FRESH:
+        if len(blob) < offset + _SEED.size:
+            raise OmnibyteError("truncated stream (header ends inside the model section)")
+        (seed,) = _SEED.unpack_from(blob, offset)
+        length, offset = _read_varint(blob, offset + _SEED.size, "model section")
+        if length > min(MAX_DOCUMENT_BYTES, len(blob) - offset):
+            raise OmnibyteError(f"corrupted or truncated stream (the model section claims a {length:,}-byte "
+                                f"config document; at most {min(MAX_DOCUMENT_BYTES, len(blob) - offset):,})")
+        fresh_fields = (seed, blob[offset : offset + length])
+        offset += length
     member_sizes, offset = _read_list(blob, offset, "member table")
     stream_sizes, offset = _read_list(blob, offset, "stream table")
     # the chunk count is arithmetic on the member table (at most one entry per blob byte)
@@ -287,7 +373,9 @@ def unpack(blob: bytes) -> Container:
     offset += _CRC.size
 
     # -- every field against the format's limits ------------------------------------------
-    _check_coding_mode(device, dtype, precision, flags, chunk_size, batch_size)
+    _check_coding_mode(device, dtype, precision, flags, chunk_size, batch_size, version)
+    adapt = _adapt_settings(adapt_fields) if adapt_fields else None
+    fresh = _fresh_model(*fresh_fields) if fresh_fields else None
     if sum(member_sizes) != original_size:
         raise OmnibyteError(f"corrupted stream (header field original_size = {original_size:,}, but the member "
                             f"table adds up to {sum(member_sizes):,})")
@@ -329,4 +417,29 @@ def unpack(blob: bytes) -> Container:
     settings = CodingSettings(DEVICES[device], DTYPES[dtype], chunk_size, batch_size, precision,
                               bool(flags & 1))
     return Container(fingerprint, settings, tuple(member_sizes), original_digest, tuple(streams),
-                     raw_bitmap=raw_bitmap, raw_data=blob[offset:payload_end], version=version)
+                     raw_bitmap=raw_bitmap, raw_data=blob[offset:payload_end], version=version,
+                     adapt=adapt, fresh=fresh)
+
+
+def _adapt_settings(fields: tuple) -> AdaptSettings:
+    optimizer, block, lr, beta1, beta2, eps, clip = fields
+    if optimizer >= len(OPTIMIZERS):
+        raise OmnibyteError(f"unsupported coding mode: adapt field optimizer = {optimizer} "
+                            f"(known: {', '.join(f'{i} {name}' for i, name in enumerate(OPTIMIZERS))})")
+    adapt = AdaptSettings(block, lr, beta1, beta2, eps, clip, OPTIMIZERS[optimizer])
+    problem = adapt.problem()
+    if problem:
+        raise OmnibyteError(f"corrupted stream (adapt field {problem})")
+    return adapt
+
+
+def _fresh_model(seed: int, document: bytes) -> FreshModel:
+    """The model section, checked to be a JSON object naming an arch and a config (the model
+    itself is checked when it is built: every field, and its size against the limit)."""
+    try:
+        parsed = json.loads(document.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise OmnibyteError("corrupted stream (the model section's config document is not JSON)") from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("arch"), str) or not isinstance(parsed.get("config"), dict):
+        raise OmnibyteError("corrupted stream (the model section's config document has no arch and config)")
+    return FreshModel(document.decode(), seed)

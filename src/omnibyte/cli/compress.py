@@ -16,15 +16,18 @@ from typing import Callable
 import torch
 
 from omnibyte.apps import container
-from omnibyte.apps.compress import (DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, SUFFIX, compress, decompress,
-                                    model_fingerprint)
+from omnibyte.apps.compress import (DEFAULT_ADAPT_BLOCK, DEFAULT_ADAPT_LR, DEFAULT_ROWS, MAX_BATCH_SIZE, SUFFIX,
+                                    adapt_settings, compress, decompress, model_fingerprint, scratch_model)
 from omnibyte.cli.common import (
     BATCH_SIZE_HELP,
     Subparsers,
-    add_model_options,
+    add_allow_large_option,
     check_output_file,
+    device_name,
     int_in,
     load_cli_model,
+    real_in,
+    seed_int,
 )
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import STDIO, check_output_folder, check_writable, read_input, write_output
@@ -41,12 +44,29 @@ def add_parser(subparsers: Subparsers) -> None:
         description="Compress files losslessly with a model (range coding of its next-byte probabilities). "
                     "Chunks the model cannot shrink are stored raw, so no input grows by more than a few "
                     "bytes per chunk (docs/compression.md).")
-    _add_common(compress_parser)
+    _add_common(compress_parser, compressing=True)
     compress_parser.add_argument("--chunk-size", type=int_in(1), default=None, metavar="BYTES",
-                                 help="bytes per independently coded chunk (default: 64 KiB, at most the "
-                                      "model's context)")
-    compress_parser.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
-                                 metavar="N", help=BATCH_SIZE_HELP + "; here each chunk is one sequence")
+                                 help="bytes per independently coded chunk (default: picked from the input size "
+                                      "and the device, at most what the model was trained on)")
+    compress_parser.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=None,
+                                 metavar="N", help=BATCH_SIZE_HELP + "; here each chunk is one sequence (default: "
+                                 f"picked with the chunk size, at most {DEFAULT_ROWS['cpu']} on the CPU and "
+                                 f"{DEFAULT_ROWS['cuda']} on CUDA)")
+    compress_parser.add_argument("--adapt", action="store_true",
+                                 help="keep training the model on the bytes already coded (online adaptation; "
+                                      "decompress repeats the same updates)")
+    compress_parser.add_argument("--adapt-lr", type=real_in(0.0, 1.0, include_low=False), default=None,
+                                 metavar="LR", help="learning rate of the adaptation (Adam; default: "
+                                 f"{DEFAULT_ADAPT_LR['trained']:g} for a trained model, "
+                                 f"{DEFAULT_ADAPT_LR['scratch']:g} from scratch)")
+    compress_parser.add_argument("--adapt-block", type=int_in(1, 1 << 24), default=None, metavar="BYTES",
+                                 help=f"bytes of every row between two updates (default: {DEFAULT_ADAPT_BLOCK})")
+    compress_parser.add_argument("--arch", default=None, metavar="NAME",
+                                 help="with --model none: the architecture to build (default: flat)")
+    compress_parser.add_argument("--preset", default=None, metavar="NAME",
+                                 help="with --model none: the size preset to build (e.g. tiny)")
+    compress_parser.add_argument("--seed", type=seed_int, default=None,
+                                 help="with --model none: the seed of the initial weights (default: 0)")
     compress_parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                                  help="arithmetic of the model while coding: auto is bfloat16 on CUDA, float32 "
                                       "on the CPU (the only one there)")
@@ -61,12 +81,21 @@ def add_parser(subparsers: Subparsers) -> None:
     decompress_parser.set_defaults(handler=run_decompress)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, compressing: bool = False) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="input files; - reads stdin")
+    if compressing:
+        parser.add_argument("--model", required=True, default=None, metavar="DIR",
+                            help="model folder (a saved model or a training run), or none: a freshly "
+                                 "initialised model (--preset, --arch, --seed) that learns as it codes")
+    else:
+        parser.add_argument("--model", type=Path, default=None, metavar="DIR",
+                            help="the model the streams were made with (not needed for streams made with "
+                                 "--model none: they say what to rebuild)")
+    add_allow_large_option(parser)
     # no --device means: auto for compress, the stream's own device for decompress
-    add_model_options(parser, device_default=None,
-                      device_help="where the model runs: auto, cpu, cuda or cuda:N (default: auto for "
-                                  "compress, the stream's own device for decompress)")
+    parser.add_argument("--device", default=None, type=device_name,
+                        help="where the model runs: auto, cpu, cuda or cuda:N (default: auto for "
+                             "compress, the stream's own device for decompress)")
     parser.add_argument("-o", "--output", default=None, metavar="PATH",
                         help="output file (- for stdout); a folder when there are several inputs (default: "
                              "next to each input, FILE.omb for compress, FILE without .omb for decompress)")
@@ -180,6 +209,50 @@ def _ratio_text(done: int, bits: int | None) -> str:
     return f"ratio {8 * done / bits:.2f}x" if bits else ""
 
 
+SCRATCH = "none"  # --model none: a freshly initialised model
+
+
+def scratch_options(args: argparse.Namespace):
+    """The from-scratch recipe of ``--model none`` (None for a model folder); the options that
+    only make sense with one of the two are refused with the other."""
+    if args.model != SCRATCH:
+        given = [name for name in ("preset", "arch", "seed") if getattr(args, name) is not None]
+        if given:
+            raise OmnibyteError(f"--{given[0]} builds a model from scratch: use it with --model none, "
+                                f"not with a model folder")
+        return None
+    if args.preset is None:
+        raise OmnibyteError("--model none needs --preset NAME (the size of the model to build, e.g. tiny)")
+    return scratch_model(args.arch or "flat", args.preset, 0 if args.seed is None else args.seed)
+
+
+def adapt_options(args: argparse.Namespace, scratch: bool):
+    """The adaptation schedule (None without --adapt); a model from scratch always adapts."""
+    if not (args.adapt or scratch):
+        for option in ("adapt_lr", "adapt_block"):
+            if getattr(args, option) is not None:
+                raise OmnibyteError(f"--{option.replace('_', '-')} sets up --adapt: add --adapt")
+        return None
+    return adapt_settings(args.adapt_lr, args.adapt_block, scratch=scratch)
+
+
+def trained_seq_len(directory: Path) -> int | None:
+    """The sequence length a run was trained with: ``train_config.json`` in the run folder (or,
+    for its ``best/`` model, the run folder above it); None when unknown."""
+    import json
+
+    directory = Path(directory)
+    folders = [directory, directory.parent] if directory.name == "best" else [directory]
+    for folder in folders:
+        try:
+            value = json.loads((folder / "train_config.json").read_text()).get("seq_len")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def run_compress(args: argparse.Namespace) -> int:
     device = "cpu" if args.portable else (args.device or "auto")
     if args.portable and args.device not in (None, "cpu"):
@@ -187,20 +260,37 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.portable and args.dtype not in ("auto", "float32"):
         raise OmnibyteError("--portable codes in float32; drop --dtype")
     dtype = "float32" if args.portable else args.dtype
+    recipe = scratch_options(args)
+    adapt = adapt_options(args, scratch=recipe is not None)
     check_inputs(args)
     pairs = plan_outputs(args, compressing=True)
     stdin = read_input(STDIO) if STDIO in args.files else None  # a closed stdin fails here, before the model
-    model, fingerprint = _load_coding_model(args, device)
+    if recipe is not None:  # built by compress from the recipe, which the container records
+        model, fingerprint, seq_len = recipe, None, None
+        device = _scratch_device(device)
+    else:
+        args.model = Path(args.model)
+        model, fingerprint = _load_coding_model(args, device)
+        seq_len = trained_seq_len(args.model)
     for name, target in pairs:
         data = stdin if name == STDIO else read_input(name)
         bar, update = _progress_bar(args, name, len(data), _ratio_text)
         start = time.perf_counter()
         with bar:
-            blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype,
-                            progress=update, fingerprint=fingerprint)
+            blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype, progress=update,
+                            fingerprint=fingerprint, adapt=adapt, train_seq_len=seq_len, device=device)
         write_output(target, blob, force=args.force, source=name)
         _summary(args, name, len(data), len(blob), time.perf_counter() - start)
     return 0
+
+
+def _scratch_device(device: str) -> torch.device:
+    from omnibyte.devices import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise OmnibyteError("this needs a CUDA GPU")
+    return resolved
 
 
 def run_decompress(args: argparse.Namespace) -> int:
@@ -212,13 +302,30 @@ def run_decompress(args: argparse.Namespace) -> int:
     headers = [container.unpack(blob) for blob in blobs]  # reject bad streams before loading anything
     devices = {header.settings.device for header in headers}
     device = args.device or (devices.pop() if len(devices) == 1 else "auto")
-    model, fingerprint = _load_coding_model(args, device)
+    needs_model = [name for name, header in zip(args.files, headers) if header.fresh is None]
+    model = fingerprint = None
+    if needs_model:
+        if args.model is None:
+            raise OmnibyteError(f"{needs_model[0]} was compressed with a trained model: name it with --model")
+        model, fingerprint = _load_coding_model(args, device)
     for (name, target), blob, header in zip(pairs, blobs, headers):
         ratio = f"ratio {header.original_size / max(len(blob), 1):.2f}x"
         bar, update = _progress_bar(args, name, header.original_size, lambda done, bits: ratio)
         start = time.perf_counter()
         with bar:
-            data = decompress(blob, model, progress=update, fingerprint=fingerprint)
+            if header.fresh is not None:
+                data = decompress(blob, progress=update, device=_stream_device(args.device, header))
+            else:
+                data = decompress(blob, model, progress=update, fingerprint=fingerprint)
         write_output(target, data, force=args.force, source=name)
         _summary(args, name, len(data), len(blob), time.perf_counter() - start)
     return 0
+
+
+def _stream_device(requested: str | None, header: container.Container) -> torch.device:
+    """Where a from-scratch stream decodes: ``--device`` or its own device type (checked by ``scratch_for``)."""
+    from omnibyte.devices import resolve_device
+
+    if requested is None and header.settings.device == "cuda" and not torch.cuda.is_available():
+        raise OmnibyteError("this needs a CUDA GPU (the stream was made on cuda)")
+    return resolve_device(requested or header.settings.device)
