@@ -43,6 +43,7 @@ from common import describe_environment, print_table, write_json  # noqa: E402
 
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.models.base import BOS  # noqa: E402
+from omnibyte.models.layers import default_intermediate_size  # noqa: E402
 from omnibyte.models.graphs import GraphCaptureWarning  # noqa: E402
 
 WIDTH, HEADS, ENCODER_LAYERS, LATENT_LAYERS, DECODER_LAYERS = 512, 16, 2, 8, 6
@@ -209,8 +210,9 @@ def generation(args, device) -> list[dict]:
 def hf_blt(args):
     from transformers import BltConfig, BltForCausalLM  # noqa: PLC0415 - optional peer
 
+    # the widths omnibyte's SwiGLU layers have (transformers 5.17 refuses intermediate_size=None)
     local = dict(hidden_size=WIDTH, num_attention_heads=HEADS, hidden_size_global=WIDTH,
-                 max_position_embeddings=args.context, intermediate_size=None)
+                 max_position_embeddings=args.context, intermediate_size=default_intermediate_size(WIDTH))
     config = BltConfig(
         vocab_size=260, max_position_embeddings=args.context, patch_in_forward=True,
         patching_mode="entropy", patching_threshold=100.0, max_patch_length=args.patch_size,
@@ -219,10 +221,10 @@ def hf_blt(args):
         encoder_config={**local, "num_hidden_layers": ENCODER_LAYERS},
         decoder_config={**local, "num_hidden_layers": DECODER_LAYERS},
         global_config=dict(hidden_size=WIDTH, num_attention_heads=HEADS, num_hidden_layers=LATENT_LAYERS,
-                           max_position_embeddings=args.context, intermediate_size=None),
+                           max_position_embeddings=args.context, intermediate_size=default_intermediate_size(WIDTH)),
         patcher_config=dict(hidden_size=ENTROPY["hidden_size"], num_hidden_layers=ENTROPY["num_layers"],
                             num_attention_heads=ENTROPY["num_query_heads"], max_position_embeddings=args.context,
-                            intermediate_size=None),
+                            intermediate_size=default_intermediate_size(ENTROPY["hidden_size"])),
     )
     return BltForCausalLM(config)
 
@@ -240,15 +242,18 @@ def peer(args, device) -> list[dict]:
     try:
         def loss(ids: torch.Tensor) -> torch.Tensor:
             inputs = ids[:, :-1] + 4  # its byte ids are offset by 4 special tokens
-            return model(input_ids=inputs, labels=inputs).loss
+            return model(input_ids=inputs, labels=inputs, use_cache=False).loss
 
         row.update(training_rate(model, loss, args.batch_size, args.context, device, args.train_steps))
         model.eval()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             def generate(prompt_length: int) -> float:
                 prompt = torch.randint(4, 260, (1, prompt_length), device=device)
+                # use_cache=False: transformers 5.24's generate() fails to build a cache from a
+                # BltConfig ("no attribute num_hidden_layers"), so its BLT recomputes every step
                 return timed(lambda: model.generate(prompt, max_new_tokens=args.peer_new_bytes,
-                                                    min_new_tokens=args.peer_new_bytes, do_sample=False))
+                                                    min_new_tokens=args.peer_new_bytes, do_sample=False,
+                                                    use_cache=False))
 
             generate(8)  # warm-up
             short, long = 8, args.gen_bytes - args.peer_new_bytes
