@@ -21,7 +21,7 @@ from omnibyte.errors import OmnibyteError  # noqa: E402 (after the OpenMP settin
 from omnibyte.models import BOS, ByteModel, BytePredictor, ModelConfig, build_model, make_config  # noqa: E402
 from omnibyte.models.serialization import load_model, save_model  # noqa: E402
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "BOS", "ByteModel", "BytePredictor", "ModelConfig", "OmnibyteError",
