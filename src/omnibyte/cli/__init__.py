@@ -13,13 +13,13 @@ from typing import Iterator
 
 from omnibyte import __version__
 from omnibyte.devices import configure_cpu_threads
-from omnibyte.cli import (anomaly, classify, common, compress, convert, datasets, demo, detect, export, generate, info,
-                          media, patches, train)
+from omnibyte.cli import (anomaly, answer, classify, common, compress, convert, datasets, demo, detect, export,
+                          generate, info, media, patches, train)
 from omnibyte.cli import eval as eval_command  # the module name would shadow the builtin
 
 # in the order ``omnibyte --help`` lists them
 COMMAND_MODULES = (train, eval_command, generate, info, export, demo, compress, detect, anomaly, patches, classify,
-                   media, convert, datasets)
+                   media, convert, answer, datasets)
 
 
 def build_parser() -> common.Parser:

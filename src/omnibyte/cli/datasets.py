@@ -1,10 +1,13 @@
 """``omnibyte datasets``: write paired records for ``omnibyte train --task convert``.
 
 * ``nottingham``: ABC <-> MIDI pairs of the Nottingham Music Database, split by tune;
-* ``cpu``: (initial state + program, final state) records of omnibyte's CPU simulator.
+* ``cpu``: (initial state + program, final state) records of omnibyte's CPU simulator;
+* ``shapes-vqa``: (image + question, answer) records of synthetic scenes (``data.shapes_vqa``).
 
 Each writes ``OUT/train/`` and ``OUT/test/`` (pair files) and ``OUT/dataset.json``; train on
 ``OUT/train`` (validation is split off it by tune/record) and keep ``OUT/test`` held out.
+``shapes-vqa`` also writes ``OUT/validation/`` and is trained on as ``OUT`` itself
+(``omnibyte train --task answer OUT`` reads its ``train/``).
 """
 from __future__ import annotations
 
@@ -13,13 +16,15 @@ from pathlib import Path
 
 from omnibyte import cpusim
 from omnibyte.cli.common import Subparsers, int_in, real_in, seed_int
-from omnibyte.data import nottingham
+from omnibyte.data import nottingham, shapes_vqa
 from omnibyte.data.pairs import PairRecord, check_dataset_folder, write_pair_dataset
 from omnibyte.errors import OmnibyteError
 
 DEFAULT_NOTTINGHAM = Path("../shared/data/nottingham")
 CPU_RECORDS_PER_FILE = 10_000
 MAX_RECORDS = 10_000_000
+MAX_SCENES = 1_000_000
+VQA_RECORDS_PER_FILE = 5_000
 program_length = int_in(1, cpusim.MAX_PROGRAM_LENGTH)
 
 
@@ -51,6 +56,19 @@ def add_parser(subparsers: Subparsers) -> None:
     cpu.add_argument("--seed", type=seed_int, default=0, help="seed of the records")
     add_output_options(cpu)
     cpu.set_defaults(handler=run_cpu)
+
+    vqa = kinds.add_parser("shapes-vqa", help="questions about synthetic scenes of shapes: image + question -> "
+                           "answer (for omnibyte train --task answer)")
+    vqa.add_argument("--scenes", required=True, type=int_in(1, MAX_SCENES), metavar="N",
+                     help="training scenes (up to 5 questions each)")
+    vqa.add_argument("--test-scenes", type=int_in(1, MAX_SCENES), default=None, metavar="N",
+                     help="validation scenes and test scenes, each (default: a tenth of --scenes, at least 1)")
+    vqa.add_argument("--size", type=int, choices=shapes_vqa.IMAGE_SIZES, default=32, help="image width and height")
+    vqa.add_argument("--encoding", choices=shapes_vqa.ENCODINGS, default="png",
+                     help="pixels: raw RGB rows; bmp, png, jpeg: files written by Pillow")
+    vqa.add_argument("--seed", type=seed_int, default=0, help="seed of the scenes and questions")
+    add_output_options(vqa)
+    vqa.set_defaults(handler=run_shapes_vqa)
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -97,3 +115,18 @@ def run_cpu(args: argparse.Namespace) -> int:
     manifest = write_pair_dataset(args.out, {"train": train, "test": test}, description,
                                   records_per_file=CPU_RECORDS_PER_FILE)
     return report(args.out, manifest)
+
+
+def run_shapes_vqa(args: argparse.Namespace) -> int:
+    check_dataset_folder(args.out, args.force)
+    held_out = args.test_scenes if args.test_scenes is not None else max(args.scenes // 10, 1)
+    scenes = {"train": args.scenes, "validation": held_out, "test": held_out}
+    splits = {split: shapes_vqa.split_records(split, count, args.seed, args.encoding, args.size)
+              for split, count in scenes.items()}
+    description = {"dataset": "shapes-vqa", "seed": args.seed, "encoding": args.encoding, "size": args.size,
+                   "scenes": scenes, "question_types": list(shapes_vqa.QUESTION_TYPES)}
+    manifest = write_pair_dataset(args.out, splits, description, records_per_file=VQA_RECORDS_PER_FILE)
+    counts = manifest["records"]
+    print(f"wrote {counts['train']:,} training, {counts['validation']:,} validation and {counts['test']:,} test "
+          f"records to {args.out} (train with omnibyte train --task answer {args.out})")
+    return 0
