@@ -62,6 +62,8 @@ def world(tmp_path_factory) -> Path:
         return {**document, "config": {**document["config"], **changes}}
 
     save_model(model, root / "converter", task={"name": "convert", "source": "abc", "target": "midi"})
+    save_model(model, root / "answerer", task={"name": "answer", "source": "bytes", "target": "bytes",
+                                               "encoding": "png", "image_size": 32})
     (root / "tune.abc").write_bytes(b"X: 1\nT:Tune\nM:6/8\nK:G\nGAB c2d|]\n")
     (root / "tune.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x04\x00MTrk\x00\x00\x00\x04\x00\xff\x2f\x00")
     model_folder("truncated", document, weights[:300])
@@ -139,6 +141,8 @@ PATCHES = ["patches", "{W}/text.txt", *M, "--device", "cpu"]
 CONVERT = ["convert", "--model", "{W}/converter", "--device", "cpu"]
 CPU_DATA = ["datasets", "cpu", "--out", "{T}/cpu"]
 NOTTINGHAM = ["datasets", "nottingham", "--direction", "abc2midi", "--out", "{T}/pairs"]
+ANSWER = ["answer", "--model", "{W}/answerer", "--device", "cpu"]
+VQA_DATA = ["datasets", "shapes-vqa", "--out", "{T}/vqa"]
 
 CLI_CASES: list[tuple[list[str], str]] = [
     # the command line itself
@@ -412,6 +416,28 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*NOTTINGHAM, "--test-fraction", "1"], "--test-fraction"),
     ([*NOTTINGHAM, "--test-fraction", "0"], "--test-fraction"),
     ([*NOTTINGHAM, "--midi", "drums"], "drums"),
+    # answer: a question answering model, an image Pillow reads, a question
+    ([*ANSWER, "--question", "how many circles are there?"], "--image"),
+    ([*ANSWER, "--image", "{W}/pictures/pic.png"], "--question"),
+    (["answer", "--image", "{W}/pictures/pic.png", "--question", "how many?"], "--model"),
+    ([*ANSWER, "--image", "{W}/pictures/pic.png", "--question", "  "], "the question is empty"),
+    ([*ANSWER, "--image", "{W}/pictures/pic.png", "--question", "wie viele Kreise gibt es ä?"],
+     "printable ASCII"),
+    ([*ANSWER, "--image", "{W}/missing.png", "--question", "how many?"], "missing.png"),
+    ([*ANSWER, "--image", "{W}/text.txt", "--question", "how many?"], "not an image Pillow can read"),
+    ([*ANSWER, "--image", "{W}/data", "--question", "how many?"], "is a folder"),
+    (["answer", *M, "--image", "{W}/pictures/pic.png", "--question", "how many?"],
+     "not a question answering model (it was trained for the 'next-byte'"),
+    (["answer", "--model", "{W}/converter", "--image", "{W}/pictures/pic.png", "--question", "how many?"],
+     "not a question answering model (it was trained for the 'convert'"),
+    (["train", "--task", "answer", "{W}/data", "--out", "{T}/run"], "not a paired record"),
+    (VQA_DATA, "--scenes"),
+    ([*VQA_DATA, "--scenes", "0"], "--scenes"),
+    ([*VQA_DATA, "--scenes", "2", "--size", "48"], "--size"),
+    ([*VQA_DATA, "--scenes", "2", "--encoding", "gif"], "gif"),
+    ([*VQA_DATA, "--scenes", "2", "--test-scenes", "0"], "--test-scenes"),
+    ([*VQA_DATA, "--scenes", "2", "--seed", "-1"], "--seed"),
+    (["datasets", "shapes-vqa", "--scenes", "2", "--out", "{W}/data"], "is not empty (use --force"),
     # compress --adapt and --model none
     (["compress", "{W}/text.txt", *M, "--adapt", "--adapt-lr", "0"], "--adapt-lr: must be a number in (0, 1]"),
     (["compress", "{W}/text.txt", *M, "--adapt", "--adapt-lr", "nan"], "--adapt-lr"),
@@ -449,8 +475,8 @@ def test_the_catalogue_covers_every_subcommand():
 
     commands = {case[0][0] for case in CLI_CASES if case[0] and not case[0][0].startswith("-")}
     assert {"train", "eval", "generate", "info", "export", "demo", "detect", "anomaly", "compress", "patches",
-            "classify", "media", "convert", "datasets"} <= commands
-    assert len(COMMAND_MODULES) == 14 and len(CLI_CASES) + len(API_CASES) >= 100
+            "classify", "media", "convert", "answer", "datasets"} <= commands
+    assert len(COMMAND_MODULES) == 15 and len(CLI_CASES) + len(API_CASES) >= 100
 
 
 # ---- real processes: closed, full and cut-off streams ----------------------------------------

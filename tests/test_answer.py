@@ -1,0 +1,254 @@
+"""Shapes-VQA (``omnibyte.data.shapes_vqa``), the ``answer`` task and ``omnibyte answer``."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from omnibyte.apps.answer import answer_accuracy, answer_task
+from omnibyte.cli import main
+from omnibyte.data.pairs import PairRecord, corpus_records, read_pair_corpus, record_tokens
+from omnibyte.data.shapes_vqa import (
+    ENCODINGS,
+    QUESTION_TYPES,
+    Thing,
+    answer_attribute,
+    answer_compare,
+    answer_count,
+    answer_exist,
+    answer_relation,
+    draw_scene,
+    encode_image,
+    parse_record_name,
+    random_scene,
+    record_name,
+    scene_questions,
+    split_records,
+)
+from omnibyte.errors import OmnibyteError
+from omnibyte.tasks import AnswerTask, task_from_dict
+from tests.helpers import one_thread  # noqa: F401 (a fixture)
+
+# a hand-built scene (grid 64x64, y grows down):
+#   red square (20, 30) large, blue circle (40, 30) small, green triangle (52, 10) small,
+#   red circle (10, 55) small
+SCENE = [Thing("square", "red", "large", 20, 30), Thing("circle", "blue", "small", 40, 30),
+         Thing("triangle", "green", "small", 52, 10), Thing("circle", "red", "small", 10, 55)]
+
+
+# ---- answers from the scene description ------------------------------------------------------
+
+def test_existence_and_counting_answers():
+    assert answer_exist(SCENE, {"colour": "red", "shape": "square"}) == "yes"
+    assert answer_exist(SCENE, {"colour": "green", "shape": "square"}) == "no"
+    assert answer_exist(SCENE, {"size": "large", "shape": "circle"}) == "no"
+    assert answer_count(SCENE, {"shape": "circle"}) == "2"
+    assert answer_count(SCENE, {"colour": "red"}) == "2"
+    assert answer_count(SCENE, {"size": "small", "colour": "red", "shape": "circle"}) == "1"
+    assert answer_count(SCENE, {"colour": "yellow"}) == "0"
+
+
+def test_attribute_answers_need_a_unique_object():
+    assert answer_attribute(SCENE, "colour", {"size": "large", "shape": "square"}) == "red"
+    assert answer_attribute(SCENE, "shape", {"colour": "green"}) == "triangle"
+    assert answer_attribute(SCENE, "size", {"colour": "blue", "shape": "circle"}) == "small"
+    assert answer_attribute(SCENE, "colour", {"shape": "circle"}) is None  # two circles
+    assert answer_attribute(SCENE, "colour", {"shape": "circle", "size": "large"}) is None  # none
+
+
+def test_relation_answers_are_unambiguous_or_skipped():
+    # left of the blue circle (x 40): the red square (20) and the red circle (10): two -> skipped
+    assert answer_relation(SCENE, "colour", "left of", {"colour": "blue", "shape": "circle"}) is None
+    # right of the blue circle: only the green triangle (52)
+    assert answer_relation(SCENE, "shape", "right of", {"colour": "blue", "shape": "circle"}) == "triangle"
+    # left of the red square (20): only the red circle (10)
+    assert answer_relation(SCENE, "colour", "left of", {"colour": "red", "shape": "square"}) == "red"
+    # above the red circle (y 55): three objects -> skipped; below the green triangle: also three
+    assert answer_relation(SCENE, "colour", "above", {"colour": "red", "shape": "circle"}) is None
+    # below the red square (y 30): the red circle (55); the blue circle has the same y: unclear
+    assert answer_relation(SCENE, "size", "below", {"colour": "red", "shape": "square"}) is None
+    moved = [*SCENE[:1], Thing("circle", "blue", "small", 40, 20), *SCENE[2:]]
+    assert answer_relation(moved, "size", "below", {"colour": "red", "shape": "square"}) == "small"
+    # within the margin on the relation's axis is never "left of"
+    close = [Thing("square", "red", "large", 30, 30), Thing("circle", "blue", "small", 27, 50)]
+    assert answer_relation(close, "colour", "left of", {"shape": "square"}) is None
+    # a reference that is not unique
+    assert answer_relation(SCENE, "colour", "above", {"shape": "circle"}) is None
+
+
+def test_comparison_answers():
+    assert answer_compare(SCENE, {"shape": "circle"}, {"shape": "square"}) == "yes"
+    assert answer_compare(SCENE, {"shape": "square"}, {"shape": "triangle"}) == "no"  # equal: not more
+    assert answer_compare(SCENE, {"colour": "green"}, {"colour": "red"}) == "no"
+
+
+def test_generated_questions_are_answered_from_their_scene():
+    """Every generated question, re-asked of its scene through the answer functions, gets the
+    recorded answer (the question text names the description it was built from)."""
+    seen = set()
+    for index in range(40):
+        rng = np.random.default_rng([7, index])
+        scene = random_scene(rng)
+        assert 2 <= len(scene) <= 8
+        for question in scene_questions(rng, scene):
+            seen.add(question.kind)
+            assert question.text.isascii() and question.text.endswith("?")
+            if question.kind == "count":
+                words = question.text.removeprefix("how many ").removesuffix(" are there?").split()
+                noun = words[-1].removesuffix("s")
+                description = {"shape": noun} if noun != "object" else {}
+                for word in words[:-1]:
+                    description["size" if word in ("small", "large") else "colour"] = word
+                assert question.answer == answer_count(scene, description)
+    assert seen == set(QUESTION_TYPES)
+
+
+# ---- images and records ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_every_encoding_decodes_to_the_image_size(encoding, size):
+    image = draw_scene(SCENE, size)
+    data = encode_image(image, encoding)
+    pixels = np.asarray(image)
+    if encoding == "pixels":
+        assert len(data) == size * size * 3
+        decoded = np.frombuffer(data, dtype=np.uint8).reshape(size, size, 3)
+    else:
+        with Image.open(io.BytesIO(data)) as opened:
+            assert opened.format == {"bmp": "BMP", "png": "PNG", "jpeg": "JPEG"}[encoding]
+            decoded = np.asarray(opened.convert("RGB"))
+    assert decoded.shape == (size, size, 3)
+    if encoding == "jpeg":  # lossy, but the same picture
+        assert np.abs(decoded.astype(int) - pixels).mean() < 8
+    else:
+        assert np.array_equal(decoded, pixels)
+
+
+def test_both_sizes_show_the_same_scene():
+    small, large = np.asarray(draw_scene(SCENE, 32)).astype(int), np.asarray(draw_scene(SCENE, 64)).astype(int)
+    reduced = large.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))
+    assert np.abs(reduced - small).mean() < 3
+    red = np.array([220, 40, 40])
+    assert np.abs(small[15, 10] - red).sum() < 30  # the red square covers (20, 30) on the grid
+
+
+def test_records_are_deterministic_from_the_seed_and_split():
+    first = split_records("train", 6, 3, "png", 32)
+    assert first == split_records("train", 6, 3, "png", 32)
+    assert first != split_records("train", 6, 4, "png", 32)
+    assert [r.source for r in first] != [r.source for r in split_records("test", 6, 3, "png", 32)]
+    # a scene does not depend on how many scenes the split has
+    assert split_records("train", 3, 3, "png", 32) == [r for r in first if int(r.name.split("-")[1]) < 3]
+    # the same scenes and questions in every encoding: only the image bytes differ
+    pixels = split_records("train", 6, 3, "pixels", 32)
+    assert [r.target for r in pixels] == [r.target for r in first]
+    assert all(len(r.source) == 32 * 32 * 3 + len(q.source) - png_length(q.source) for r, q in zip(pixels, first))
+    for record in first:
+        kind, encoding, size = parse_record_name(record.name)
+        assert (encoding, size) == ("png", 32) and kind in QUESTION_TYPES
+
+
+def png_length(source: bytes) -> int:
+    return source.index(b"IEND") + 8  # chunk type + CRC
+
+
+def test_record_names_round_trip():
+    assert parse_record_name(record_name("test", 12, 3, "relation", "jpeg", 64)) == ("relation", "jpeg", 64)
+    assert parse_record_name("jigs1") is None and parse_record_name("a.b.gif32") is None
+
+
+# ---- the task ---------------------------------------------------------------------------------
+
+def test_the_loss_mask_covers_the_answer_only(capsys):
+    records = split_records("validation", 3, 0, "png", 32)
+    task = AnswerTask("bytes", "bytes", "png", 32)
+    rows = task.eval_batches(__import__("omnibyte.data.pairs", fromlist=["x"]).records_corpus(records), 1024, 4)
+    batches = list(rows)
+    masked = sum(int(batch.mask.sum()) for batch in batches)
+    assert masked == sum(len(record.target) + 2 for record in records)  # answer + end marker FF 00
+    batch = batches[0]
+    for slot, record in enumerate(records[:4]):
+        tokens = record_tokens(record.source, record.target)
+        positions = batch.mask[slot].nonzero().flatten().tolist()
+        assert positions[0] == len(record.source) + 1  # the separator's position predicts the first byte
+        assert bytes(batch.targets[slot, positions].tolist()) == record.target + b"\xff\x00"
+        assert batch.tokens[slot, : len(tokens) - 1].tolist() == tokens[:-1].tolist()
+
+
+def test_the_task_records_the_image_format_and_round_trips():
+    task = task_from_dict({"name": "answer", "source": "bytes", "target": "bytes", "encoding": "bmp",
+                           "image_size": 64})
+    assert isinstance(task, AnswerTask) and (task.encoding, task.image_size) == ("bmp", 64)
+    assert task_from_dict(task.to_dict()).to_dict() == task.to_dict()
+    with pytest.raises(ValueError, match="encoding"):
+        task_from_dict({"name": "answer", "encoding": "gif"})
+    with pytest.raises(ValueError, match="image_size"):
+        task_from_dict({"name": "answer", "image_size": 48})
+
+
+def test_accuracy_is_exact_match_overall_and_per_type():
+    records = [PairRecord(b"img?", b"yes", name=record_name("test", 0, 0, "exist", "png", 32)),
+               PairRecord(b"img?", b"2", name=record_name("test", 0, 1, "count", "png", 32)),
+               PairRecord(b"img?", b"red", name=record_name("test", 1, 0, "attribute", "png", 32)),
+               PairRecord(b"img?", b"no", name=record_name("test", 1, 1, "exist", "png", 32))]
+    report = answer_accuracy(records, ["yes", "3", None, "no "])
+    assert report["records"] == 4 and report["accuracy"] == 0.25
+    assert report["by_type"] == {"attribute": {"records": 1, "accuracy": 0.0},
+                                 "count": {"records": 1, "accuracy": 0.0},
+                                 "exist": {"records": 2, "accuracy": 0.5}}
+    with pytest.raises(ValueError):
+        answer_accuracy(records, ["yes"])
+
+
+# ---- through the command line -----------------------------------------------------------------
+
+def test_the_dataset_folder_layout(tmp_path, capsys):
+    out = tmp_path / "vqa"
+    assert main(["datasets", "shapes-vqa", "--scenes", "6", "--test-scenes", "2", "--encoding", "pixels",
+                 "--size", "32", "--seed", "5", "--out", str(out)]) == 0
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["dataset"] == "shapes-vqa" and manifest["scenes"] == {"train": 6, "validation": 2, "test": 2}
+    for split in ("train", "validation", "test"):
+        records, broken = corpus_records(read_pair_corpus([str(out / split)]))
+        assert broken == 0 and len(records) == manifest["records"][split]
+        assert records == split_records(split, manifest["scenes"][split], 5, "pixels", 32)
+    # the answer task reads the folder through its train/ only, and learns the image format
+    corpus = AnswerTask.read_corpus([out])
+    assert corpus.num_documents == manifest["records"]["train"]
+    task = AnswerTask.for_data(corpus)
+    assert (task.encoding, task.image_size) == ("pixels", 32)
+    # writing again needs --force
+    assert main(["datasets", "shapes-vqa", "--scenes", "2", "--out", str(out)]) == 2
+    assert main(["datasets", "shapes-vqa", "--scenes", "2", "--out", str(out), "--force"]) == 0
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["records-00000.pairs"]
+
+
+def test_mixed_image_formats_are_refused(tmp_path):
+    from omnibyte.data.pairs import records_corpus
+
+    records = split_records("train", 2, 0, "png", 32) + split_records("train", 2, 0, "bmp", 32)
+    with pytest.raises(OmnibyteError, match="mixes image formats"):
+        AnswerTask.for_data(records_corpus(records))
+    with pytest.raises(OmnibyteError, match="not a question record"):
+        AnswerTask.for_data(records_corpus([PairRecord(b"x", b"y", name="jigs1")]))
+
+
+@pytest.mark.slow
+def test_train_then_answer_end_to_end(tmp_path, capsys, one_thread):  # noqa: F811
+    data, run = tmp_path / "vqa", tmp_path / "run"
+    assert main(["datasets", "shapes-vqa", "--scenes", "8", "--out", str(data)]) == 0
+    assert main(["train", "--task", "answer", str(data), "--out", str(run), "--set", "max_sequence_length=1024",
+                 "--seq-len", "1024", "--steps", "20", "--batch-size", "4", "--lr", "1e-2", "--eval-every", "0",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert answer_task(run).to_dict() == {"name": "answer", "source": "bytes", "target": "bytes",
+                                          "encoding": "png", "image_size": 32}
+    draw_scene(SCENE, 64).save(tmp_path / "scene.png")  # another size: converted to the model's 32x32 PNG
+    capsys.readouterr()
+    assert main(["answer", "--model", str(run), "--image", str(tmp_path / "scene.png"),
+                 "--question", "is there a red square?", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.endswith("\n") and len(printed.splitlines()) == 1 and printed.strip()
