@@ -6,6 +6,7 @@ import json
 import re
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -285,3 +286,27 @@ def test_train_then_answer_end_to_end(tmp_path, capsys, one_thread):  # noqa: F8
                  "--question", "is there a red square?", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert printed.endswith("\n") and len(printed.splitlines()) == 1 and printed.strip()
+
+
+@pytest.mark.parametrize("arch", ["flat", "patch", "multiscale", "blt"])
+def test_every_family_trains_and_answers(arch, one_thread):  # noqa: F811
+    """The answer loss backpropagates in every family, and batched answers equal answers
+    decoded one by one (the cached decoder's rows are independent)."""
+    import omnibyte
+    from omnibyte.apps.answer import MAX_ANSWER_BYTES
+    from omnibyte.apps.convert import convert_sources
+    from omnibyte.data.pairs import records_corpus
+
+    records = [r for r in split_records("test", 20, 0, "png", 32) if len(r.source) < 480][:3]  # tiny contexts: 512
+    assert len(records) == 3
+    model = omnibyte.build_model(arch, "tiny", seed=0)
+    task = AnswerTask.for_data(records_corpus(records), model)
+    (batch,) = list(task.eval_batches(records_corpus(records), model.max_seq_len, 3))
+    loss = task.loss(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    sources = [record.source for record in records]
+    model.eval()
+    batched = convert_sources(model, sources, MAX_ANSWER_BYTES, batch_size=3)
+    assert batched == [convert_sources(model, [s], MAX_ANSWER_BYTES, batch_size=1)[0] for s in sources]
+    assert all(result.output or result.finished for result in batched)  # bytes were decoded
