@@ -310,3 +310,20 @@ def test_every_family_trains_and_answers(arch, one_thread):  # noqa: F811
     batched = convert_sources(model, sources, MAX_ANSWER_BYTES, batch_size=3)
     assert batched == [convert_sources(model, [s], MAX_ANSWER_BYTES, batch_size=1)[0] for s in sources]
     assert all(result.output or result.finished for result in batched)  # bytes were decoded
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_user_image_becomes_the_bytes_the_model_was_trained_on(encoding):
+    from omnibyte.apps.answer import image_bytes_for
+
+    task = AnswerTask("bytes", "bytes", encoding, 32)
+    buffer = io.BytesIO()
+    draw_scene(SCENE, 64).save(buffer, format="PNG")  # another size and format than the model's
+    converted = image_bytes_for(task, buffer.getvalue())
+    expected = encode_image(draw_scene(SCENE, 64).resize((32, 32), Image.Resampling.BILINEAR), encoding)
+    assert converted == expected
+    same_size = io.BytesIO()
+    draw_scene(SCENE, 32).save(same_size, format="BMP")
+    assert image_bytes_for(task, same_size.getvalue()) == encode_image(draw_scene(SCENE, 32), encoding)
+    with pytest.raises(OmnibyteError, match="not an image"):
+        image_bytes_for(task, b"not an image")
