@@ -108,7 +108,8 @@ def reference_answer(scene, text: str) -> str | None:
         attribute, relation, reference = match.groups()
         (anchor,) = picked(scene, parse_description(reference))
         axis, sign = {"left of": ("x", -1), "right of": ("x", 1), "above": ("y", -1), "below": ("y", 1)}[relation]
-        offsets = [(sign * (getattr(thing, axis) - getattr(anchor, axis)), thing) for thing in scene if thing is not anchor]
+        offsets = [(sign * (getattr(thing, axis) - getattr(anchor, axis)), thing)
+                   for thing in scene if thing is not anchor]
         assert all(abs(offset) > 4 for offset, _ in offsets), text  # never asked when unclear
         (beyond,) = [thing for offset, thing in offsets if offset > 0]
         return getattr(beyond, attribute)

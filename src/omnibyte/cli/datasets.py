@@ -31,7 +31,8 @@ program_length = int_in(1, cpusim.MAX_PROGRAM_LENGTH)
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("datasets",
                                    help="write paired records to train conversion and question answering models on",
-                                   description="Write paired records (OUT/train, OUT/test; shapes-vqa also OUT/validation) for "
+                                   description="Write paired records (OUT/train, OUT/test; shapes-vqa also "
+                                               "OUT/validation) for "
                                                "omnibyte train --task convert (shapes-vqa: --task answer).")
     kinds = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET",
                                   help="which records to write")

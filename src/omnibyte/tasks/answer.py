@@ -76,7 +76,8 @@ class AnswerTask(ConvertTask):
             listed = ", ".join(f"{encoding} {size}x{size}" for encoding, size in sorted(formats))
             raise OmnibyteError(f"the data mixes image formats ({listed}); train one format per model")
         encoding, size = formats.pop()
-        return super().for_data(corpus, model, **{"encoding": encoding, "image_size": size, **options})  # type: ignore[return-value]
+        options = {"encoding": encoding, "image_size": size, **options}
+        return super().for_data(corpus, model, **options)  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "encoding": self.encoding, "image_size": self.image_size}
