@@ -23,15 +23,25 @@ with differently shaped kernels than a one-token step, so logits agree to roundi
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from omnibyte.sampling import GumbelNoise, sample_next
+from omnibyte.sampling import GumbelNoise
 
-if TYPE_CHECKING:  # the decoder protocol lives in base.py, which imports this module
-    from omnibyte.models.base import Decoder
+
+class VerifyingDecoder(Protocol):
+    """What speculation needs of a ``base.Decoder`` with ``supports_speculation`` (named here
+    because base.py imports this module)."""
+
+    device: torch.device
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def extend(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray) -> torch.Tensor: ...
+
+    def rewind(self, counts: Sequence[int] | np.ndarray) -> None: ...
 
 MAX_NGRAM = 4  # longest suffix looked up in the context
 MAX_DRAFT = 8  # bytes proposed per round
@@ -87,7 +97,7 @@ def accepted_lengths(drafts: np.ndarray, draft_lengths: np.ndarray, sampled: np.
 
 
 def speculative_steps(
-    decoder: "Decoder",
+    decoder: VerifyingDecoder,
     prompts: list[bytes],
     first_logits: torch.Tensor,
     max_new_bytes: int,
