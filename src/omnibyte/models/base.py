@@ -569,9 +569,7 @@ class Decoder:
     # ---- the protocol ------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
-        counts = self._checked_counts(tokens, lengths)
-        width = tokens.shape[1]
-        valid = torch.arange(width, device=self.device).unsqueeze(0) < torch.from_numpy(counts).to(self.device).unsqueeze(1)
+        counts, valid = self._appended(tokens, lengths)
         logits = self._prefill(tokens.to(self.device), valid, counts)
         self.lengths += counts
         return logits
@@ -580,8 +578,7 @@ class Decoder:
     def extend(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
         if not self.supports_speculation:
             raise NotImplementedError(f"{type(self).__name__} does not support extend/rewind")
-        counts = self._checked_counts(tokens, lengths)
-        valid = torch.arange(tokens.shape[1], device=self.device).unsqueeze(0) < torch.from_numpy(counts).to(self.device).unsqueeze(1)
+        counts, valid = self._appended(tokens, lengths)
         logits = self._extend(tokens.to(self.device), valid, counts)
         self.lengths += counts
         return logits
@@ -620,8 +617,10 @@ class Decoder:
         self._reset(torch.from_numpy(chosen).to(self.device))
         self.lengths[chosen] = 0
 
-    def _checked_counts(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray | None) -> np.ndarray:
-        """Tokens to append per row, checked against ``tokens`` [B, T] and the capacity."""
+    def _appended(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray | None
+                  ) -> tuple[np.ndarray, torch.Tensor]:
+        """Tokens to append per row [B] (host), checked against ``tokens`` [B, T] and the
+        capacity, and which of ``tokens`` are appended [B, T] (device)."""
         if tokens.dim() != 2 or tokens.shape[0] != self.batch_size:
             raise ValueError(f"decoder was built for batch {self.batch_size}, got tokens of shape "
                              f"{tuple(tokens.shape)}")
@@ -632,7 +631,8 @@ class Decoder:
         if width == 0 or counts.max() == 0:
             raise ValueError("prefill needs at least one token")
         self._check_room(counts)
-        return counts
+        valid = torch.arange(width, device=self.device).unsqueeze(0) < torch.from_numpy(counts).to(self.device).unsqueeze(1)
+        return counts, valid
 
     def _check_room(self, counts: np.ndarray) -> None:
         if (self.lengths + counts > self.capacity).any():

@@ -186,7 +186,8 @@ class FlatDecoder(Decoder):
         """Cache slots to attend to once the longest row holds ``longest`` tokens (fast: all)."""
         return None if self.fast else longest
 
-    def _pieces(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
+    def _pieces(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray
+                ) -> Iterator[tuple[int, torch.Tensor]]:
         """Appends the tokens ``PREFILL_CHUNK`` at a time, yielding each piece's start and hidden
         states: a ragged prompt attends with an explicit mask, whose scores take rows x heads x
         tokens x context; 64 rows of 8 KB in one piece asked for 64 GiB on the H200."""
