@@ -3,8 +3,8 @@
 The families come from ``omnibyte.models.registry.ARCHITECTURES`` (their ``tiny`` preset), plus
 variants that reach other code paths (3 stages, Mamba stages, multi-query attention). Each
 check compares a path with a simple reference: decoder = full forward (at ragged per-row
-positions, eager and fast), batched = one by one = speculative (or its plain fallback), saved = loaded, compressed -> decompressed =
-input, ``head(encode)`` = forward.
+positions, eager and fast), batched = one by one = speculative (or its plain fallback), saved =
+loaded, compressed -> decompressed = input, ``head(encode)`` = forward.
 """
 import json
 
