@@ -12,9 +12,11 @@ fastest of ``--repeats`` runs.
 
 CPU (a few minutes on 2 cores):
     python bench/bench_speculative.py --preset tiny --out bench/results/speculative_cpu.json
-H200 (about 3 minutes):
-    python bench/bench_speculative.py --preset small --device cuda --dtype bf16 --batches 1,8 \\
-        --gen-bytes 1000 --train-steps 200 --out bench/results/speculative_h200.json
+H200 (about 5 minutes; ``--fast``: plain steps replay the CUDA graph, as ``omnibyte generate``
+does on CUDA, while the verify call runs eagerly; in bf16 ``same_bytes`` may rarely be False
+where the two kernels round a near-tie differently):
+    python bench/bench_speculative.py --preset small --device cuda --dtype bf16 --fast --batches 1,8 \\
+        --gen-bytes 1000 --train-steps 200 --repeats 2 --out bench/results/speculative_h200.json
 """
 from __future__ import annotations
 
