@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from omnibyte.models import build_model
-from omnibyte.models.speculative import SpeculationStats, accepted_lengths, draft_from_context, next_budget
+from omnibyte.models.speculative import SpeculationStats, accepted_lengths, draft_from_context
 from helpers import one_thread, random_tokens, train_briefly  # noqa: F401 (one_thread is a fixture)
 
 FOX = b"the quick brown fox jumps over the lazy dog. "
@@ -42,13 +42,6 @@ def test_accepted_lengths_stop_at_the_first_mismatch_and_at_the_draft_end():
     lengths = np.array([3, 3, 2, 1])
     sampled = np.array([[1, 2, 3, 9], [1, 7, 3, 9], [1, 2, 3, 9], [4, 0, 0, 0]])
     assert accepted_lengths(drafts, lengths, sampled).tolist() == [3, 1, 2, 0]
-
-
-def test_draft_budget_grows_on_full_acceptance_and_shrinks_on_rejection():
-    budget = np.array([2, 8, 8, 4, 3])
-    drafted = np.array([2, 8, 8, 0, 3])
-    accepted = np.array([2, 8, 0, 0, 1])
-    assert next_budget(budget, drafted, accepted, max_draft=8).tolist() == [4, 8, 1, 4, 2]
 
 
 # ---- extend and rewind --------------------------------------------------------------------------

@@ -96,15 +96,6 @@ def accepted_lengths(drafts: np.ndarray, draft_lengths: np.ndarray, sampled: np.
     return np.cumprod(matches, axis=1).sum(axis=1).astype(np.int64)
 
 
-def next_budget(budget: np.ndarray, draft_lengths: np.ndarray, accepted: np.ndarray, max_draft: int) -> np.ndarray:
-    """Each row's next draft length: doubled (up to ``max_draft``) after a fully accepted draft,
-    else one more than it accepted, so a row whose drafts keep failing verifies short ones
-    (rows without a draft keep theirs). Only the cost changes, never the sample."""
-    grown = np.minimum(budget * 2, max_draft)
-    shrunk = accepted + 1
-    return np.where(draft_lengths == 0, budget, np.where(accepted == draft_lengths, grown, shrunk))
-
-
 def speculative_steps(
     decoder: VerifyingDecoder,
     prompts: list[bytes],
@@ -133,11 +124,10 @@ def speculative_steps(
         texts[row].append(int(pending[row]))
     stats.emitted += rows
     yield [bytes([int(byte)]) for byte in pending]
-    budget = np.full(rows, max_draft, np.int64)  # each row's draft length, adapted to its acceptance
     while (produced < max_new_bytes).any():
         active = produced < max_new_bytes
         # at most remaining - 1 drafts: accepted drafts + the correction fit in what is left
-        room = np.where(active, np.minimum(budget, max_new_bytes - produced - 1), 0)
+        room = np.where(active, np.minimum(max_draft, max_new_bytes - produced - 1), 0)
         drafts_list = [draft_from_context(bytes(texts[row]), max_ngram, int(room[row])) if active[row] else b""
                        for row in range(rows)]
         draft_lengths = np.array([len(draft) for draft in drafts_list], np.int64)
@@ -157,7 +147,6 @@ def speculative_steps(
         flat_noise = noise.at(steps).reshape(-1, logits.shape[-1])
         sampled = sample(logits.reshape(-1, logits.shape[-1]), flat_noise).view(rows, -1).to("cpu").numpy()
         accepted = accepted_lengths(drafts, draft_lengths, sampled)
-        budget = next_budget(budget, draft_lengths, accepted, max_draft)
         if width:
             decoder.rewind(draft_lengths - accepted)  # the rejected drafts (0 for finished rows)
         stats.drafted += int(draft_lengths.sum())
