@@ -11,7 +11,7 @@ enough for drafts to be accepted, as a trained model is on text it knows). Each 
 fastest of ``--repeats`` runs.
 
 CPU (a few minutes on 2 cores):
-    python bench/bench_speculative.py --preset tiny --out bench/results/speculative_cpu.json
+    python bench/bench_speculative.py --preset tiny --out bench/results/speculative_cpu_tiny.json
 H200 (about 5 minutes; ``--fast``: plain steps replay the CUDA graph, as ``omnibyte generate``
 does on CUDA, while the verify call runs eagerly; in bf16 ``same_bytes`` may rarely be False
 where the two kernels round a near-tie differently):
