@@ -96,6 +96,18 @@ def accepted_lengths(drafts: np.ndarray, draft_lengths: np.ndarray, sampled: np.
     return np.cumprod(matches, axis=1).sum(axis=1).astype(np.int64)
 
 
+def draft_rows(texts: list[bytearray], room: np.ndarray, max_ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's draft of at most ``room[b]`` bytes, as a [B, longest] array padded with 0,
+    and the drafts' lengths [B]."""
+    found = [draft_from_context(bytes(text), max_ngram, int(limit)) if limit > 0 else b""
+             for text, limit in zip(texts, room)]
+    lengths = np.array([len(draft) for draft in found], np.int64)
+    drafts = np.zeros((len(found), int(lengths.max())), np.int64)
+    for row, draft in enumerate(found):
+        drafts[row, : len(draft)] = np.frombuffer(draft, np.uint8)
+    return drafts, lengths
+
+
 def speculative_steps(
     decoder: VerifyingDecoder,
     prompts: list[bytes],
@@ -128,14 +140,9 @@ def speculative_steps(
         active = produced < max_new_bytes
         # at most remaining - 1 drafts: accepted drafts + the correction fit in what is left
         room = np.where(active, np.minimum(max_draft, max_new_bytes - produced - 1), 0)
-        drafts_list = [draft_from_context(bytes(texts[row]), max_ngram, int(room[row])) if active[row] else b""
-                       for row in range(rows)]
-        draft_lengths = np.array([len(draft) for draft in drafts_list], np.int64)
+        drafts, draft_lengths = draft_rows(texts, room, max_ngram)
         stats.calls += 1
-        width = int(draft_lengths.max())
-        drafts = np.zeros((rows, width), np.int64)
-        for row, draft in enumerate(drafts_list):
-            drafts[row, : len(draft)] = np.frombuffer(draft, np.uint8)
+        width = drafts.shape[1]
         if width == 0 and active.all():  # nothing to verify: a plain step (the fast path's graph)
             logits = decoder.step(torch.from_numpy(pending).to(device)).unsqueeze(1)
         else:  # finished rows append nothing
