@@ -103,6 +103,18 @@ def test_generate_several_prompts_and_samples_write_numbered_files(trained, tmp_
         assert alone.read_bytes() == path.read_bytes(), k
 
 
+def test_generate_speculative_writes_the_same_samples(trained, capsysbinary):
+    _, out = trained
+    prompt = "hello hello hello hello "
+    outputs = []
+    for speculative in ([], ["--speculative"]):  # two samples (batched), then one streamed to stdout
+        assert generate(out, "--prompt", prompt, "--num-samples", "2", "--seed", "5", *speculative) == 0
+        assert generate(out, "--prompt", prompt, "--seed", "5", *speculative) == 0
+        outputs.append(capsysbinary.readouterr().out)
+    assert outputs[0].count(b"==> sample") == 2
+    assert outputs[1] == outputs[0]
+
+
 def test_generate_several_samples_to_stdout_under_headers(trained, capsysbinary):
     _, out = trained
     assert generate(out, "--prompt", "a", "--prompt", "b", "--seed", "3", "--temperature", "0") == 0

@@ -3,8 +3,8 @@
 The families come from ``omnibyte.models.registry.ARCHITECTURES`` (their ``tiny`` preset), plus
 variants that reach other code paths (3 stages, Mamba stages, multi-query attention). Each
 check compares a path with a simple reference: decoder = full forward (at ragged per-row
-positions, eager and fast), batched = one by one, saved = loaded, compressed -> decompressed =
-input, ``head(encode)`` = forward.
+positions, eager and fast), batched = one by one = speculative (or its plain fallback), saved =
+loaded, compressed -> decompressed = input, ``head(encode)`` = forward.
 """
 import json
 
@@ -109,6 +109,10 @@ def test_batched_generation_equals_one_by_one(model, options):
     assert model.generate(prompts, max_new_bytes=20, seed=7, fast=True, **options) == batched
     streamed = b"".join(model.stream(prompts[0], max_new_bytes=20, seed=7, **options))
     assert streamed == batched[0]
+    # speculative decoding where the decoder supports it, plain decoding otherwise: same bytes
+    for fast in (False, True):
+        assert model.generate(prompts, max_new_bytes=20, seed=7, fast=fast, speculative=True, **options) == batched
+    assert b"".join(model.stream(prompts[0], max_new_bytes=20, seed=7, speculative=True, **options)) == batched[0]
 
 
 def test_greedy_generation_follows_the_full_forward(model):

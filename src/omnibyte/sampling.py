@@ -25,10 +25,12 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def row_uniforms(seeds: torch.Tensor, steps: torch.Tensor, width: int) -> torch.Tensor:
-    """Uniforms in (0, 1), [B, S, width]: a pure function of (seed of the row, step, column)."""
+    """Uniforms in (0, 1), [B, S, width]: a pure function of (seed of the row, step, column).
+    ``steps`` is [S] (the same steps for every row) or [B, S] (each row its own steps)."""
     seeds, steps = seeds.long(), steps.long().to(seeds.device)
     key = _hash32((seeds & _MASK32) ^ _hash32((seeds >> 32) & _MASK32))  # [B]
-    key = _hash32(key.unsqueeze(1) ^ _hash32(steps & _MASK32).unsqueeze(0))  # [B, S]
+    step_keys = _hash32(steps & _MASK32)
+    key = _hash32(key.unsqueeze(1) ^ (step_keys.unsqueeze(0) if step_keys.dim() == 1 else step_keys))  # [B, S]
     columns = _hash32(torch.arange(width, device=seeds.device, dtype=torch.long) + 0x9E37)
     bits = _hash32(key.unsqueeze(2) ^ columns) >> 8  # 24 random bits
     return (bits.float() + 0.5) / float(1 << 24)
@@ -49,6 +51,11 @@ class GumbelNoise:
             steps = torch.arange(self.first, self.first + self.block)
             self.table = -torch.log(-torch.log(row_uniforms(self.seeds, steps, self.width)))
         return self.table[:, step - self.first]
+
+    def at(self, steps: torch.Tensor) -> torch.Tensor:
+        """Noise [B, S, width] of each row's own ``steps`` [B, S]: the same values ``self(step)``
+        gives, for rows that have advanced by different amounts (speculative decoding)."""
+        return -torch.log(-torch.log(row_uniforms(self.seeds, steps, self.width)))
 
 
 def check_sampling_options(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:

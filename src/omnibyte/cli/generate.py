@@ -89,6 +89,10 @@ def add_parser(subparsers: Subparsers) -> None:
                         help="sample among the most likely bytes whose probabilities add up to P (default: 1)")
     parser.add_argument("--seed", type=seed_int, default=None, metavar="S",
                         help="seed of the first sample; sample K uses S + K (default: random)")
+    parser.add_argument("--speculative", action="store_true",
+                        help="draft bytes from the context and verify several per model call: the same "
+                             "sample (same seed, same bytes), faster on repetitive text; families "
+                             "without support decode plainly")
     parser.add_argument("-o", "--output", default=STDIO, metavar="FILE",
                         help="output file (- is stdout); several samples go to FILE-0, FILE-1, ...; "
                              "a FILE without an extension gets the detected kind's")
@@ -131,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_classifier(args.model, "generate")
     model = load_cli_model(args)
     options = dict(max_new_bytes=args.max_bytes, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, fast=model.device.type == "cuda")  # CUDA-graph decoding where it exists
+                   top_p=args.top_p, fast=model.device.type == "cuda",  # CUDA-graph decoding where it exists
+                   speculative=args.speculative)
     try:
         if len(rows) == 1 and args.output == STDIO:
             stream_one(model, rows[0], options)

@@ -52,6 +52,7 @@ from omnibyte.models.validation import (
     check_range,
     field_path,
 )
+from omnibyte.models.speculative import SpeculationStats, speculative_steps
 from omnibyte.sampling import GumbelNoise, sample_next
 
 BOS = 256
@@ -376,15 +377,29 @@ class ByteModel(nn.Module):
         top_p: float | None = None,
         seed: int | Sequence[int] | None = None,
         fast: bool = False,
+        speculative: bool = False,
+        stats: SpeculationStats | None = None,
     ) -> bytes | list[bytes]:
         """Sample ``max_new_bytes`` after each prompt, all rows in one batch.
 
         ``prompts``: ``bytes`` (returns ``bytes``) or a list of ``bytes`` of any lengths (returns
         a list). ``temperature=0`` is greedy. ``seed``: an int (row ``i`` uses ``seed + i``), one
         seed per row, or None (random). A row's sample depends only on its prompt and seed, so
-        a batched sample equals the same row sampled alone."""
+        a batched sample equals the same row sampled alone.
+
+        ``speculative``: draft bytes from the context and verify several per model call
+        (``omnibyte.models.speculative``); the sample is the same bytes (up to float rounding
+        of the verify call's logits). Families whose decoder lacks ``supports_speculation``
+        decode plainly. ``stats`` (a ``SpeculationStats``) is filled with what speculation did."""
         single = isinstance(prompts, (bytes, bytearray, memoryview))
         rows = [bytes(prompts)] if single else [bytes(prompt) for prompt in prompts]
+        if speculative:
+            pieces = [bytearray() for _ in rows]
+            for news in self._sample_speculative(rows, max_new_bytes, temperature, top_k, top_p, seed, fast, stats):
+                for piece, new in zip(pieces, news):
+                    piece += new
+            outputs = [bytes(piece) for piece in pieces]
+            return outputs[0] if single else outputs
         steps = list(self._sample(rows, max_new_bytes, temperature, top_k, top_p, seed, fast))
         if steps:
             matrix = torch.stack(steps, dim=1).to("cpu", torch.uint8).numpy()  # one sync at the end
@@ -403,8 +418,16 @@ class ByteModel(nn.Module):
         top_p: float | None = None,
         seed: int | None = None,
         fast: bool = False,
+        speculative: bool = False,
     ) -> Iterator[bytes]:
-        """Yield the bytes of ``generate(prompt, ...)`` one at a time, as they are sampled."""
+        """Yield the bytes of ``generate(prompt, ...)`` as they are sampled: one at a time, or
+        with ``speculative`` each verified run of bytes at once."""
+        if speculative:
+            for news in self._sample_speculative([bytes(prompt)], max_new_bytes, temperature, top_k, top_p,
+                                                 seed, fast, None):
+                if news[0]:
+                    yield news[0]
+            return
         for next_byte in self._sample([bytes(prompt)], max_new_bytes, temperature, top_k, top_p, seed, fast):
             yield bytes([int(next_byte[0])])
 
@@ -419,6 +442,49 @@ class ByteModel(nn.Module):
         fast: bool,
     ) -> Iterator[torch.Tensor]:
         """Yield the sampled byte of every row [B] (on the device), step by step."""
+        noise, tokens, lengths, capacity = self._sampling_inputs(prompts, max_new_bytes, seed)
+        was_training = self.training
+        self.eval()
+        try:
+            decoder = self.decoder(len(prompts), capacity, fast=fast)
+            logits = decoder.prefill(tokens, lengths)
+            yield from _plain_steps(decoder, logits, max_new_bytes, _sampler(temperature, top_k, top_p), noise)
+        finally:
+            self.train(was_training)
+
+    def _sample_speculative(
+        self,
+        prompts: list[bytes],
+        max_new_bytes: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | Sequence[int] | None,
+        fast: bool,
+        stats: SpeculationStats | None,
+    ) -> Iterator[list[bytes]]:
+        """Yield each round's new bytes of every row (``speculative_steps``), or, for a decoder
+        without ``supports_speculation``, one byte per row per step from the plain loop."""
+        noise, tokens, lengths, capacity = self._sampling_inputs(prompts, max_new_bytes, seed)
+        was_training = self.training
+        self.eval()
+        try:
+            decoder = self.decoder(len(prompts), capacity, fast=fast)
+            logits = decoder.prefill(tokens, lengths)
+            sample = _sampler(temperature, top_k, top_p)
+            if decoder.supports_speculation:
+                yield from speculative_steps(decoder, prompts, logits, max_new_bytes, sample, noise, stats)
+                return
+            for next_bytes in _plain_steps(decoder, logits, max_new_bytes, sample, noise):
+                yield [bytes([byte]) for byte in next_bytes.to("cpu", torch.uint8).tolist()]
+        finally:
+            self.train(was_training)
+
+    def _sampling_inputs(
+        self, prompts: list[bytes], max_new_bytes: int, seed: int | Sequence[int] | None
+    ) -> tuple[GumbelNoise, torch.Tensor, list[int], int]:
+        """The rows' noise, the ``[BOS] + prompt`` tokens [B, T] with their lengths, and the
+        decoder capacity a run of ``max_new_bytes`` needs; ValueError on a request that cannot run."""
         if not prompts:
             raise ValueError("generate needs at least one prompt")
         if max_new_bytes < 0:
@@ -435,18 +501,25 @@ class ByteModel(nn.Module):
         for row, prompt in enumerate(prompts):
             rows[row, 1 : len(prompt) + 1] = np.frombuffer(prompt, dtype=np.uint8)
         tokens = torch.from_numpy(rows).to(device)
-        was_training = self.training
-        self.eval()
-        try:
-            decoder = self.decoder(len(prompts), longest + max_new_bytes + 1, fast=fast)
-            logits = decoder.prefill(tokens, [len(prompt) + 1 for prompt in prompts])
-            for step in range(max_new_bytes):
-                next_bytes = sample_next(logits, temperature, top_k, top_p, noise(step))
-                yield next_bytes
-                if step + 1 < max_new_bytes:
-                    logits = decoder.step(next_bytes)
-        finally:
-            self.train(was_training)
+        return noise, tokens, [len(prompt) + 1 for prompt in prompts], longest + max_new_bytes + 1
+
+
+def _sampler(temperature: float, top_k: int | None, top_p: float | None):
+    """``sample(logits [N, 256], noise [N, 256]) -> bytes [N]`` with these options."""
+    def sample(logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return sample_next(logits, temperature, top_k, top_p, noise)
+    return sample
+
+
+def _plain_steps(decoder: "Decoder", logits: torch.Tensor, max_new_bytes: int, sample, noise: GumbelNoise
+                 ) -> Iterator[torch.Tensor]:
+    """Plain decoding from a prefilled ``decoder``: every row's sampled byte [B] (on the device),
+    one step at a time; the last byte is not fed back."""
+    for step in range(max_new_bytes):
+        next_bytes = sample(logits, noise(step))
+        yield next_bytes
+        if step + 1 < max_new_bytes:
+            logits = decoder.step(next_bytes)
 
 
 def row_seeds(seed: int | Sequence[int] | None, rows: int) -> list[int]:
@@ -472,7 +545,16 @@ class Decoder:
     empties chosen rows. ``lengths`` (host) holds each row's token count; the device keeps its
     own copy, so no step reads anything back from the device. Families implement ``_prefill``,
     ``_step`` and ``_reset``; this class checks shapes and capacity once for all of them.
+
+    Speculative decoding needs two more calls, offered where ``supports_speculation`` is true
+    (families implement ``_extend`` and ``_rewind``): ``extend(tokens [B, T], lengths)``
+    appends like ``prefill`` and returns the next-byte logits after EVERY appended position
+    [B, T, 256] (undefined past a row's length), and ``rewind(counts)`` drops the last
+    ``counts[b]`` tokens of row ``b`` (the cache forgets them; their slots are overwritten by
+    the next append).
     """
+
+    supports_speculation: ClassVar[bool] = False
 
     def __init__(self, batch_size: int, capacity: int, device: torch.device):
         if batch_size < 1:
@@ -487,20 +569,30 @@ class Decoder:
     # ---- the protocol ------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
-        if tokens.dim() != 2 or tokens.shape[0] != self.batch_size:
-            raise ValueError(f"decoder was built for batch {self.batch_size}, got tokens of shape "
-                             f"{tuple(tokens.shape)}")
-        width = tokens.shape[1]
-        counts = np.full(self.batch_size, width, np.int64) if lengths is None else np.asarray(lengths, np.int64)
-        if counts.shape != (self.batch_size,) or (counts < 0).any() or (counts > width).any():
-            raise ValueError(f"lengths must be {self.batch_size} integers in [0, {width}]")
-        if width == 0 or counts.max() == 0:
-            raise ValueError("prefill needs at least one token")
-        self._check_room(counts)
-        valid = torch.arange(width, device=self.device).unsqueeze(0) < torch.from_numpy(counts).to(self.device).unsqueeze(1)
+        counts, valid = self._appended(tokens, lengths)
         logits = self._prefill(tokens.to(self.device), valid, counts)
         self.lengths += counts
         return logits
+
+    @torch.no_grad()
+    def extend(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
+        if not self.supports_speculation:
+            raise NotImplementedError(f"{type(self).__name__} does not support extend/rewind")
+        counts, valid = self._appended(tokens, lengths)
+        logits = self._extend(tokens.to(self.device), valid, counts)
+        self.lengths += counts
+        return logits
+
+    @torch.no_grad()
+    def rewind(self, counts: Sequence[int] | np.ndarray) -> None:
+        if not self.supports_speculation:
+            raise NotImplementedError(f"{type(self).__name__} does not support extend/rewind")
+        dropped = np.asarray(counts, np.int64)
+        if dropped.shape != (self.batch_size,) or (dropped < 0).any() or (dropped > self.lengths).any():
+            raise ValueError(f"rewind counts must be {self.batch_size} integers, each at most its row's length")
+        if dropped.any():
+            self._rewind(dropped)
+            self.lengths -= dropped
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -525,6 +617,23 @@ class Decoder:
         self._reset(torch.from_numpy(chosen).to(self.device))
         self.lengths[chosen] = 0
 
+    def _appended(self, tokens: torch.Tensor, lengths: Sequence[int] | np.ndarray | None
+                  ) -> tuple[np.ndarray, torch.Tensor]:
+        """Tokens to append per row [B] (host), checked against ``tokens`` [B, T] and the
+        capacity, and which of ``tokens`` are appended [B, T] (device)."""
+        if tokens.dim() != 2 or tokens.shape[0] != self.batch_size:
+            raise ValueError(f"decoder was built for batch {self.batch_size}, got tokens of shape "
+                             f"{tuple(tokens.shape)}")
+        width = tokens.shape[1]
+        counts = np.full(self.batch_size, width, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+        if counts.shape != (self.batch_size,) or (counts < 0).any() or (counts > width).any():
+            raise ValueError(f"lengths must be {self.batch_size} integers in [0, {width}]")
+        if width == 0 or counts.max() == 0:
+            raise ValueError("prefill needs at least one token")
+        self._check_room(counts)
+        valid = torch.arange(width, device=self.device).unsqueeze(0) < torch.from_numpy(counts).to(self.device).unsqueeze(1)
+        return counts, valid
+
     def _check_room(self, counts: np.ndarray) -> None:
         if (self.lengths + counts > self.capacity).any():
             raise ValueError(f"context of {self.capacity} tokens exceeded")
@@ -537,6 +646,12 @@ class Decoder:
         raise NotImplementedError
 
     def _reset(self, rows: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _extend(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _rewind(self, counts: np.ndarray) -> None:
         raise NotImplementedError
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ class BytePredictor(ByteModel):
         return self.config.stack().flops_per_token(seq_len) + head
 
 
-# prompts are written into the cache this many tokens at a time (FlatDecoder._prefill says why)
+# prompts are written into the cache this many tokens at a time (FlatDecoder._pieces says why)
 PREFILL_CHUNK = 1024
 
 # a fast decoder's cache is a multiple of this many positions: aligned masks let SDPA's fused
@@ -144,7 +144,13 @@ class FlatDecoder(Decoder):
     the longest row; ``fast`` steps attend over the whole (aligned) cache, so their shapes never
     change, and on CUDA the step is captured once as a CUDA graph (``graph`` overrides that).
     A captured graph reads the weights by address: in-place updates (training,
-    ``load_state_dict``) are seen, replacing the tensors (``model.to(...)``) is not."""
+    ``load_state_dict``) are seen, replacing the tensors (``model.to(...)``) is not.
+
+    Speculative decoding: ``extend`` (the verify call) runs eagerly on both paths, a fast
+    decoder attending over its whole cache as its prefill does; only plain steps replay the
+    CUDA graph."""
+
+    supports_speculation = True
 
     def __init__(
         self,
@@ -180,21 +186,27 @@ class FlatDecoder(Decoder):
         """Cache slots to attend to once the longest row holds ``longest`` tokens (fast: all)."""
         return None if self.fast else longest
 
-    def _prefill(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
-        """Appends the prompt ``PREFILL_CHUNK`` tokens at a time: a ragged prompt attends with an
-        explicit mask, whose scores take rows x heads x tokens x context; 64 rows of 8 KB in one
-        piece asked for 64 GiB on the H200. Each row's logits come from the piece holding its
-        last token."""
+    def _pieces(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray
+                ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Appends the tokens ``PREFILL_CHUNK`` at a time, yielding each piece's start and hidden
+        states: a ragged prompt attends with an explicit mask, whose scores take rows x heads x
+        tokens x context; 64 rows of 8 KB in one piece asked for 64 GiB on the H200."""
         model = self.model
-        rows = torch.arange(self.batch_size, device=self.device)
-        last = np.maximum(counts - 1, 0)
         written = np.zeros_like(counts)
-        logits = None
         for start in range(0, int(counts.max()), PREFILL_CHUNK):
             end = start + PREFILL_CHUNK
             written += np.clip(counts - start, 0, PREFILL_CHUNK)
             visible = self._visible(int((self.lengths + written).max()))
-            hidden = model.transformer(model.embed(tokens[:, start:end]), self.cache, valid[:, start:end], visible)
+            yield start, model.transformer(model.embed(tokens[:, start:end]), self.cache, valid[:, start:end], visible)
+
+    def _prefill(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+        """Each row's logits come from the piece holding its last token."""
+        model = self.model
+        rows = torch.arange(self.batch_size, device=self.device)
+        last = np.maximum(counts - 1, 0)
+        logits = None
+        for start, hidden in self._pieces(tokens, valid, counts):
+            end = start + PREFILL_CHUNK
             in_piece = torch.from_numpy((last >= start) & (last < end)).to(self.device)
             position = torch.from_numpy(np.clip(last - start, 0, hidden.shape[1] - 1)).to(self.device)
             piece_logits = model.head(hidden[rows, position])
@@ -208,3 +220,9 @@ class FlatDecoder(Decoder):
 
     def _reset(self, rows: torch.Tensor) -> None:
         self.cache.reset(rows)
+
+    def _extend(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+        return torch.cat([self.model.head(hidden) for _, hidden in self._pieces(tokens, valid, counts)], dim=1)
+
+    def _rewind(self, counts: np.ndarray) -> None:
+        self.cache.rewind(torch.from_numpy(counts).to(self.device))

@@ -222,6 +222,12 @@ class KVCache:
         else:
             self.lengths.masked_fill_(rows, 0)
 
+    def rewind(self, counts: torch.Tensor) -> None:
+        """Drop the last ``counts[b]`` tokens [B] of each row (speculative decoding's rejected
+        drafts): like ``reset``, only the lengths move; the stale slots are never read and the
+        next write overwrites them."""
+        self.lengths.sub_(counts)
+
     def prepare(self, valid: torch.Tensor, visible: int | None = None, window: int = 0) -> "CacheWrite":
         """Where ``valid`` [B, T] new tokens go and what each of them may attend to (with
         ``window``, only the last ``window`` positions up to its own); advances ``lengths`` by

@@ -1,0 +1,142 @@
+"""Speculative decoding (drafts from the context, verified by the model) against plain decoding.
+
+For each text kind (repetitive: a sentence and a code-like block repeated; random: random bytes),
+temperature and batch size, ``model.generate`` runs plainly and with ``speculative=True`` from
+the same prompts and seeds; the table shows bytes/s of both, the speed-up, the drafts' acceptance
+rate, the bytes each row gains per model call and whether the two samples are the same bytes.
+
+The model is ``--model PATH`` (any omnibyte model folder) or a fresh ``--preset`` trained for
+``--train-steps`` Adam steps on the repetitive text (so that at temperature 1 it is confident
+enough for drafts to be accepted, as a trained model is on text it knows). Each cell is the
+fastest of ``--repeats`` runs.
+
+CPU (a few minutes on 2 cores):
+    python bench/bench_speculative.py --preset tiny --out bench/results/speculative_cpu_tiny.json
+H200 (about 5 minutes; ``--fast``: plain steps replay the CUDA graph, as ``omnibyte generate``
+does on CUDA, while the verify call runs eagerly; in bf16 ``same_bytes`` may rarely be False
+where the two kernels round a near-tie differently):
+    python bench/bench_speculative.py --preset small --device cuda --dtype bf16 --fast --batches 1,8 \\
+        --gen-bytes 1000 --train-steps 200 --repeats 2 --out bench/results/speculative_h200.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import describe_environment, print_table, synchronize, write_json  # noqa: E402
+
+from omnibyte.models import BOS, ByteModel, build_model  # noqa: E402
+from omnibyte.models.speculative import SpeculationStats  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SENTENCE = b"the quick brown fox jumps over the lazy dog. "
+CODE = b"""def add(a, b):
+    return a + b
+
+
+def sub(a, b):
+    return a - b
+
+
+"""
+
+
+def texts(prompt_bytes: int, batch: int) -> dict[str, list[bytes]]:
+    """``batch`` prompts of ``prompt_bytes`` bytes of each kind (rows start at different offsets)."""
+    repetitive = (SENTENCE * 4 + CODE) * (prompt_bytes // 100 + 4)
+    rng = np.random.default_rng(0)
+    return {
+        "repetitive": [repetitive[row * 7 : row * 7 + prompt_bytes] for row in range(batch)],
+        "random": [rng.integers(0, 256, prompt_bytes, dtype=np.uint8).tobytes() for _ in range(batch)],
+    }
+
+
+def train_briefly(model: ByteModel, data: bytes, steps: int, window: int = 128) -> None:
+    """A few Adam steps on random windows of ``data`` (float32, on the model's device)."""
+    if steps <= 0:
+        return
+    device = model.device
+    tokens = torch.tensor(list(data), device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(tokens) - window, (16,))
+        targets = torch.stack([tokens[start : start + window] for start in starts])
+        inputs = torch.cat([torch.full((16, 1), BOS, device=device), targets[:, :-1]], dim=1)
+        loss = model.loss(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def timed_generate(model: ByteModel, prompts: list[bytes], args: argparse.Namespace, temperature: float,
+                   speculative: bool) -> tuple[list[bytes], float, SpeculationStats]:
+    options = dict(temperature=temperature, seed=1, fast=args.fast)
+    """The samples, the best time of ``--repeats`` runs (a shared machine is noisy) and the stats."""
+    model.generate(prompts, 8, speculative=speculative, **options)  # warm-up (graph capture, allocator)
+    best = float("inf")
+    for _ in range(args.repeats):
+        stats = SpeculationStats()
+        synchronize(model.device)
+        started = time.perf_counter()
+        samples = model.generate(prompts, args.gen_bytes, speculative=speculative, stats=stats, **options)
+        synchronize(model.device)
+        best = min(best, time.perf_counter() - started)
+    return samples, best, stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="omnibyte model folder (default: a fresh --preset)")
+    parser.add_argument("--preset", default="tiny", help="flat preset when no --model is given")
+    parser.add_argument("--train-steps", type=int, default=60, help="Adam steps on the repetitive text (fresh preset)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--fast", action="store_true", help="fast decoders (CUDA graphs on CUDA)")
+    parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
+    parser.add_argument("--temperatures", default="0,1", help="comma-separated temperatures")
+    parser.add_argument("--prompt-bytes", type=int, default=256)
+    parser.add_argument("--gen-bytes", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the fastest counts")
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    if args.model:
+        model = ByteModel.from_pretrained(args.model, map_location=args.device)
+    else:
+        model = build_model("flat", args.preset).to(args.device)
+        train_briefly(model, texts(4096, 1)["repetitive"][0], args.train_steps)
+    model = model.to(DTYPES[args.dtype]).eval()
+
+    rows = []
+    for batch in [int(value) for value in args.batches.split(",")]:
+        for kind, prompts in texts(args.prompt_bytes, batch).items():
+            for temperature in [float(value) for value in args.temperatures.split(",")]:
+                plain, plain_seconds, _ = timed_generate(model, prompts, args, temperature, False)
+                fast, spec_seconds, stats = timed_generate(model, prompts, args, temperature, True)
+                emitted = batch * args.gen_bytes
+                rows.append(dict(
+                    text=kind, batch=batch, temperature=temperature,
+                    plain_bytes_per_s=emitted / plain_seconds, spec_bytes_per_s=emitted / spec_seconds,
+                    speedup=plain_seconds / spec_seconds, acceptance=stats.acceptance_rate,
+                    row_bytes_per_call=stats.bytes_per_call / batch, drafted=stats.drafted, accepted=stats.accepted,
+                    same_bytes=fast == plain,
+                ))
+    columns = ["text", "batch", "temperature", "plain_bytes_per_s", "spec_bytes_per_s", "speedup",
+               "acceptance", "row_bytes_per_call", "same_bytes"]
+    print_table(rows, columns, title=f"speculative decoding, {args.model or args.preset}, {args.dtype}, "
+                                     f"{args.device}{' fast' if args.fast else ''}, prompt {args.prompt_bytes} B, "
+                                     f"{args.gen_bytes} new bytes")
+    write_json(args.out, dict(environment=describe_environment(args.device), options=vars(args), rows=rows))
+
+
+if __name__ == "__main__":
+    main()

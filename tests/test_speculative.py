@@ -1,0 +1,168 @@
+"""Speculative decoding: the context drafter, the decoder's extend/rewind, and generation that
+samples exactly the bytes plain decoding samples (same seed), batched and ragged."""
+import numpy as np
+import pytest
+import torch
+
+from omnibyte.models import build_model
+from omnibyte.models.speculative import SpeculationStats, accepted_lengths, draft_from_context
+from helpers import one_thread, random_tokens, train_briefly  # noqa: F401 (one_thread is a fixture)
+
+FOX = b"the quick brown fox jumps over the lazy dog. "
+
+
+# ---- the drafter ------------------------------------------------------------------------------
+
+def test_draft_copies_what_followed_the_most_recent_match():
+    # "dog" occurs twice before the end; the later occurrence is followed by "!!"
+    assert draft_from_context(b"dog1 dog!! xdog", max_ngram=4, max_draft=2) == b"!!"
+    assert draft_from_context(b"hello world. hello", max_draft=7) == b" world."
+
+
+def test_draft_prefers_the_longest_suffix():
+    # "ab" alone last occurs before "Z", but "cab" (longer) occurs before "Y"
+    assert draft_from_context(b"cabY abZ cab", max_ngram=3, max_draft=1) == b"Y"
+    assert draft_from_context(b"cabY abZ cab", max_ngram=2, max_draft=1) == b"Z"
+
+
+def test_draft_runs_on_past_the_end_of_a_period():
+    assert draft_from_context(b"xabcabc", max_draft=8) == b"abcabcab"
+    assert draft_from_context(b"aaaa", max_draft=5) == b"aaaaa"
+
+
+def test_no_draft_without_an_earlier_occurrence():
+    assert draft_from_context(b"") == b""
+    assert draft_from_context(b"a") == b""
+    assert draft_from_context(b"abcdefg") == b""
+    assert draft_from_context(b"abab", max_draft=0) == b""
+
+
+def test_accepted_lengths_stop_at_the_first_mismatch_and_at_the_draft_end():
+    drafts = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3], [5, 0, 0]])
+    lengths = np.array([3, 3, 2, 1])
+    sampled = np.array([[1, 2, 3, 9], [1, 7, 3, 9], [1, 2, 3, 9], [4, 0, 0, 0]])
+    assert accepted_lengths(drafts, lengths, sampled).tolist() == [3, 1, 2, 0]
+
+
+# ---- extend and rewind --------------------------------------------------------------------------
+
+def tiny():
+    torch.manual_seed(0)
+    return build_model("flat", "tiny").eval()
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["eager", "fast"])
+def test_extend_gives_the_full_forward_at_every_appended_position(fast):
+    model = tiny()
+    tokens = random_tokens(3, 30, seed=1)
+    full = model(tokens)
+    decoder = model.decoder(3, 40, fast=fast)
+    decoder.prefill(tokens[:, :10], [10, 4, 7])  # ragged: rows now hold 10, 4, 7 tokens
+    with torch.no_grad():
+        pieces = torch.stack([tokens[0, 10:16], tokens[1, 4:10], tokens[2, 7:13]])
+        logits = decoder.extend(pieces, [6, 3, 5])
+    assert logits.shape == (3, 6, 256)
+    torch.testing.assert_close(logits[0], full[0, 10:16], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[1, :3], full[1, 4:7], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[2, :5], full[2, 7:12], atol=1e-5, rtol=1e-5)
+    assert decoder.lengths.tolist() == [16, 7, 12]
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["eager", "fast"])
+def test_rewind_then_continue_equals_never_having_appended(fast):
+    model = tiny()
+    tokens = random_tokens(2, 24, seed=2)
+    junk = random_tokens(2, 5, seed=3)
+    reference = model.decoder(2, 32, fast=fast)
+    reference.prefill(tokens[:, :12], [12, 9])
+    rewound = model.decoder(2, 32, fast=fast)
+    rewound.prefill(tokens[:, :12], [12, 9])
+    rewound.extend(junk, [5, 2])
+    rewound.rewind([5, 2])
+    assert rewound.lengths.tolist() == reference.lengths.tolist() == [12, 9]
+    assert rewound.cache.lengths.tolist() == [12, 9]
+    for column in range(4):  # the stale slots are overwritten, never read
+        step = torch.stack([tokens[0, 12 + column], tokens[1, 9 + column]])
+        torch.testing.assert_close(rewound.step(step), reference.step(step), atol=1e-5, rtol=1e-5)
+
+
+def test_rewind_refuses_more_than_a_row_holds():
+    decoder = tiny().decoder(2, 16)
+    decoder.prefill(random_tokens(2, 4), [4, 2])
+    with pytest.raises(ValueError, match="rewind"):
+        decoder.rewind([1, 3])
+    with pytest.raises(ValueError, match="rewind"):
+        decoder.rewind([1])
+
+
+def test_families_without_support_refuse_extend():
+    decoder = build_model("multiscale", "tiny").eval().decoder(1, 32)
+    assert not decoder.supports_speculation
+    with pytest.raises(NotImplementedError):
+        decoder.extend(random_tokens(1, 3), [3])
+
+
+# ---- speculative generation == plain generation ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(one_thread):
+    """A tiny model that knows the fox sentence: at temperature 1 it still repeats it, so
+    drafts are accepted at both temperatures."""
+    torch.manual_seed(0)
+    return train_briefly(build_model("flat", "tiny"), FOX * 40, steps=60)
+
+
+def _both(model, prompts, temperature, max_new_bytes=80):
+    stats = SpeculationStats()
+    plain = model.generate(prompts, max_new_bytes, temperature=temperature, seed=11)
+    speculative = model.generate(prompts, max_new_bytes, temperature=temperature, seed=11,
+                                 speculative=True, stats=stats)
+    return plain, speculative, stats
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_speculative_equals_plain_on_repetitive_text(trained, temperature):
+    plain, speculative, stats = _both(trained, FOX * 2, temperature)
+    assert speculative == plain
+    assert stats.accepted > 0 and stats.calls < len(plain)  # drafts were accepted: fewer calls
+    assert stats.emitted == len(plain)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_speculative_equals_plain_in_a_ragged_batch(trained, temperature):
+    prompts = [FOX * 2, b"", b"the lazy", bytes(range(200, 230))]
+    plain, speculative, stats = _both(trained, prompts, temperature, max_new_bytes=60)
+    assert speculative == plain
+    assert all(len(sample) == 60 for sample in speculative)
+    assert stats.accepted > 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_speculative_equals_plain_on_random_bytes(temperature):
+    model = tiny()  # untrained: drafts are mostly rejected, every row still matches plain
+    prompts = [bytes(np.random.default_rng(seed).integers(0, 256, 50, dtype=np.uint8)) for seed in range(3)]
+    plain, speculative, stats = _both(model, prompts, temperature, max_new_bytes=40)
+    assert speculative == plain
+    assert stats.drafted > 0
+
+
+def test_speculative_stream_yields_the_generated_bytes(trained):
+    pieces = list(trained.stream(FOX, 50, temperature=1.0, seed=4, speculative=True))
+    assert b"".join(pieces) == trained.generate(FOX, 50, temperature=1.0, seed=4)
+    assert len(pieces) < 50  # some pieces hold several verified bytes
+
+
+def test_speculative_with_top_k_and_top_p_and_edge_lengths(trained):
+    for max_new_bytes in (0, 1, 2, 9):
+        options = dict(temperature=0.8, top_k=20, top_p=0.9, seed=5)
+        assert trained.generate([FOX, b"x"], max_new_bytes, speculative=True, **options) == \
+            trained.generate([FOX, b"x"], max_new_bytes, **options)
+
+
+def test_families_without_support_fall_back_to_plain_decoding():
+    torch.manual_seed(0)
+    model = build_model("multiscale", "tiny").eval()
+    stats = SpeculationStats()
+    prompts = [b"abcabcabc", b"xy"]
+    assert model.generate(prompts, 20, seed=1, speculative=True, stats=stats) == model.generate(prompts, 20, seed=1)
+    assert stats.drafted == 0
