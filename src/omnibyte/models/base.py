@@ -24,6 +24,7 @@ as a CUDA graph; the eager and the fast path run the same block code.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -442,15 +443,8 @@ class ByteModel(nn.Module):
         fast: bool,
     ) -> Iterator[torch.Tensor]:
         """Yield the sampled byte of every row [B] (on the device), step by step."""
-        noise, tokens, lengths, capacity = self._sampling_inputs(prompts, max_new_bytes, seed)
-        was_training = self.training
-        self.eval()
-        try:
-            decoder = self.decoder(len(prompts), capacity, fast=fast)
-            logits = decoder.prefill(tokens, lengths)
+        with self._prefilled(prompts, max_new_bytes, seed, fast) as (decoder, logits, noise):
             yield from _plain_steps(decoder, logits, max_new_bytes, _sampler(temperature, top_k, top_p), noise)
-        finally:
-            self.train(was_training)
 
     def _sample_speculative(
         self,
@@ -465,18 +459,26 @@ class ByteModel(nn.Module):
     ) -> Iterator[list[bytes]]:
         """Yield each round's new bytes of every row (``speculative_steps``), or, for a decoder
         without ``supports_speculation``, one byte per row per step from the plain loop."""
-        noise, tokens, lengths, capacity = self._sampling_inputs(prompts, max_new_bytes, seed)
-        was_training = self.training
-        self.eval()
-        try:
-            decoder = self.decoder(len(prompts), capacity, fast=fast)
-            logits = decoder.prefill(tokens, lengths)
-            sample = _sampler(temperature, top_k, top_p)
+        sample = _sampler(temperature, top_k, top_p)
+        with self._prefilled(prompts, max_new_bytes, seed, fast) as (decoder, logits, noise):
             if decoder.supports_speculation:
                 yield from speculative_steps(decoder, prompts, logits, max_new_bytes, sample, noise, stats)
                 return
             for next_bytes in _plain_steps(decoder, logits, max_new_bytes, sample, noise):
                 yield [bytes([byte]) for byte in next_bytes.to("cpu", torch.uint8).tolist()]
+
+    @contextlib.contextmanager
+    def _prefilled(
+        self, prompts: list[bytes], max_new_bytes: int, seed: int | Sequence[int] | None, fast: bool
+    ) -> Iterator[tuple[Decoder, torch.Tensor, GumbelNoise]]:
+        """In eval mode (restored after): a decoder holding ``[BOS] + prompt`` of every row, the
+        logits after each row's prompt, and the rows' sampling noise."""
+        noise, tokens, lengths, capacity = self._sampling_inputs(prompts, max_new_bytes, seed)
+        was_training = self.training
+        self.eval()
+        try:
+            decoder = self.decoder(len(prompts), capacity, fast=fast)
+            yield decoder, decoder.prefill(tokens, lengths), noise
         finally:
             self.train(was_training)
 
