@@ -146,3 +146,18 @@ def attention_backend(name: str = "auto"):
     if name not in kinds:
         raise OmnibyteError(f"unknown attention backend {name!r} (choose from {', '.join(ATTENTION_BACKENDS)})")
     return sdpa_kernel(kinds[name])
+
+
+def check_training_fits(estimate: int | None, device: torch.device, what: str) -> None:
+    """Refuse, in one line, a training step whose estimated peak memory (``estimate`` bytes,
+    from ``ByteModel.training_memory``) is more than the GPU has: an out-of-memory error half-way
+    through a long step costs minutes and can leave the process unusable. ``what`` names the
+    step's shape for the message."""
+    if estimate is None or device.type != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info(device)
+    available = free + torch.cuda.memory_reserved(device)  # what this process holds counts too
+    if estimate > available:
+        raise OmnibyteError(f"a training step of {what} needs about {estimate / 2**30:,.1f} GiB of GPU memory "
+                            f"(estimated), more than the {available / 2**30:,.1f} GiB {device} has free: "
+                            f"lower --seq-len or --batch-size")

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+import torch
+
 from omnibyte.devices import resolve_device
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import STDIO
@@ -312,6 +314,8 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("omnibyte: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except torch.OutOfMemoryError:
+        return fail("out of memory on the device: lower --batch-size (or --seq-len, --context)", EXIT_IO)
     except BrokenPipeError:  # e.g. `omnibyte generate ... | head`
         _settle_stdout()
         return fail("output closed before everything was written (broken pipe)", EXIT_IO)

@@ -247,6 +247,12 @@ class ByteModel(nn.Module):
         """Longest context (in tokens) the model accepts."""
         raise NotImplementedError
 
+    def training_memory(self, batch_size: int, seq_len: int, optimizer: bool = True) -> int | None:
+        """Estimated peak accelerator bytes of one training step at this batch and sequence
+        length (None: the family gives no estimate). The trainer refuses, in one line, a step
+        that cannot fit before it starts one."""
+        return None
+
     def init_weights(self) -> None:
         """Re-initialise every parameter and buffer (rotary tables, index offsets) in place,
         deterministically from torch's current CPU generator. A family builds its modules

@@ -37,6 +37,7 @@ from omnibyte.devices import (
     DEVICE_NAME,
     attention_backend,
     autocast,
+    check_training_fits,
     configure_cpu_threads,
     resolve_device,
 )
@@ -67,7 +68,7 @@ def seeded_model(build: Callable[[], M], seed: int) -> M:
 @dataclasses.dataclass
 class TrainConfig(BaseConfig):
     LIMITS: ClassVar[dict[str, Limit]] = {
-        "seq_len": Limit(1, 2**24),
+        "seq_len": Limit(1, 2**30),  # the model's context bounds it too (multiscale: up to 2**30)
         "batch_size": Limit(1, 2**20),
         "grad_accum": Limit(1, 2**20),
         "steps": Limit(1, MAX_COUNT),
@@ -238,6 +239,9 @@ class Trainer:
             raise OmnibyteError(f"--seq-len {config.seq_len} exceeds the model's context of {model.max_seq_len}")
         # a model built on the meta device gets the weights an eager build under the seed gets
         self.model = parallel.materialize(model, self.device, config.seed)
+        if self.parallel_mode != "fsdp":  # the estimate counts whole weights, gradients and states
+            check_training_fits(self.model.training_memory(config.batch_size, config.seq_len), self.device,
+                                f"--batch-size {config.batch_size} x --seq-len {config.seq_len:,}")
         self.model.loss_chunk = config.loss_chunk
         # every random draw of a new run (bGPT's patch subsets, dropout) follows the seed; a
         # resumed run restores the generator it saved instead

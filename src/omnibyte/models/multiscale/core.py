@@ -46,6 +46,18 @@ from omnibyte.models.validation import ConfigError, Limit, ModelSize, field_path
 
 BLOCK_TYPES = ("transformer", "mamba")
 MAX_CONTEXT = 2**30  # bytes: the product of the patch sizes
+# No kernel call of the family sees a tensor of 2**31 elements or more: several CUDA kernels
+# index in 32 bits (the 33,554,432-byte long-context step crashed with an illegal memory access
+# when the top stage's sub-unit embeddings, 4M x 1024, went through ``embedding_bag`` at once).
+# Work along the sequence runs in pieces under this bound instead, and at most
+# ``KERNEL_ROW_LIMIT`` patches a piece (an attention kernel's grid holds at most 65,535 rows of
+# blocks). Module attributes, so a test can shrink them to exercise the pieces on the CPU.
+KERNEL_ELEMENT_LIMIT = 2**31 - 1
+KERNEL_ROW_LIMIT = 32768
+# training_memory's constants (fitted to H200 peaks; see its docstring)
+WORKSPACE_BYTES = 2 * 2**30  # cuBLAS/cuDNN workspaces, the allocator's slack, the CUDA context
+TOKEN_BYTES_PER_BYTE = 48
+OUTPUT_COPIES = 3.5
 
 
 @dataclasses.dataclass
@@ -74,6 +86,15 @@ class StageConfig(BaseConfig):
     def fill_defaults(self) -> None:
         if self.intermediate_size == 0:
             self.intermediate_size = default_intermediate_size(self.hidden_size)
+
+    def activation_width(self) -> int:
+        """Elements per position of the widest tensor a layer of the stage makes (the byte
+        head's logits included)."""
+        if self.block == "mamba":  # in_proj (4 D) and the scan's states (2 D x 16)
+            return 32 * self.hidden_size
+        head_dim = self.hidden_size // self.num_query_heads
+        return max(self.hidden_size, 2 * self.intermediate_size, NUM_BYTES,
+                   (self.num_query_heads + 2 * self.num_key_value_heads) * head_dim)
 
     def stack(self, rope_theta: float, norm_eps: float, qk_norm: bool) -> StackConfig:
         return StackConfig(self.hidden_size, self.num_layers, self.num_query_heads,
@@ -124,6 +145,13 @@ class MultiscaleConfig(BaseConfig):
             if stage.block == "transformer":
                 with field_path(f"stages[{index}]"):
                     stage.stack(self.rope_theta, self.norm_eps, self.qk_norm).validate()
+        top = self.stages[0]
+        if top.patch_size * top.activation_width() > KERNEL_ELEMENT_LIMIT:
+            # stage 0 attends over its whole sequence, so it cannot run in pieces along it
+            raise ConfigError("stages[0].patch_size", f"is {top.patch_size:,}: a sequence of that many "
+                              f"positions of width {top.activation_width():,} passes the "
+                              f"{KERNEL_ELEMENT_LIMIT + 1:,} elements a GPU kernel may index; "
+                              f"give stage 0 fewer, longer units")
         if self.context > MAX_CONTEXT:
             raise ConfigError("stages", f"give a context of {self.context:,} bytes (the product of their "
                                         f"patch sizes), above the most omnibyte allows ({MAX_CONTEXT:,})")
@@ -261,14 +289,28 @@ class MultiscaleCore(nn.Module):
     # ---- full-sequence computation --------------------------------------------------
     def _run_top(self, units: torch.Tensor) -> torch.Tensor:
         """Stage 0 over [B, n, U_0] tokens -> outputs [B, n, D_0]; output k sees units < k."""
-        embed = functools.partial(self.embed_units, 0)
-        previous = units[:, :-1]
-        if self._chunking():  # the embedding's intermediates are as long as the sequence
-            embedded = checkpoint(embed, previous, use_reentrant=False)
-        else:
-            embedded = embed(previous)
-        x = torch.cat([self._start(0, units.shape[0]).to(embedded.dtype), embedded], dim=1)
-        return self.stacks[0](x)
+        batch, count = units.shape[0], units.shape[1] - 1
+        previous = units[:, :-1].reshape(batch * count, -1)
+        # the embedding's intermediates (sub-unit embeddings) are as long as the sequence: in
+        # pieces under the kernel bound, checkpointed when training in chunks
+        rows = pieces_within_limit(self._top_embedding_width(), KERNEL_ELEMENT_LIMIT)
+        pieces = [checkpoint(self._embed_top, piece, use_reentrant=False) if self._chunking()
+                  else self._embed_top(piece) for piece in previous.split(rows)]
+        embedded = torch.cat(pieces).view(batch, count, -1)
+        x = torch.cat([self._start(0, batch).to(embedded.dtype), embedded], dim=1)
+        # whole sequences (attention spans them), as many at once as the kernel bound allows
+        rows = pieces_within_limit(units.shape[1] * self.config.stages[0].activation_width(), KERNEL_ELEMENT_LIMIT)
+        return torch.cat([self.stacks[0](piece) for piece in x.split(rows)])
+
+    def _embed_top(self, units: torch.Tensor) -> torch.Tensor:
+        return self.embed_units(0, units)
+
+    def _top_embedding_width(self) -> int:
+        """Elements per stage-0 unit of the largest tensor its embedding makes: the ``U_0``
+        byte indices, or a level's sub-unit embeddings (``U_0 / U_l`` of width ``D_l``)."""
+        levels = range(self.num_stages - 1)
+        return max(self.unit_sizes[0], *(self.unit_sizes[0] // self.unit_sizes[level] * self.widths[level]
+                                         for level in levels))
 
     def _run_inner(self, level: int, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Stage ``level`` > 0 inside each parent: parents [n, D_{level-1}] and their tokens
@@ -287,12 +329,22 @@ class MultiscaleCore(nn.Module):
         return self.config.checkpoint_tokens > 0 and self.training and torch.is_grad_enabled()
 
     def _map_parents(self, level: int, function, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        """``function`` over row-chunks of ``tensors`` (checkpointed when training with chunks)."""
+        """``function`` over row-pieces of ``tensors``: pieces of ``checkpoint_tokens``
+        positions, checkpointed, when training in chunks; in every case pieces small enough
+        that no kernel passes the element and row bounds."""
+        rows = min(pieces_within_limit(self._parent_width(level), KERNEL_ELEMENT_LIMIT), KERNEL_ROW_LIMIT)
         if not self._chunking():
-            return [function(*tensors)]
-        rows = max(1, self.config.checkpoint_tokens // self.patch_sizes[level])
+            return [function(*piece) for piece in zip(*(tensor.split(rows) for tensor in tensors))]
+        rows = min(rows, max(1, self.config.checkpoint_tokens // self.patch_sizes[level]))
         pieces = zip(*(tensor.split(rows) for tensor in tensors))
         return [checkpoint(function, *piece, use_reentrant=False) for piece in pieces]
+
+    def _parent_width(self, level: int) -> int:
+        """Elements per parent of the largest tensor stage ``level`` makes inside it: its
+        ``P_level`` positions times the widest activation, or the attention scores (which a
+        fallback attention kernel makes whole)."""
+        stage = self.config.stages[level]
+        return max(stage.patch_size * stage.activation_width(), stage.num_query_heads * stage.patch_size**2)
 
     def pad(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pad [B, T] with PAD to whole coarsest units."""
@@ -354,6 +406,41 @@ class MultiscaleCore(nn.Module):
         return total / weights.sum().clamp_min(1.0)
 
     # ---- accounting -----------------------------------------------------------------
+    def training_memory(self, batch_size: int, seq_len: int, optimizer: bool = True) -> int:
+        """Estimated peak bytes of one training step (forward + backward under bf16 autocast,
+        float32 weights and gradients, AdamW's two states when ``optimizer``), for the
+        one-line refusal of a context that cannot fit. The constants were fitted to the peaks
+        measured on the H200 (bench/bench_long_context.py; the fit is in bench/RESULTS.md)."""
+        length = batch_size * (seq_len + (-seq_len % self.unit_sizes[0]))
+        parameters = sum(parameter.numel() for parameter in self.parameters())
+        total = parameters * (16 if optimizer else 8) + WORKSPACE_BYTES
+        # per byte: ids, targets, weights and their padded copies; each level's outputs, kept
+        # for the level below with their gradient and a concatenation's second copy
+        per_byte = TOKEN_BYTES_PER_BYTE + sum(
+            OUTPUT_COPIES * 2 * self.widths[level] / self.unit_sizes[level] for level in range(self.num_stages - 1))
+        top = self._layer_activation_bytes(0) / self.unit_sizes[0]
+        if isinstance(self.stacks[0], TransformerStack) and self.stacks[0].gradient_checkpointing:
+            # each layer's input kept (bf16), one layer's activations recomputed at a time
+            per_byte += (self.config.stages[0].num_layers * 2 * self.widths[0]) / self.unit_sizes[0] + top
+        else:
+            per_byte += self.config.stages[0].num_layers * top
+        inner = []  # the inner stages' activations: all at once, or one checkpointed piece
+        for level in range(1, self.num_stages):
+            stage = self.config.stages[level]
+            positions = length // self.unit_sizes[level - 1] * stage.patch_size
+            if self.config.checkpoint_tokens:
+                positions = min(positions, max(self.config.checkpoint_tokens, stage.patch_size))
+            inner.append(positions * stage.num_layers * self._layer_activation_bytes(level))
+        return int(total + per_byte * length + (sum(inner) if not self.config.checkpoint_tokens else max(inner)))
+
+    def _layer_activation_bytes(self, level: int) -> int:
+        """Bytes a layer of stage ``level`` keeps per position for its backward pass (bf16
+        activations of the attention and SwiGLU parts, the float32 residual stream)."""
+        stage = self.config.stages[level]
+        if stage.block == "mamba":
+            return 96 * stage.hidden_size
+        return 24 * stage.hidden_size + 8 * stage.intermediate_size
+
     def flops_per_byte(self, seq_len: int) -> float:
         """Training FLOPs per byte: each stage's per-position FLOPs over its unit size,
         plus unit embeddings, parent projections and the head."""
@@ -371,6 +458,11 @@ class MultiscaleCore(nn.Module):
         for projection, unit in zip(self.parent_projs, self.unit_sizes):
             total += 6.0 * projection.weight.numel() / unit
         return total
+
+
+def pieces_within_limit(elements_per_row: int, limit: int) -> int:
+    """Rows per piece so that a piece of rows of ``elements_per_row`` stays within ``limit``."""
+    return max(1, limit // max(1, elements_per_row))
 
 
 class MultiscaleModel(ByteModel):
@@ -416,6 +508,9 @@ class MultiscaleModel(ByteModel):
 
     def flops_per_byte(self, seq_len: int) -> float:
         return self.core.flops_per_byte(seq_len)
+
+    def training_memory(self, batch_size: int, seq_len: int, optimizer: bool = True) -> int:
+        return self.core.training_memory(batch_size, seq_len, optimizer)
 
     # ---- bGPT's file framing ------------------------------------------------------------
     def header_tokens(self, extension: str) -> list[int]:
