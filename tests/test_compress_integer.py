@@ -102,6 +102,17 @@ def test_batched_ragged_rows_equal_one_by_one(integer):
         assert torch.equal(alone.step(torch.tensor([65 + row])), following[row : row + 1])
 
 
+def test_fast_static_steps_equal_eager_steps(integer):
+    """The fast decoder (whole aligned cache; a CUDA graph on CUDA) gives the same integers."""
+    tokens = tokens_of(word_text(50, seed=4)).repeat(2, 1)
+    tokens[1, 10:] = 66
+    eager, fast = integer.decoder(2, 60), integer.decoder(2, 60, fast=True)
+    assert fast.cache.capacity == 64
+    for t in range(tokens.shape[1]):
+        assert torch.equal(eager.step(tokens[:, t]), fast.step(tokens[:, t]))
+    assert torch.equal(integer.decoder(2, 60).prefill(tokens), integer.decoder(2, 60, fast=True).prefill(tokens))
+
+
 def test_int64_products_equal_float64_products(text_model):
     """The cross-device argument, checked here: the float64 products (what CUDA runs) are exact,
     so they give what exact int64 products give, bit for bit."""

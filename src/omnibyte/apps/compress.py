@@ -139,7 +139,9 @@ class _BatchStepper:
     def restart(self) -> None:
         if self.decoder is None:
             coder = self.adapter.coder if self.adapter else coding_model(self.model, self.settings)
-            self.decoder = coder.decoder(self.rows, self.max_len, fast=self.settings.fast)
+            # integer numerics give the same integers on either path: CUDA graphs on CUDA
+            fast = self.settings.fast or (self.settings.integer and self.device.type == "cuda")
+            self.decoder = coder.decoder(self.rows, self.max_len, fast=fast)
         else:
             self.decoder.reset()
 
@@ -638,8 +640,8 @@ def compress_members(
     sequence the model was trained on, when known: no default chunk is longer).
 
     ``numerics="integer"`` (flat models): the probabilities come from an integer copy of the
-    model (``omnibyte.models.integer``), bit-identical on any CPU or GPU, so the stream decodes
-    on any device; it does not adapt."""
+    model (``omnibyte.models.integer``; ``model`` may be that ``IntegerFlatModel`` already),
+    bit-identical on any CPU or GPU, so the stream decodes on any device; it does not adapt."""
     _check_interval_coding()
     integer = _integer_numerics(numerics, model, adapt)
     fresh = model if isinstance(model, FreshModel) else None
@@ -653,7 +655,7 @@ def compress_members(
     elif adapt is not None and adapt.problem():
         raise OmnibyteError(f"bad adaptation setting: {adapt.problem()}")
     if integer:  # the integer model is what codes, and what the fingerprint identifies
-        model = integer_model(model)
+        model = model if isinstance(model, IntegerFlatModel) else integer_model(model)
         fingerprint = model.fingerprint()
     members = [bytes(member) for member in members]
     sizes = [len(member) for member in members]
@@ -712,6 +714,8 @@ def _integer_numerics(numerics: str, model, adapt) -> bool:
     if numerics not in NUMERICS:
         raise OmnibyteError(f"unknown numerics {numerics!r} (use {' or '.join(NUMERICS)})")
     if numerics == "float":
+        if isinstance(model, IntegerFlatModel):
+            raise OmnibyteError("an integer model codes with numerics='integer' only")
         return False
     if isinstance(model, FreshModel) or adapt not in (None, False):
         raise OmnibyteError("integer numerics do not adapt: drop --adapt (a model from scratch, --model none, "
@@ -779,7 +783,8 @@ def decompress_members(
     device: str | torch.device | None = None,
 ) -> list[bytes]:
     """Inverse of ``compress_members``; checks the stream, the model, the settings and the
-    end-to-end digest. Any failure is one ``OmnibyteError``; wrong data is never returned.
+    end-to-end digest. An integer stream takes the float model (quantized here) or the
+    ``IntegerFlatModel`` made from it. Any failure is one ``OmnibyteError``; wrong data is never returned.
     A stream made from scratch rebuilds its model from the container (``model`` is not used;
     ``device`` defaults to the stream's own); any other stream needs its ``model``."""
     header = container.unpack(blob)
@@ -788,8 +793,10 @@ def decompress_members(
         fingerprint = None
     elif model is None:
         raise OmnibyteError("this stream was compressed with a trained model: give that model")
-    if header.settings.integer:  # built where the given model lives: any device decodes it
-        model = integer_model(model)
+    if header.settings.integer and not isinstance(model, IntegerFlatModel):
+        model = integer_model(model)  # built where the given model lives: any device decodes it
+    elif not header.settings.integer and isinstance(model, IntegerFlatModel):
+        raise OmnibyteError("this stream was made with float numerics: give the float model, not an integer one")
     check_compatible(header, model, fingerprint)
     settings = header.settings
     rows = settings.batch_size

@@ -33,6 +33,7 @@ from omnibyte.cli.common import (
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import STDIO, check_output_folder, check_writable, read_input, write_output
 from omnibyte.models.base import ByteModel
+from omnibyte.models.integer import integer_model
 
 # ratio_of(bytes done, compressed bits so far or None) -> the text shown after the progress bar
 RatioText = Callable[[int, "int | None"], str]
@@ -286,6 +287,8 @@ def run_compress(args: argparse.Namespace) -> int:
         args.model = Path(args.model)
         model, fingerprint = _load_coding_model(args, device)
         seq_len = trained_seq_len(args.model)
+        if args.numerics == "integer":  # quantized once for every file
+            model = integer_model(model)
     for name, target in pairs:
         data = stdin if name == STDIO else read_input(name)
         bar, update = _progress_bar(args, name, len(data), _ratio_text)
@@ -324,6 +327,7 @@ def run_decompress(args: argparse.Namespace) -> int:
         if args.model is None:
             raise OmnibyteError(f"{needs_model[0]} was compressed with a trained model: name it with --model")
         model, fingerprint = _load_coding_model(args, device)
+    integer = integer_model(model) if any(h.settings.integer and h.fresh is None for h in headers) else None
     for header in headers:  # every stream's device before the first output is written
         check_device(header, model.device.type if header.fresh is None else _stream_device(args.device, header).type)
     for (name, target), blob, header in zip(pairs, blobs, headers):
@@ -334,7 +338,8 @@ def run_decompress(args: argparse.Namespace) -> int:
             if header.fresh is not None:
                 data = decompress(blob, progress=update, device=_stream_device(args.device, header))
             else:
-                data = decompress(blob, model, progress=update, fingerprint=fingerprint)
+                data = decompress(blob, integer if header.settings.integer else model, progress=update,
+                                  fingerprint=fingerprint)
         write_output(target, data, force=args.force, source=name)
         _summary(args, name, len(data), len(blob), time.perf_counter() - start)
     return 0

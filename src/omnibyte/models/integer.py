@@ -51,7 +51,8 @@ import torch.nn as nn
 
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import NUM_BYTES, Decoder
-from omnibyte.models.flat import BytePredictor
+from omnibyte.models.flat import CACHE_ALIGNMENT, BytePredictor
+from omnibyte.models.graphs import GraphSteps
 from omnibyte.models.layers import Attention, KVCache, RMSNorm, StackConfig, SwiGLU, TransformerBlock
 
 FORMAT = "omnibyte-integer-1"  # bump when any arithmetic below changes: old fingerprints then differ
@@ -445,7 +446,7 @@ class IntegerFlatModel(nn.Module):
         return frequencies(self.head(hidden, self.arithmetic), self.arithmetic)
 
     def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> "IntegerDecoder":
-        return IntegerDecoder(self, batch_size, max_len)
+        return IntegerDecoder(self, batch_size, max_len, fast)
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -460,20 +461,32 @@ PIECE = 256  # tokens per pass of a prefill: bounds the [B, H, T, S] int64 score
 class IntegerDecoder(Decoder):
     """KV-cached decoding of an ``IntegerFlatModel`` (the cache holds integer-valued float64).
     ``prefill`` and ``step`` return integer frequencies [B, 256] (float32 integer values summing
-    to 2**24 - 256), not logits; there is no separate fast path (no CUDA graphs): the arithmetic
-    is the same whatever the path, so a stream records fast = False."""
+    to 2**24 - 256), not logits. ``fast`` steps attend over the whole (aligned) cache and, on
+    CUDA, replay a CUDA graph (as ``FlatDecoder``); masked positions weigh exactly 0, so both
+    paths give the same integers and a stream need not record which one ran."""
 
-    def __init__(self, model: IntegerFlatModel, batch_size: int, max_len: int | None = None):
+    def __init__(self, model: IntegerFlatModel, batch_size: int, max_len: int | None = None, fast: bool = False):
         capacity = model.max_seq_len if max_len is None else min(max_len, model.max_seq_len)
         super().__init__(batch_size, capacity, model.device)
-        self.model = model
-        self.cache = KVCache(model.stack_config, batch_size, self.device, torch.float64, capacity)
+        self.model, self.fast = model, fast
+        slots = -(-capacity // CACHE_ALIGNMENT) * CACHE_ALIGNMENT if fast else capacity
+        self.cache = KVCache(model.stack_config, batch_size, self.device, torch.float64, slots)
+        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.one_each = torch.ones(batch_size, 1, dtype=torch.bool, device=self.device)
+        self.visible: int | None = None
+        self.steps = GraphSteps({"step": self._static_step}, fast and self.device.type == "cuda")
+        self.steps.capture(prepare=self.cache.reset)
+        self.cache.reset()
+
+    def _static_step(self) -> torch.Tensor:
+        hidden = self.model.hidden(self.tokens[:, None], self.cache, self.one_each, self.visible)
+        return self.model.frequencies(hidden[:, -1])
 
     def _pieces(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> Iterator[torch.Tensor]:
         written = np.zeros_like(counts)
         for start in range(0, int(counts.max()), PIECE):
             written += np.clip(counts - start, 0, PIECE)
-            visible = int((self.lengths + written).max())
+            visible = None if self.fast else int((self.lengths + written).max())
             yield self.model.hidden(tokens[:, start : start + PIECE], self.cache, valid[:, start : start + PIECE], visible)
 
     def _prefill(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
@@ -491,9 +504,9 @@ class IntegerDecoder(Decoder):
         return out
 
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
-        valid = torch.ones(self.batch_size, 1, dtype=torch.bool, device=self.device)
-        hidden = self.model.hidden(tokens[:, None], self.cache, valid, int(self.lengths.max()) + 1)
-        return self.model.frequencies(hidden[:, -1])
+        self.tokens.copy_(tokens)
+        self.visible = None if self.fast else int(self.lengths.max()) + 1
+        return self.steps.run("step")
 
     def _reset(self, rows: torch.Tensor) -> None:
         self.cache.reset(rows)
