@@ -3,16 +3,17 @@ of ``omnibyte compress`` with ``--numerics integer`` and with the float path, on
 one file, every row a checked round trip.
 
     python bench/bench_integer.py --out bench/results/integer_cpu                      # CPU, a tiny demo model
+    python bench/bench_integer.py --device cuda --preset small --train-steps 300 --out bench/results/integer_h200
     python bench/bench_integer.py --model runs/text --input prose.txt --device cuda \\
         --limit-bytes 1000000 --out bench/results/integer_h200
 
 Rows: float in the device's default dtype (bfloat16 on CUDA, float32 on the CPU), float32 on
 CUDA too, and integer (float64 products; on the CPU also the int64 reference products with
 ``--int64``). Same chunk size and rows for every row (``--chunk-size``/``--batch-size``, or
-what ``default_layout`` picks for the float path). ``model_bits`` is what the frequencies cost
-(before the range coder and raw chunks), ``bits_per_byte`` the real stream size. With no
-``--model`` a tiny flat model is trained for ``--train-steps`` on this repository's docs
-(seeded), and the input is the last 64 KB of them it did not train on. KB/s: 1,000 original
+what ``default_layout`` picks for the float path). ``model_bits`` counts the coded streams and
+raw chunks only (no header), ``bits_per_byte`` the whole container. With no ``--model`` a flat
+``--preset`` model (512 context) is trained for ``--train-steps`` on this repository's docs
+(seeded, on ``--device``), and the input is the last 64 KB of them, which it did not train on. KB/s: 1,000 original
 bytes per second of wall time. Writes ``results.json`` and ``results.md`` under ``--out``.
 """
 from __future__ import annotations
@@ -45,17 +46,17 @@ def docs_text() -> bytes:
     return b"".join(path.read_bytes() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 
 
-def demo_model(steps: int, train: bytes) -> torch.nn.Module:
-    """A tiny flat model trained ``steps`` Adam steps on ``train`` (seeded, CPU)."""
+def demo_model(preset: str, steps: int, train: bytes, device: torch.device) -> torch.nn.Module:
+    """A flat ``preset`` model (512 context) trained ``steps`` Adam steps on ``train`` (seeded)."""
     torch.manual_seed(0)
-    model = build_model("flat", "tiny", max_sequence_length=512)
-    tokens = torch.tensor(list(train))
+    model = build_model("flat", preset, max_sequence_length=512).to(device)
+    tokens = torch.tensor(list(train), device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        starts = torch.randint(0, len(tokens) - 256, (16,), generator=generator)
+        starts = torch.randint(0, len(tokens) - 256, (16,), generator=generator).tolist()
         targets = torch.stack([tokens[s : s + 256] for s in starts])
-        inputs = torch.cat([torch.full((16, 1), BOS), targets[:, :-1]], dim=1)
+        inputs = torch.cat([torch.full((16, 1), BOS, device=device), targets[:, :-1]], dim=1)
         loss = model.loss(inputs, targets)
         optimizer.zero_grad()
         loss.backward()
@@ -95,6 +96,7 @@ def main() -> int:
     parser.add_argument("--limit-bytes", type=int, default=None)
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--preset", default="tiny", help="the demo model's flat preset")
     parser.add_argument("--train-steps", type=int, default=150, help="the demo model's training steps")
     parser.add_argument("--int64", action="store_true", help="also time the int64 reference products (CPU)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/integer"))
@@ -102,8 +104,8 @@ def main() -> int:
     device = torch.device(args.device)
     text = docs_text()
     if args.model is None:
-        model, data = demo_model(args.train_steps, text[:-65536]), text[-65536:]
-        model_name = f"flat tiny (512 ctx), {args.train_steps} steps on the docs"
+        model, data = demo_model(args.preset, args.train_steps, text[:-65536], device), text[-65536:]
+        model_name = f"flat {args.preset} (512 ctx), {args.train_steps} steps on the docs"
     else:
         model, data, model_name = load_model(args.model), None, str(args.model)
     if args.input is not None:

@@ -303,15 +303,17 @@ class IntegerAttention(nn.Module):
         values = self._to_format(qkv[:, :, heads + kv_heads :], self.value_format, self.value_bits)
         keys, values = write.store(layer, qk[:, :, heads:], values)  # [B, H_kv, S, D], float64
         group = heads // kv_heads
+        # the query heads of a kv group folded into the length axis: plain batched products
         queries = qk[:, :, :heads].view(batch, length, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
-        scores = arithmetic.product(queries, keys.unsqueeze(2).transpose(-1, -2))  # [B, H_kv, G, T, S]
-        scores = shift_round(scores * self.score_multiplier, self.score_shift)
+        scores = arithmetic.product(queries.reshape(batch, kv_heads, group * length, head_dim), keys.transpose(-1, -2))
+        scores = shift_round(scores.view(batch, kv_heads, group, length, -1) * self.score_multiplier, self.score_shift)
         allowed = (write.mask == 0).unsqueeze(1)  # [B, 1, 1, T, S]
         lowest = torch.iinfo(torch.int64).min // 2
         scores = torch.where(allowed, scores, lowest)
         weights = arithmetic.exp(scores.amax(-1, keepdim=True) - scores, ATTENTION_WEIGHT_BITS)
         weights = torch.where(allowed, weights, 0)
-        numerator = arithmetic.product(weights, values.unsqueeze(2))  # [B, H_kv, G, T, D]
+        numerator = arithmetic.product(weights.view(batch, kv_heads, group * length, -1), values)
+        numerator = numerator.view(batch, kv_heads, group, length, head_dim)
         denominator = weights.sum(-1, keepdim=True)  # >= 2**16: the largest weight is exp(0)
         out = torch.div(2 * numerator + denominator, 2 * denominator, rounding_mode="floor")  # rounded
         out = shift_round(out, self.value_format - ACT_BITS)
