@@ -240,6 +240,7 @@ class IntegerRMSNorm(nn.Module):
         _check_exact("an RMSNorm sum of squares", width << (2 * MANTISSA_BITS), 1 << 59)
         self.register_buffer("gain", gain)
         self.eps_term = round(width * eps * (1 << (2 * ACT_BITS)))  # D * eps in squared activation units
+        self.register_buffer("constants", torch.tensor([self.eps_term]))  # in the fingerprint
         self.max_weight = float(weight.abs().max())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,6 +290,11 @@ class IntegerAttention(nn.Module):
         value_bound = math.sqrt(config.hidden_size) * float(gained.norm(dim=1).max()) * 1.01 + 2.0**-10
         self.value_format = _static_bits(value_bound, self.value_bits)
         del self.qkv_proj.dequantized, self.o_proj.dequantized
+        # the formats come from float64 reductions over the weights: in the fingerprint, so two
+        # builds that disagreed (a reduction order could in principle move a bound across a power
+        # of two) are told apart as different models
+        self.register_buffer("constants", torch.tensor([self.qk_bits, self.value_bits, self.value_format,
+                                                        self.score_multiplier, self.score_shift]))
 
     def _to_format(self, x: torch.Tensor, fraction_bits: int, bits: int) -> torch.Tensor:
         limit = 1 << bits
