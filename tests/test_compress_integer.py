@@ -178,6 +178,12 @@ def test_a_stream_made_on_cuda_decodes_on_the_cpu(text_model):
     assert codec.decompress(container.pack(on_cuda), text_model) == data
 
 
+def test_a_wrong_digest_is_a_corrupted_integer_stream(text_model):
+    header = container.unpack(codec.compress(word_text(200), text_model, numerics="integer", chunk_size=CHUNK))
+    with pytest.raises(OmnibyteError, match=r"the stream is corrupted \(integer numerics"):
+        codec.decompress(container.pack(dataclasses.replace(header, original_digest=bytes(8))), text_model)
+
+
 def test_integer_streams_need_the_same_model(text_model):
     blob = codec.compress(word_text(100), text_model, numerics="integer")
     with pytest.raises(OmnibyteError, match="wrong model"):

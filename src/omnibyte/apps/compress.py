@@ -851,10 +851,10 @@ def decompress_members(
                 progress(int(lengths.sum()) - done, None)
     ends = np.cumsum(header.member_sizes, dtype=np.int64) if header.member_sizes else np.zeros(0, np.int64)
     members = [out[end - size : end].tobytes() for size, end in zip(header.member_sizes, ends)]
-    if container.digest(members) != header.original_digest and settings.integer:
-        raise OmnibyteError("decoded data fails its checksum: the stream is corrupted (integer numerics are "
-                            "the same on every device); nothing was written")
     if container.digest(members) != header.original_digest:
+        if settings.integer:
+            raise OmnibyteError("decoded data fails its checksum: the stream is corrupted (integer numerics are "
+                                "the same on every device); nothing was written")
         raise OmnibyteError(
             f"decoded data fails its checksum: the stream is corrupted, or it was made on another kind of "
             f"{settings.device} or software version ({settings.device}/{settings.dtype}) whose arithmetic "
