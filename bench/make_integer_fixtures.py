@@ -8,7 +8,9 @@ Builds ``fixture_model(seed)``: a tiny flat model whose float weights come from 
 recipe builds the very same model whatever its CPU or its torch's ``normal_`` kernel; it leans
 towards English byte frequencies, so text is range-coded rather than stored raw. Compresses a
 few small inputs (text, binary, empty, one byte; several chunk layouts) with integer numerics
-on ``--device``, checks each decodes on that device AND on the CPU, and writes the ``.omb``
+on ``--device``, checks each decodes on that device AND on the CPU; also compares a random-init
+``small`` model's integer frequencies on the device (full forward, eager and CUDA-graph steps)
+with the CPU's, bit for bit (exit 1 if any differ); and writes the ``.omb``
 files plus ``manifest.json`` (the recipe, each input's SHA-256 and size, the settings, where
 it ran) into ``--out``. ``tests/test_compress_integer.py`` rebuilds the model on the CPU and
 decodes every fixture. Takes seconds; the output is a few KB.
@@ -28,7 +30,8 @@ import torch
 
 from omnibyte.apps import container
 from omnibyte.apps.compress import compress, decompress
-from omnibyte.models import build_model
+from omnibyte.models import BOS, build_model
+from omnibyte.models.integer import integer_model
 
 RECIPE = "bench/make_integer_fixtures.py:fixture_model"
 FIXTURE_CONFIG = dict(hidden_size=64, num_layers=2, num_query_heads=4, num_key_value_heads=2,
@@ -74,6 +77,24 @@ def fixture_inputs() -> dict[str, tuple[bytes, dict]]:
     }
 
 
+def cross_device_check(device: str, preset: str = "small", rows: int = 4, length: int = 300) -> dict:
+    """A random-init ``preset`` model's integer frequencies on ``device`` (full forward, and eager
+    and fast (CUDA-graph) steps) against the CPU's, over ``rows`` x ``length`` random tokens."""
+    model = build_model("flat", preset, seed=0).eval()
+    tokens = torch.randint(0, 256, (rows, length), generator=torch.Generator().manual_seed(1))
+    tokens[:, 0] = BOS
+    on_cpu = integer_model(model)
+    on_device = integer_model(model.to(device))
+    expected = on_cpu(tokens)
+    same = {"forward": torch.equal(on_device(tokens).cpu(), expected)}
+    for fast in (False, True):
+        decoder = on_device.decoder(rows, length, fast=fast)
+        steps = torch.stack([decoder.step(tokens[:, t].to(device)) for t in range(length)], dim=1)
+        same["fast_steps" if fast else "eager_steps"] = torch.equal(steps.cpu(), expected)
+    same["fingerprint"] = on_cpu.fingerprint() == on_device.fingerprint()
+    return {"preset": preset, "rows": rows, "tokens": length, "bit_identical": same}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -98,15 +119,20 @@ def main() -> int:
                         "input_bytes": len(data), "stream_bytes": len(blob), "options": options,
                         "chunks": header.num_chunks, "raw_chunks": raw})
         print(f"{name:14s} {len(data):6,d} -> {len(blob):6,d} bytes, {raw}/{header.num_chunks} chunks raw")
+    check = cross_device_check(args.device) if args.device != "cpu" else None
+    if check:
+        print(f"integer frequencies of a random {check['preset']} model on {args.device} vs the CPU: "
+              f"{check['bit_identical']}")
     manifest = {
         "recipe": RECIPE, "seed": args.seed, "config": FIXTURE_CONFIG, "numerics": "integer",
         "device": str(args.device), "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
         "torch": torch.__version__, "omnibyte": omnibyte.__version__, "fixtures": entries,
+        "cross_device_check": check,
     }
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = sum(path.stat().st_size for path in args.out.iterdir())
     print(f"wrote {len(entries)} streams and manifest.json to {args.out} ({total:,} bytes)")
-    return 0
+    return 0 if check is None or all(check["bit_identical"].values()) else 1
 
 
 if __name__ == "__main__":
