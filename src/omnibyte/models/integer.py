@@ -277,7 +277,9 @@ class IntegerAttention(nn.Module):
         self.qk_norm = IntegerRMSNorm(norm_weight, config.norm_eps)
         qk_bound = math.sqrt(self.head_dim) * self.qk_norm.max_weight * 1.01 + 2.0**-10
         self.qk_bits = _static_bits(qk_bound, MANTISSA_BITS)
-        _check_exact("an attention score", (1 << (2 * MANTISSA_BITS)) * self.head_dim)
+        score_bound = (1 << (2 * MANTISSA_BITS)) * self.head_dim
+        _check_exact("an attention score", score_bound)
+        _check_exact("a requantized attention score", score_bound << MULTIPLIER_BITS, INT64_LIMIT)
         multiplier, shift = fixed_point(torch.tensor([2.0 ** (ACT_BITS - 2 * self.qk_bits) / math.sqrt(self.head_dim)]))
         self.score_multiplier, self.score_shift = int(multiplier), int(shift)
         positions_bits = math.ceil(math.log2(config.max_sequence_length + 1))
@@ -285,6 +287,9 @@ class IntegerAttention(nn.Module):
         if self.value_bits < 8:
             raise OmnibyteError(f"integer numerics needs a context below 2**20 positions, this model has "
                                 f"{config.max_sequence_length:,}")
+        # at most max_sequence_length weights are non-zero in a row (masked ones are exactly 0)
+        _check_exact("attention weights x values", (1 << (ATTENTION_WEIGHT_BITS + self.value_bits))
+                     * config.max_sequence_length)
         value_rows = self.qkv_proj.dequantized[(self.heads + self.kv_heads) * self.head_dim:]
         gained = value_rows * _cpu64(input_norm.weight)[None, :]
         value_bound = math.sqrt(config.hidden_size) * float(gained.norm(dim=1).max()) * 1.01 + 2.0**-10
