@@ -282,11 +282,7 @@ class IntegerAttention(nn.Module):
         _check_exact("a requantized attention score", score_bound << MULTIPLIER_BITS, INT64_LIMIT)
         multiplier, shift = fixed_point(torch.tensor([2.0 ** (ACT_BITS - 2 * self.qk_bits) / math.sqrt(self.head_dim)]))
         self.score_multiplier, self.score_shift = int(multiplier), int(shift)
-        positions_bits = math.ceil(math.log2(config.max_sequence_length + 1))
-        self.value_bits = 52 - ATTENTION_WEIGHT_BITS - positions_bits
-        if self.value_bits < 8:
-            raise OmnibyteError(f"integer numerics needs a context below 2**20 positions, this model has "
-                                f"{config.max_sequence_length:,}")
+        self.value_bits = value_bits(config.max_sequence_length)
         # at most max_sequence_length weights are non-zero in a row (masked ones are exactly 0)
         _check_exact("attention weights x values", (1 << (ATTENTION_WEIGHT_BITS + self.value_bits))
                      * config.max_sequence_length)
@@ -377,6 +373,15 @@ def frequencies(logits: torch.Tensor, arithmetic: IntegerArithmetic, precision: 
 
 # ---- the model and its decoder ----------------------------------------------------------------
 
+MIN_VALUE_BITS = 12
+
+
+def value_bits(context: int) -> int:
+    """Bits of a cached value: 2**16 (the largest attention weight) x 2**bits x ``context``
+    positions stays below 2**53."""
+    return 52 - ATTENTION_WEIGHT_BITS - math.ceil(math.log2(context + 1))
+
+
 def check_integer_support(model) -> None:
     """One-line refusal of a model integer numerics cannot run."""
     model = getattr(model, "_orig_mod", model)
@@ -387,6 +392,9 @@ def check_integer_support(model) -> None:
     if not model.config.qk_norm or model.config.differential_attention:
         raise OmnibyteError("integer numerics needs a flat model with qk_norm and without differential "
                             "attention (use --numerics float)")
+    if value_bits(model.config.max_sequence_length) < MIN_VALUE_BITS:
+        raise OmnibyteError(f"integer numerics needs a context below 2**24 positions; this model has "
+                            f"{model.config.max_sequence_length:,} (use --numerics float)")
 
 
 class IntegerFlatModel(nn.Module):
