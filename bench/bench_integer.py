@@ -4,6 +4,8 @@ one file, every row a checked round trip.
 
     python bench/bench_integer.py --out bench/results/integer_cpu                      # CPU, a tiny demo model
     python bench/bench_integer.py --device cuda --preset small --train-steps 300 --out bench/results/integer_h200
+    python bench/bench_integer.py --device cuda --preset small --train-steps 300 --input src \
+        --limit-bytes 1000000 --out bench/results/integer_h200_1mb     # more rows: GPU throughput
     python bench/bench_integer.py --model runs/text --input prose.txt --device cuda \\
         --limit-bytes 1000000 --out bench/results/integer_h200
 
@@ -91,7 +93,7 @@ def timed_round_trip(data: bytes, model, decode_model, **options) -> dict[str, A
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="a saved flat model (default: a tiny demo model)")
-    parser.add_argument("--input", type=Path, default=None)
+    parser.add_argument("--input", type=Path, default=None, help="a file, or a folder (its files concatenated)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--limit-bytes", type=int, default=None)
     parser.add_argument("--chunk-size", type=int, default=None)
@@ -108,7 +110,9 @@ def main() -> int:
         model_name = f"flat {args.preset} (512 ctx), {args.train_steps} steps on the docs"
     else:
         model, data, model_name = load_model(args.model), None, str(args.model)
-    if args.input is not None:
+    if args.input is not None and args.input.is_dir():  # every file under it, in path order
+        data = b"".join(path.read_bytes() for path in sorted(args.input.rglob("*")) if path.is_file())
+    elif args.input is not None:
         data = args.input.read_bytes()
     if data is None:
         raise SystemExit("--input is needed with --model")
