@@ -49,6 +49,7 @@ def world(tmp_path_factory) -> Path:
     from omnibyte.apps.compress import compress
 
     (root / "trained.omb").write_bytes(compress(b"abc" * 10, model))
+    save_model(omnibyte.build_model("patch", "tiny", seed=0), root / "patch_model")
     document = json.loads((root / "model" / "config.json").read_text())
     weights = (root / "model" / "model.safetensors").read_bytes()
 
@@ -453,6 +454,15 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["compress", "{W}/text.txt", *M, "--preset", "tiny"], "--preset builds a model from scratch"),
     (["compress", "{W}/text.txt", *M, "--seed", "3"], "--seed builds a model from scratch"),
     (["decompress", "{W}/trained.omb"], "was compressed with a trained model: name it with --model"),
+    # compress --numerics integer
+    (["compress", "{W}/text.txt", *M, "--numerics", "exact"], "--numerics: invalid choice"),
+    (["compress", "{W}/text.txt", *M, "--numerics", "integer", "--adapt"], "--numerics integer does not adapt"),
+    (["compress", "{W}/text.txt", "--model", "none", "--preset", "tiny", "--numerics", "integer"],
+     "--numerics integer does not adapt"),
+    (["compress", "{W}/text.txt", *M, "--numerics", "integer", "--portable"], "drop --portable"),
+    (["compress", "{W}/text.txt", *M, "--numerics", "integer", "--dtype", "bfloat16"], "has no dtype"),
+    (["compress", "{W}/text.txt", "--model", "{W}/patch_model", "--numerics", "integer"],
+     "integer numerics supports the flat family only"),
 ]
 
 

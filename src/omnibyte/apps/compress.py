@@ -17,6 +17,11 @@ bytes both sides already have (after every ``block`` steps of a group, on the bl
 every row), under deterministic algorithms, so the decoder repeats the very same updates; a
 ``FreshModel`` (``scratch_model``) is rebuilt by the decoder from the recipe the container holds.
 
+With integer numerics (``numerics="integer"``, flat models) both sides step an
+``omnibyte.models.integer.IntegerFlatModel`` quantized from the model on the CPU, whose
+decoder returns integer frequencies that are bit-identical on any CPU or GPU: such a stream
+decodes on any device, whatever the one it was made on.
+
 Container format: ``omnibyte.apps.container``; spec and limits: docs/compression.md.
 """
 from __future__ import annotations
@@ -37,6 +42,7 @@ from omnibyte.apps import container
 from omnibyte.apps.container import AdaptSettings, CodingSettings, Container, FreshModel
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import BOS, NUM_BYTES, ByteModel
+from omnibyte.models.integer import IntegerFlatModel, integer_model
 from omnibyte.models.registry import make_config, seeded
 from omnibyte.models.serialization import FORMAT_VERSION, config_document, model_from_config
 
@@ -49,6 +55,7 @@ MAX_BATCH_SIZE = container.MAX_BATCH_SIZE
 ENCODE_SLICE = 1 << 20  # symbols per range-coder call (bounds the temporary parameter array)
 SUFFIX = ".omb"
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NUMERICS = ("float", "integer")  # how the probabilities are computed (docs/compression.md)
 
 # progress(bytes coded by this step, compressed bits so far (an estimate while a group codes) or None)
 Progress = Callable[[int, "int | None"], None]
@@ -86,7 +93,11 @@ def default_dtype(device: torch.device) -> str:
 
 @contextlib.contextmanager
 def numerics(settings: CodingSettings) -> Iterator[None]:
-    """Autocast to the coding dtype; plain float32 without TF32 (its rounding is a global switch)."""
+    """Autocast to the coding dtype; plain float32 without TF32 (its rounding is a global switch).
+    Integer numerics need neither (their products are float64 or int64)."""
+    if settings.integer:
+        yield
+        return
     if settings.dtype != "float32":
         # no weight-cast cache: a captured CUDA graph must not keep casts that autocast frees on exit
         with torch.autocast(settings.device, dtype=_TORCH_DTYPES[settings.dtype], cache_enabled=False):
@@ -107,8 +118,8 @@ def coding_model(model: ByteModel, settings: CodingSettings) -> ByteModel:
     """The model the coder steps: on CUDA a copy with weights in the coding dtype, so the KV
     cache and every matmul run at that width without re-casting weights each step. Encoder
     and decoder both make it; the fingerprint is always taken from the original weights."""
-    if settings.device != "cuda" or settings.dtype == "float32":
-        return model
+    if settings.integer or settings.device != "cuda" or settings.dtype == "float32":
+        return model  # an integer model is stepped as it is
     return copy.deepcopy(model).to(_TORCH_DTYPES[settings.dtype])
 
 
@@ -128,7 +139,9 @@ class _BatchStepper:
     def restart(self) -> None:
         if self.decoder is None:
             coder = self.adapter.coder if self.adapter else coding_model(self.model, self.settings)
-            self.decoder = coder.decoder(self.rows, self.max_len, fast=self.settings.fast)
+            # integer numerics give the same integers on either path: CUDA graphs on CUDA
+            fast = self.settings.fast or (self.settings.integer and self.device.type == "cuda")
+            self.decoder = coder.decoder(self.rows, self.max_len, fast=fast)
         else:
             self.decoder.reset()
 
@@ -321,9 +334,10 @@ def _run_group(
     step.restart()
     done = 0
     for t in range(steps):
-        logits = step(tokens)
+        logits = step(tokens)  # an integer model's decoder returns the frequencies themselves
         active = int(np.searchsorted(descending, -t, side="left"))  # rows with length > t
-        tokens = code_step(t, active, quantized_frequencies(logits[:active]))
+        weights = logits[:active] if step.settings.integer else quantized_frequencies(logits[:active])
+        tokens = code_step(t, active, weights)
         done += active
         if progress is not None:
             progress(active, bits())
@@ -409,10 +423,16 @@ def coding_settings(
     fast: bool | None,
     train_seq_len: int | None = None,
     adapt_block: int | None = None,
+    integer: bool = False,
 ) -> CodingSettings:
     """Resolve and check the options against the model and where it lives; chunk size and rows
-    left out (None) are picked by ``default_layout``."""
+    left out (None) are picked by ``default_layout``. ``integer``: integer numerics (no dtype,
+    no fast path: the stream records float32 and fast = False)."""
     device = model.device
+    if integer:
+        if dtype not in ("auto", "float32"):
+            raise OmnibyteError(f"--dtype {dtype} applies to float numerics; integer numerics have no dtype")
+        dtype, fast = "float32", False
     if chunk_size is None:
         default_chunk, default_rows = default_layout(model, member_sizes, device.type, train_seq_len, adapt_block)
         chunk_size = default_chunk
@@ -432,7 +452,7 @@ def coding_settings(
     if fast is None:
         fast = device.type == "cuda"
     rows = max(1, min(batch_size, count_chunks(member_sizes, chunk_size)))
-    return CodingSettings(device.type, dtype, chunk_size, rows, PRECISION, bool(fast))
+    return CodingSettings(device.type, dtype, chunk_size, rows, PRECISION, bool(fast), integer)
 
 
 def max_compressed_size(member_sizes: Sequence[int], chunk_size: int, batch_size: int) -> int:
@@ -603,6 +623,7 @@ def compress_members(
     adapt: AdaptSettings | bool | None = None,
     device: str | torch.device = "cpu",
     train_seq_len: int | None = None,
+    numerics: str = "float",
 ) -> bytes:
     """Compress several byte strings into one container; each is coded independently (own chunks,
     each from BOS), only the header and the batch are shared. ``decompress_members`` inverts it.
@@ -616,8 +637,13 @@ def compress_members(
     a ``FreshModel`` (``scratch_model(...)``): it is built on ``device`` from its recipe, which the
     container records, and always adapts. ``chunk_size``/``batch_size`` default to what
     ``default_layout`` picks for the input size and the device (``train_seq_len``: the longest
-    sequence the model was trained on, when known: no default chunk is longer)."""
+    sequence the model was trained on, when known: no default chunk is longer).
+
+    ``numerics="integer"`` (flat models): the probabilities come from an integer copy of the
+    model (``omnibyte.models.integer``; ``model`` may be that ``IntegerFlatModel`` already),
+    bit-identical on any CPU or GPU, so the stream decodes on any device; it does not adapt."""
     _check_interval_coding()
+    integer = _integer_numerics(numerics, model, adapt)
     fresh = model if isinstance(model, FreshModel) else None
     if fresh is not None:
         model = build_scratch(fresh, device)
@@ -628,10 +654,13 @@ def compress_members(
         adapt = None
     elif adapt is not None and adapt.problem():
         raise OmnibyteError(f"bad adaptation setting: {adapt.problem()}")
+    if integer:  # the integer model is what codes, and what the fingerprint identifies
+        model = model if isinstance(model, IntegerFlatModel) else integer_model(model)
+        fingerprint = model.fingerprint()
     members = [bytes(member) for member in members]
     sizes = [len(member) for member in members]
     settings = coding_settings(model, sizes, chunk_size, batch_size, dtype, fast, train_seq_len,
-                               adapt.block if adapt else None)
+                               adapt.block if adapt else None, integer)
     rows = settings.batch_size
     plan = plan_chunks(sizes, settings.chunk_size)
     data = np.frombuffer(b"".join(members), dtype=np.uint8)
@@ -680,6 +709,20 @@ def compress_members(
         raw_bitmap=np.packbits(raw, bitorder="little").tobytes(), raw_data=raw_data, adapt=adapt, fresh=fresh))
 
 
+def _integer_numerics(numerics: str, model, adapt) -> bool:
+    """Whether ``numerics`` asks for integer numerics; the one-line refusals of what they cannot do."""
+    if numerics not in NUMERICS:
+        raise OmnibyteError(f"unknown numerics {numerics!r} (use {' or '.join(NUMERICS)})")
+    if numerics == "float":
+        if isinstance(model, IntegerFlatModel):
+            raise OmnibyteError("an integer model codes with numerics='integer' only")
+        return False
+    if isinstance(model, FreshModel) or adapt not in (None, False):
+        raise OmnibyteError("integer numerics do not adapt: drop --adapt (a model from scratch, --model none, "
+                            "always adapts)")
+    return True
+
+
 def compress(data: bytes, model: ByteModel | FreshModel, chunk_size: int | None = None,
              batch_size: int | None = None, **options) -> bytes:
     """Compress ``data`` with ``model`` (on the device it lives on); see ``compress_members``."""
@@ -688,22 +731,33 @@ def compress(data: bytes, model: ByteModel | FreshModel, chunk_size: int | None 
 
 # ---- decompress ---------------------------------------------------------------------
 
-def check_compatible(header: Container, model: ByteModel, fingerprint: bytes | None = None) -> None:
+def check_compatible(header: Container, model: "ByteModel | IntegerFlatModel", fingerprint: bytes | None = None) -> None:
     """Refuse a stream this model (as loaded) cannot decode, before doing any work.
-    (``container.unpack`` has already checked the stream against the format and its length.)"""
+    (``container.unpack`` has already checked the stream against the format and its length.)
+    An integer stream is checked against the integer model's fingerprint and decodes anywhere."""
     settings = header.settings
     if settings.precision != PRECISION:
         raise OmnibyteError(f"unsupported coding precision {settings.precision} bits (this build codes with {PRECISION})")
+    if settings.integer:
+        fingerprint = model.fingerprint()
     fingerprint = fingerprint or model_fingerprint(model)
     if header.fingerprint != fingerprint[: container.FINGERPRINT_BYTES]:
         raise OmnibyteError("wrong model: the stream was compressed with a different model "
                             f"(stream fingerprint {header.fingerprint.hex()[:12]}, model {fingerprint.hex()[:12]})")
-    if model.device.type != settings.device:
-        raise OmnibyteError(f"the stream was made on {settings.device} ({settings.dtype}) and decodes only "
-                            f"there; the model is on {model.device.type}")
+    check_device(header, model.device.type)
     if settings.chunk_size > model.max_seq_len:
         raise OmnibyteError(f"corrupted stream (header field chunk_size = {settings.chunk_size:,} exceeds the "
                             f"model's context of {model.max_seq_len:,} bytes)")
+
+
+def check_device(header: Container, device_type: str) -> None:
+    """A float stream decodes only on the device type it was made on (its arithmetic is that
+    device's); an integer stream on any."""
+    settings = header.settings
+    if not settings.integer and device_type != settings.device:
+        raise OmnibyteError(f"the stream was made on {settings.device} ({settings.dtype}) and decodes only "
+                            f"there; the model is on {device_type} (streams made with --numerics integer "
+                            f"decode on any device)")
 
 
 def check_groups(header: Container, plan: Plan, raw: np.ndarray) -> None:
@@ -729,7 +783,8 @@ def decompress_members(
     device: str | torch.device | None = None,
 ) -> list[bytes]:
     """Inverse of ``compress_members``; checks the stream, the model, the settings and the
-    end-to-end digest. Any failure is one ``OmnibyteError``; wrong data is never returned.
+    end-to-end digest. An integer stream takes the float model (quantized here) or the
+    ``IntegerFlatModel`` made from it. Any failure is one ``OmnibyteError``; wrong data is never returned.
     A stream made from scratch rebuilds its model from the container (``model`` is not used;
     ``device`` defaults to the stream's own); any other stream needs its ``model``."""
     header = container.unpack(blob)
@@ -738,6 +793,10 @@ def decompress_members(
         fingerprint = None
     elif model is None:
         raise OmnibyteError("this stream was compressed with a trained model: give that model")
+    if header.settings.integer and not isinstance(model, IntegerFlatModel):
+        model = integer_model(model)  # built where the given model lives: any device decodes it
+    elif not header.settings.integer and isinstance(model, IntegerFlatModel):
+        raise OmnibyteError("this stream was made with float numerics: give the float model, not an integer one")
     check_compatible(header, model, fingerprint)
     settings = header.settings
     rows = settings.batch_size
@@ -793,6 +852,9 @@ def decompress_members(
     ends = np.cumsum(header.member_sizes, dtype=np.int64) if header.member_sizes else np.zeros(0, np.int64)
     members = [out[end - size : end].tobytes() for size, end in zip(header.member_sizes, ends)]
     if container.digest(members) != header.original_digest:
+        if settings.integer:
+            raise OmnibyteError("decoded data fails its checksum: the stream is corrupted (integer numerics are "
+                                "the same on every device); nothing was written")
         raise OmnibyteError(
             f"decoded data fails its checksum: the stream is corrupted, or it was made on another kind of "
             f"{settings.device} or software version ({settings.device}/{settings.dtype}) whose arithmetic "

@@ -10,7 +10,9 @@ Layout (version 4, all integers little-endian; spec in docs/compression.md)::
     precision        1   log2 of the frequency total (24)
     flags            1   bit 0: probabilities came from the family's fast decoder;
                          bit 1: online adaptation (an adapt section follows the fixed part);
-                         bit 2: the model was built from scratch (a model section follows)
+                         bit 2: the model was built from scratch (a model section follows);
+                         bit 3: integer numerics (``omnibyte.models.integer``: device and
+                         dtype are ignored, dtype is 0)
     chunk_size       4   u32, bytes per chunk (each chunk starts from BOS)
     batch_size       4   u32, rows stepped together (the batch shape), 1..65,536
     original_size    8   u64, bytes of all members together
@@ -58,8 +60,10 @@ FINGERPRINT_BYTES = 16
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 PRECISION = 24  # the only precision this build codes (constriction's 24-bit frequencies)
-FLAG_FAST, FLAG_ADAPT, FLAG_FRESH = 0b001, 0b010, 0b100
-KNOWN_FLAGS = {2: FLAG_FAST, 3: FLAG_FAST, 4: FLAG_FAST | FLAG_ADAPT | FLAG_FRESH}  # by version
+FLAG_FAST, FLAG_ADAPT, FLAG_FRESH, FLAG_INTEGER = 0b0001, 0b0010, 0b0100, 0b1000
+# by version; bit 3 (integer numerics) came later within version 4: it changes no layout, and a
+# build that predates it refuses such a stream by its unknown flag bit, which is what it must do
+KNOWN_FLAGS = {2: FLAG_FAST, 3: FLAG_FAST, 4: FLAG_FAST | FLAG_ADAPT | FLAG_FRESH | FLAG_INTEGER}
 OPTIMIZERS = ("adam",)  # the adapt section's optimizer byte
 MAX_ADAPT_BLOCK = 1 << 24
 MAX_DOCUMENT_BYTES = 1 << 16  # a from-scratch model's config document
@@ -90,6 +94,7 @@ class CodingSettings:
     batch_size: int
     precision: int = PRECISION
     fast: bool = False  # computed through model.decoder(..., fast=True)
+    integer: bool = False  # integer numerics: bit-identical on any device (device/dtype not used)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,8 +250,10 @@ def pack(container: Container) -> bytes:
     header.append(container.version)
     if container.version < 4 and (container.adapt or container.fresh):
         raise ValueError("adaptation and from-scratch models need container version 4")
+    if container.version < 4 and settings.integer:
+        raise ValueError("integer numerics need container version 4")
     flags = ((FLAG_FAST if settings.fast else 0) | (FLAG_ADAPT if container.adapt else 0)
-             | (FLAG_FRESH if container.fresh else 0))
+             | (FLAG_FRESH if container.fresh else 0) | (FLAG_INTEGER if settings.integer else 0))
     header += _FIXED.pack(
         container.fingerprint[:FINGERPRINT_BYTES], DEVICES.index(settings.device),
         DTYPES.index(settings.dtype), settings.precision, flags, settings.chunk_size,
@@ -304,9 +311,13 @@ def _check_coding_mode(device: int, dtype: int, precision: int, flags: int, chun
     known = KNOWN_FLAGS[version]
     if flags & ~known:
         meaning = ("only bit 0, fast decoder, is defined" if known == FLAG_FAST else
-                   "bits 0 fast decoder, 1 adaptation and 2 from-scratch model are defined")
+                   "bits 0 fast decoder, 1 adaptation, 2 from-scratch model and 3 integer numerics "
+                   "are defined")
         raise OmnibyteError(f"unsupported coding mode: header field flags = {flags:#04x} has unknown bits "
                             f"{flags & ~known:#04x} in version {version} ({meaning})")
+    if flags & FLAG_INTEGER and (dtype != 0 or flags & (FLAG_FAST | FLAG_ADAPT | FLAG_FRESH)):
+        raise OmnibyteError(f"unsupported coding mode: integer numerics (flag bit 3) with dtype = {dtype} and "
+                            f"flags = {flags:#04x} (the encoder writes dtype 0 and no other flag with it)")
     if chunk_size < 1:
         raise OmnibyteError("corrupted stream (header field chunk_size = 0)")
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
@@ -415,7 +426,7 @@ def unpack(blob: bytes) -> Container:
         streams.append(blob[offset : offset + size])
         offset += size
     settings = CodingSettings(DEVICES[device], DTYPES[dtype], chunk_size, batch_size, precision,
-                              bool(flags & 1))
+                              bool(flags & FLAG_FAST), bool(flags & FLAG_INTEGER))
     return Container(fingerprint, settings, tuple(member_sizes), original_digest, tuple(streams),
                      raw_bitmap=raw_bitmap, raw_data=blob[offset:payload_end], version=version,
                      adapt=adapt, fresh=fresh)

@@ -16,8 +16,9 @@ from typing import Callable
 import torch
 
 from omnibyte.apps import container
-from omnibyte.apps.compress import (DEFAULT_ADAPT_BLOCK, DEFAULT_ADAPT_LR, DEFAULT_ROWS, MAX_BATCH_SIZE, SUFFIX,
-                                    adapt_settings, compress, decompress, model_fingerprint, scratch_model)
+from omnibyte.apps.compress import (DEFAULT_ADAPT_BLOCK, DEFAULT_ADAPT_LR, DEFAULT_ROWS, MAX_BATCH_SIZE, NUMERICS,
+                                    SUFFIX, adapt_settings, check_device, compress, decompress, model_fingerprint,
+                                    scratch_model)
 from omnibyte.cli.common import (
     BATCH_SIZE_HELP,
     Subparsers,
@@ -32,6 +33,7 @@ from omnibyte.cli.common import (
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import STDIO, check_output_folder, check_writable, read_input, write_output
 from omnibyte.models.base import ByteModel
+from omnibyte.models.integer import integer_model
 
 # ratio_of(bytes done, compressed bits so far or None) -> the text shown after the progress bar
 RatioText = Callable[[int, "int | None"], str]
@@ -72,6 +74,10 @@ def add_parser(subparsers: Subparsers) -> None:
                                       "on the CPU (the only one there)")
     compress_parser.add_argument("--portable", action="store_true",
                                  help="code on the CPU in float32, so any CPU machine can decode (slow)")
+    compress_parser.add_argument("--numerics", default="float", choices=NUMERICS,
+                                 help="float (default): the model's own arithmetic, decodes only on the same "
+                                      "device type and dtype; integer (flat models): exact integer arithmetic, "
+                                      "the stream decodes on any CPU or GPU (no --adapt)")
     compress_parser.set_defaults(handler=run_compress)
     decompress_parser = subparsers.add_parser(
         "decompress", help="restore files made by omnibyte compress",
@@ -190,8 +196,8 @@ def _progress_bar(args: argparse.Namespace, name: str, total: int, ratio_of: Rat
 def _load_coding_model(args: argparse.Namespace, device: str) -> tuple[ByteModel, bytes]:
     """The model and its fingerprint; a stream coded on CUDA needs CUDA to decode."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OmnibyteError("this needs a CUDA GPU (streams made on cuda decode only on one; "
-                            "compress with --portable for CPU decoding)")
+        raise OmnibyteError("this needs a CUDA GPU (streams made on cuda with float numerics decode only on "
+                            "one; compress with --numerics integer or --portable for CPU decoding)")
     model = load_cli_model(args, device=device)
     return model, model_fingerprint(model)
 
@@ -260,6 +266,15 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.portable and args.dtype not in ("auto", "float32"):
         raise OmnibyteError("--portable codes in float32; drop --dtype")
     dtype = "float32" if args.portable else args.dtype
+    if args.numerics == "integer":
+        if args.portable:
+            raise OmnibyteError("--portable is float numerics on the CPU; --numerics integer streams decode on "
+                                "any device already: drop --portable")
+        if args.dtype != "auto":
+            raise OmnibyteError(f"--dtype {args.dtype} applies to float numerics; --numerics integer has no dtype")
+        if args.adapt or args.model == SCRATCH:
+            raise OmnibyteError("--numerics integer does not adapt: drop --adapt (and --model none, which "
+                                "always adapts)")
     recipe = scratch_options(args)
     adapt = adapt_options(args, scratch=recipe is not None)
     check_inputs(args)
@@ -272,13 +287,16 @@ def run_compress(args: argparse.Namespace) -> int:
         args.model = Path(args.model)
         model, fingerprint = _load_coding_model(args, device)
         seq_len = trained_seq_len(args.model)
+        if args.numerics == "integer":  # quantized once for every file
+            model = integer_model(model)
     for name, target in pairs:
         data = stdin if name == STDIO else read_input(name)
         bar, update = _progress_bar(args, name, len(data), _ratio_text)
         start = time.perf_counter()
         with bar:
             blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype, progress=update,
-                            fingerprint=fingerprint, adapt=adapt, train_seq_len=seq_len, device=device)
+                            fingerprint=fingerprint, adapt=adapt, train_seq_len=seq_len, device=device,
+                            numerics=args.numerics)
         write_output(target, blob, force=args.force, source=name)
         _summary(args, name, len(data), len(blob), time.perf_counter() - start)
     return 0
@@ -300,7 +318,8 @@ def run_decompress(args: argparse.Namespace) -> int:
         container.read_version(blob)
     pairs = plan_outputs(args, compressing=False)
     headers = [container.unpack(blob) for blob in blobs]  # reject bad streams before loading anything
-    devices = {header.settings.device for header in headers}
+    # integer streams decode on any device; a float stream only on the device type it was made on
+    devices = {header.settings.device for header in headers if not header.settings.integer}
     device = args.device or (devices.pop() if len(devices) == 1 else "auto")
     needs_model = [name for name, header in zip(args.files, headers) if header.fresh is None]
     model = fingerprint = None
@@ -308,6 +327,9 @@ def run_decompress(args: argparse.Namespace) -> int:
         if args.model is None:
             raise OmnibyteError(f"{needs_model[0]} was compressed with a trained model: name it with --model")
         model, fingerprint = _load_coding_model(args, device)
+    integer = integer_model(model) if any(h.settings.integer and h.fresh is None for h in headers) else None
+    for header in headers:  # every stream's device before the first output is written
+        check_device(header, model.device.type if header.fresh is None else _stream_device(args.device, header).type)
     for (name, target), blob, header in zip(pairs, blobs, headers):
         ratio = f"ratio {header.original_size / max(len(blob), 1):.2f}x"
         bar, update = _progress_bar(args, name, header.original_size, lambda done, bits: ratio)
@@ -316,7 +338,8 @@ def run_decompress(args: argparse.Namespace) -> int:
             if header.fresh is not None:
                 data = decompress(blob, progress=update, device=_stream_device(args.device, header))
             else:
-                data = decompress(blob, model, progress=update, fingerprint=fingerprint)
+                data = decompress(blob, integer if header.settings.integer else model, progress=update,
+                                  fingerprint=fingerprint)
         write_output(target, data, force=args.force, source=name)
         _summary(args, name, len(data), len(blob), time.perf_counter() - start)
     return 0
