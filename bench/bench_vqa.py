@@ -41,7 +41,7 @@ from common import describe_environment, write_json  # noqa: E402
 
 import omnibyte  # noqa: E402
 from omnibyte.apps.answer import answer_accuracy  # noqa: E402
-from omnibyte.data.pairs import PairRecord, corpus_records, read_pair_corpus, record_tokens  # noqa: E402
+from omnibyte.data.pairs import PairRecord, corpus_records, read_pair_corpus, target_stream  # noqa: E402
 from omnibyte.data.shapes_vqa import ENCODINGS, QUESTION_TYPES, parse_record_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,7 +214,7 @@ def worker(spec_path: Path) -> None:
 
 def longest_record(folder: Path) -> int:
     """Tokens of the longest row (input positions) of the folder's records."""
-    return max(len(record_tokens(r.source, r.target)) - 1
+    return max(len(r.source) + len(target_stream(r.target)) + 1  # BOS, source, BOS, target stream, less one
                for split in ("train", "validation", "test") for r in split_records(folder, split))
 
 
