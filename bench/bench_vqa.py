@@ -56,13 +56,18 @@ def stage(patch: int, hidden: int, layers: int, heads: int, kv_heads: int, block
                 num_key_value_heads=kv_heads, block=block)
 
 
-# preset -> the global stage and byte stage shapes (the global patch count follows the context),
-# training batch and peak learning rate, and the baseline's size
+# preset -> the global stage and byte stage shapes (hidden, layers, heads, kv heads; the global
+# patch count follows the context), the byte models' batch, peak learning rate and warmup, and
+# the baseline's size. ``small`` is sized for a 5-minute budget shared by 9 processes on an H200:
+# the loss covers only the answer (a few bytes of a ~3,200-byte pixel record), so steps matter
+# more than width; ``base`` is the multiscale ``small`` preset's width for longer budgets.
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": dict(top=(384, 6, 6, 6), bytes=(256, 2, 4, 4), batch_size=32, lr=1e-3, warmup=100,
-                  baseline=dict(width=64, hidden=256, batch_size=128, lr=1e-3, warmup_steps=200)),
+    "small": dict(top=(256, 4, 4, 4), bytes=(128, 2, 4, 4), batch_size=32, lr=2e-3, warmup=100,
+                  baseline=dict(width=64, hidden=256, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=500)),
+    "base": dict(top=(384, 6, 6, 6), bytes=(256, 2, 4, 4), batch_size=32, lr=1e-3, warmup=100,
+                 baseline=dict(width=64, hidden=256, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=500)),
     "tiny": dict(top=(32, 1, 2, 1), bytes=(32, 1, 2, 1), batch_size=4, lr=2e-3, warmup=5,
-                 baseline=dict(width=8, hidden=32, batch_size=16, lr=2e-3, warmup_steps=5)),
+                 baseline=dict(width=8, hidden=32, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=50)),
 }
 BYTE_PATCH = 8  # bytes per global position
 
@@ -168,7 +173,7 @@ def run_byte_model(spec: dict[str, Any]) -> dict[str, Any]:
     from omnibyte.tasks import AnswerTask
     from omnibyte.train.trainer import TrainConfig, Trainer
 
-    folder, preset = Path(spec["data"]), PRESETS[spec["preset"]]
+    folder, preset = Path(spec["data"]), {**PRESETS[spec["preset"]], **spec["overrides"]}
     train_corpus = AnswerTask.read_corpus([folder])
     val_corpus = read_pair_corpus([str(folder / "validation")])
     model = build_model("multiscale", "tiny", seed=0, stages=byte_stages(preset, spec["block"], spec["context"]))
@@ -192,12 +197,16 @@ def run_byte_model(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
     from omnibyte.baselines.vqa import BaselineConfig, evaluate_baseline, train_baseline
 
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
     folder = Path(spec["data"])
     config = BaselineConfig(**PRESETS[spec["preset"]]["baseline"], steps=10**9, seconds=spec["minutes"] * 60,
                             device=spec["device"])
-    trained = train_baseline(split_records(folder, "train"), config)
+    trained = train_baseline(split_records(folder, "train"), config, split_records(folder, "validation"))
     started = time.time()
     report, _ = evaluate_baseline(trained, split_records(folder, "test"))
     return {**report, **trained.stats, "eval_seconds": round(time.time() - started, 1),
@@ -229,7 +238,8 @@ def worker_specs(args: argparse.Namespace, folders: dict[str, Path]) -> list[dic
         specs.append({"name": f"cnn-lstm-{BASELINE_ENCODING}{args.size}", "model": "cnn-lstm",
                       "encoding": BASELINE_ENCODING, "data": str(folders[BASELINE_ENCODING])})
     for spec in specs:
-        spec.update(preset=args.preset, minutes=args.minutes, device=args.device, eval_batch=args.eval_batch,
+        overrides = {key: value for key, value in (("lr", args.lr), ("batch_size", args.batch_size)) if value}
+        spec.update(preset=args.preset, overrides=overrides, minutes=args.minutes, device=args.device, eval_batch=args.eval_batch,
                     run=str(args.out / "runs" / spec["name"]), result=str(args.out / "results" / f"{spec['name']}.json"))
     return specs
 
@@ -313,6 +323,8 @@ def parse_args() -> argparse.Namespace:
                         help="multiscale global-stage blocks to train")
     parser.add_argument("--no-baseline", action="store_true", help="leave out the CNN + LSTM baseline")
     parser.add_argument("--preset", choices=list(PRESETS), default="small")
+    parser.add_argument("--lr", type=float, default=None, help="byte models' peak learning rate (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="byte models' records per step (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and questions")
     parser.add_argument("--eval-batch", type=int, default=64, help="test records decoded together")
     parser.add_argument("--device", default="auto")
@@ -321,8 +333,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.worker is None and args.out is None:
         parser.error("--out is required")
-    if args.minutes <= 0 or args.scenes < 1:
-        parser.error("--minutes and --scenes must be positive")
+    if args.minutes <= 0 or args.scenes < 1 or (args.lr is not None and args.lr <= 0) or \
+            (args.batch_size is not None and args.batch_size < 1):
+        parser.error("--minutes, --scenes, --lr and --batch-size must be positive")
     if not args.no_baseline and BASELINE_ENCODING not in args.encodings:
         args.encodings.append(BASELINE_ENCODING)  # the baseline reads the raw pixels
     args.test_scenes = args.test_scenes or max(args.scenes // 20, 10)
@@ -359,7 +372,8 @@ def main() -> None:
                {"environment": describe_environment(args.device), "command": "python " + " ".join(sys.argv),
                 "minutes_per_model": args.minutes, "data_seconds": round(data_seconds, 1),
                 "total_seconds": round(time.time() - started, 1), "context": context, "longest_record": longest,
-                "presets": PRESETS[args.preset], "answer_prior": prior, "results": results})
+                "preset": {"name": args.preset, **PRESETS[args.preset]},
+                "overrides": {"lr": args.lr, "batch_size": args.batch_size}, "answer_prior": prior, "results": results})
 
 
 if __name__ == "__main__":

@@ -81,6 +81,17 @@ def test_the_baseline_learns_a_small_set(records, one_thread):  # noqa: F811
     assert predict_answers(trained, few, batch_size=3) == answers
 
 
+def test_validation_keeps_the_best_weights(records, one_thread):  # noqa: F811
+    """With validation records the returned weights are those of the best validation check:
+    their accuracy on those records is the one recorded."""
+    validation = split_records("validation", 6, 0, "pixels", 32)
+    trained = train_baseline(records, BaselineConfig(**{**TINY, "lr": 1e-2}, steps=40, warmup_steps=2, eval_every=10),
+                             validation)
+    assert trained.stats["best_step"] in (10, 20, 30, 40)
+    report, _ = evaluate_baseline(trained, validation)
+    assert report["accuracy"] == pytest.approx(trained.stats["val_accuracy"])
+
+
 def test_a_time_budget_ends_training(records, one_thread):  # noqa: F811
     trained = train_baseline(records, BaselineConfig(**TINY, steps=10**9, seconds=0.5, warmup_steps=1))
     assert 1 <= trained.stats["steps"] < 10**9 and trained.stats["train_seconds"] < 5

@@ -15,7 +15,8 @@ writes), reading the pixels of the ``pixels`` (raw RGB) or ``bmp`` encoding, and
   two-layer MLP;
 * ``train_baseline``: AdamW with warmup and a cosine decay whose progress is the larger of
   steps done / ``steps`` and seconds spent / ``seconds``, so a wall-clock budget ends the
-  schedule as a step budget would (the byte models' bench does the same by recalibrating).
+  schedule as a step budget would (the byte models' bench does the same by recalibrating);
+  given validation records it keeps the weights of the best validation accuracy.
 """
 from __future__ import annotations
 
@@ -212,6 +213,7 @@ class BaselineConfig:
     steps: int = 100_000  # the schedule's length in steps
     seconds: float = 0.0  # and in wall-clock seconds (0: no limit); whichever ends first
     warmup_steps: int = 100
+    eval_every: int = 0  # steps between validations keeping the best model (0: keep the last)
     seed: int = 0
     device: str = "auto"
 
@@ -235,18 +237,32 @@ def learning_rate(config: BaselineConfig, step: int, elapsed: float) -> float:
     return config.lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * cosine)
 
 
-def train_baseline(records: Sequence[PairRecord], config: BaselineConfig = BaselineConfig()) -> TrainedBaseline:
-    """A ``CnnLstm`` trained on ``records`` for ``config.steps`` steps or ``config.seconds``."""
+def train_baseline(records: Sequence[PairRecord], config: BaselineConfig = BaselineConfig(),
+                   validation: Sequence[PairRecord] = ()) -> TrainedBaseline:
+    """A ``CnnLstm`` trained on ``records`` for ``config.steps`` steps or ``config.seconds``.
+    With ``validation`` records and ``config.eval_every``, the weights of the best validation
+    accuracy (checked every ``eval_every`` steps and at the end) are the ones returned, as the
+    byte models' trainer keeps its best model by validation loss."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     questions, answers = QuestionVocabulary.of_records(records), AnswerVocabulary.of_records(records)
     examples = make_examples(records, questions, answers).to(device)
     model = CnnLstm(len(questions), len(answers), config.width, config.hidden).to(device)
+    trained = TrainedBaseline(model, questions, answers, {})
+    checked = make_examples(validation, questions, answers).to(device) if validation and config.eval_every else None
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     order = torch.Generator(device="cpu").manual_seed(config.seed)
-    model.train()
-    started, step, losses = time.time(), 0, []
-    while step < config.steps and not (config.seconds and time.time() - started >= config.seconds):
+    started, step, loss = time.time(), 0, None
+    while True:
+        done = step >= config.steps or bool(config.seconds and time.time() - started >= config.seconds)
+        if checked is not None and step > 0 and (done or step % config.eval_every == 0):
+            accuracy = float((predicted_labels(model, checked) == checked.labels).float().mean())
+            if best is None or accuracy > best[0]:
+                best = (accuracy, step, {name: value.detach().clone() for name, value in model.state_dict().items()})
+        if done:
+            break
+        model.train()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step, time.time() - started)
         chosen = torch.randint(len(examples), (config.batch_size,), generator=order).to(device)
@@ -257,25 +273,34 @@ def train_baseline(records: Sequence[PairRecord], config: BaselineConfig = Basel
         loss.backward()
         optimizer.step()
         step += 1
-        losses.append(float(loss.detach()) if step % 50 == 0 or step == 1 else losses[-1])
-    stats = {"steps": step, "train_seconds": round(time.time() - started, 1), "last_loss": losses[-1] if losses else None,
-             "parameters": sum(p.numel() for p in model.parameters()), "train_records": len(examples),
-             "train_images": len(examples.images), "answers": len(answers)}
-    return TrainedBaseline(model, questions, answers, stats)
+    trained_seconds = time.time() - started
+    if best is not None:
+        model.load_state_dict(best[2])
+    trained.stats = {"steps": step, "train_seconds": round(trained_seconds, 1),
+                     "last_loss": None if loss is None else float(loss.detach()),
+                     "best_step": best[1] if best else step, "val_accuracy": best[0] if best else None,
+                     "parameters": sum(p.numel() for p in model.parameters()), "train_records": len(examples),
+                     "train_images": len(examples.images), "answers": len(answers)}
+    return trained
 
 
 @torch.no_grad()
+def predicted_labels(model: CnnLstm, examples: Examples, batch_size: int = 256) -> torch.Tensor:
+    """The class the model picks for each example (in eval mode), on the examples' device."""
+    model.eval()
+    labels = []
+    for first in range(0, len(examples), batch_size):
+        rows = torch.arange(first, min(first + batch_size, len(examples)), device=examples.labels.device)
+        logits = model(examples.images[examples.image_index[rows]], examples.words[rows], examples.lengths[rows])
+        labels.append(logits.argmax(-1))
+    return torch.cat(labels)
+
+
 def predict_answers(trained: TrainedBaseline, records: Sequence[PairRecord], batch_size: int = 256) -> list[str]:
     """The answer the classifier picks for each record."""
     device = next(trained.model.parameters()).device
     examples = make_examples(records, trained.questions, trained.answers).to(device)
-    trained.model.eval()
-    labels = []
-    for first in range(0, len(examples), batch_size):
-        rows = torch.arange(first, min(first + batch_size, len(examples)), device=device)
-        logits = trained.model(examples.images[examples.image_index[rows]], examples.words[rows], examples.lengths[rows])
-        labels += logits.argmax(-1).tolist()
-    return [trained.answers.answer(label) for label in labels]
+    return [trained.answers.answer(label) for label in predicted_labels(trained.model, examples, batch_size).tolist()]
 
 
 def evaluate_baseline(trained: TrainedBaseline, records: Sequence[PairRecord],
