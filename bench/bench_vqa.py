@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ def child_environment(threads: int) -> dict[str, str]:
 def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
     """Encoding -> dataset folder, written (in parallel) where missing."""
     root = args.data or args.out / "data"
-    folders = {encoding: root / f"{encoding}{args.size}" for encoding in args.encodings}
+    folders = {encoding: root / f"{encoding}{args.size}" for encoding in args.data_encodings}
     jobs = {}
     for encoding, folder in folders.items():
         if matches(folder, dataset_options(args, encoding)):
@@ -328,7 +329,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and questions")
     parser.add_argument("--eval-batch", type=int, default=64, help="test records decoded together")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--force", action="store_true", help="replace a dataset of other options in OUT/data")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the runs of an earlier bench in OUT/runs and a dataset of other options in "
+                             "OUT/data")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is None and args.out is None:
@@ -336,8 +339,7 @@ def parse_args() -> argparse.Namespace:
     if args.minutes <= 0 or args.scenes < 1 or (args.lr is not None and args.lr <= 0) or \
             (args.batch_size is not None and args.batch_size < 1):
         parser.error("--minutes, --scenes, --lr and --batch-size must be positive")
-    if not args.no_baseline and BASELINE_ENCODING not in args.encodings:
-        args.encodings.append(BASELINE_ENCODING)  # the baseline reads the raw pixels
+    args.data_encodings = list(dict.fromkeys(args.encodings + ([] if args.no_baseline else [BASELINE_ENCODING])))
     args.test_scenes = args.test_scenes or max(args.scenes // 20, 10)
     return args
 
@@ -361,10 +363,15 @@ def main() -> None:
     print(f"data ready in {data_seconds:.0f} s ({', '.join(str(f) for f in folders.values())}); longest record "
           f"{longest} tokens of {context}", flush=True)
     specs = worker_specs(args, folders)
+    earlier = [Path(spec["run"]) for spec in specs if Path(spec["run"]).exists()]
+    if earlier and not args.force:
+        sys.exit(f"bench_vqa: {args.out / 'runs'} holds runs of an earlier bench; pass --force to replace them")
+    for run in earlier:
+        shutil.rmtree(run)
     print(f"training {len(specs)} models at once for {args.minutes:g} min each: "
           + ", ".join(spec["name"] for spec in specs), flush=True)
     results = launch(specs, args)
-    prior = answer_prior(folders[args.encodings[0]])
+    prior = answer_prior(folders[args.data_encodings[0]])
     table = markdown_tables(results, prior, args)
     print("\n" + table, end="")
     (args.out / "bench_vqa.md").write_text(table)
