@@ -13,16 +13,17 @@ overall and per question type; byte models decode greedily with the cache). The 
 (the most common training answer of each question type, no image) is a row for scale.
 
 The data is written with ``omnibyte datasets shapes-vqa`` (seed ``--seed``, one folder per
-encoding, ``OUT/data/<encoding><size>``, reused when it exists with the same options) unless
+encoding, ``WORK/data/<encoding><size>``, reused when it exists with the same options) unless
 ``--data`` names folders written before. The small models are launch-bound, so the ~9
 processes together use one H200 far better than one after another; every byte model's cosine
 schedule is recalibrated from its measured step rate so that it ends with the time budget.
 
-    python bench/bench_vqa.py --out OUT --minutes 5 --device cuda     # ~7 min on an H200
+    python bench/bench_vqa.py --out OUT --work /tmp/vqa-work --minutes 5 --device cuda   # ~7 min on an H200
     python bench/bench_vqa.py --out /tmp/vqa --minutes 0.2 --scenes 60 --preset tiny --device cpu  # smoke
 
-Writes ``OUT/bench_vqa.md`` (the tables, also printed), ``OUT/bench_vqa.json`` and per run
-``OUT/runs/NAME/`` (model, metrics) and ``OUT/logs/NAME.log``.
+Writes ``OUT/bench_vqa.md`` (the table, also printed), ``OUT/bench_vqa.json`` and per model
+``OUT/results/NAME.json`` and ``OUT/logs/NAME.log``; the data (about 0.7 GB at 20,000 scenes)
+and the trained models (``runs/NAME/``) go to ``--work`` (default: ``OUT``).
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def child_environment(threads: int) -> dict[str, str]:
 
 def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
     """Encoding -> dataset folder, written (in parallel) where missing."""
-    root = args.data or args.out / "data"
+    root = args.data or args.work / "data"
     folders = {encoding: root / f"{encoding}{args.size}" for encoding in args.data_encodings}
     jobs = {}
     for encoding, folder in folders.items():
@@ -241,18 +242,18 @@ def worker_specs(args: argparse.Namespace, folders: dict[str, Path]) -> list[dic
     for spec in specs:
         overrides = {key: value for key, value in (("lr", args.lr), ("batch_size", args.batch_size)) if value}
         spec.update(preset=args.preset, overrides=overrides, minutes=args.minutes, device=args.device, eval_batch=args.eval_batch,
-                    run=str(args.out / "runs" / spec["name"]), result=str(args.out / "results" / f"{spec['name']}.json"))
+                    run=str(args.work / "runs" / spec["name"]), result=str(args.out / "results" / f"{spec['name']}.json"))
     return specs
 
 
 def launch(specs: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every spec as its own process, all at once; the results (or the failure) per spec."""
     threads = max((os.cpu_count() or 1) // len(specs), 1)
-    for folder in ("specs", "logs", "results"):
-        (args.out / folder).mkdir(parents=True, exist_ok=True)
+    for folder in (args.work / "specs", args.out / "logs", args.out / "results"):
+        folder.mkdir(parents=True, exist_ok=True)
     running = []
     for spec in specs:
-        spec_path = args.out / "specs" / f"{spec['name']}.json"
+        spec_path = args.work / "specs" / f"{spec['name']}.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         Path(spec["result"]).unlink(missing_ok=True)
         log = open(args.out / "logs" / f"{spec['name']}.log", "w")
@@ -311,6 +312,8 @@ def markdown_tables(results: list[dict[str, Any]], prior: dict[str, Any], args: 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=False, help="folder for the data, runs, tables and JSON")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the data and the trained models, large (default: --out)")
     parser.add_argument("--data", type=Path, default=None,
                         help="folder holding <encoding><size>/ datasets written before (default: write them to "
                              "OUT/data)")
@@ -330,8 +333,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-batch", type=int, default=64, help="test records decoded together")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--force", action="store_true",
-                        help="replace the runs of an earlier bench in OUT/runs and a dataset of other options in "
-                             "OUT/data")
+                        help="replace the runs of an earlier bench in WORK/runs and a dataset of other options in "
+                             "WORK/data")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is None and args.out is None:
@@ -339,6 +342,7 @@ def parse_args() -> argparse.Namespace:
     if args.minutes <= 0 or args.scenes < 1 or (args.lr is not None and args.lr <= 0) or \
             (args.batch_size is not None and args.batch_size < 1):
         parser.error("--minutes, --scenes, --lr and --batch-size must be positive")
+    args.work = args.work or args.out
     args.data_encodings = list(dict.fromkeys(args.encodings + ([] if args.no_baseline else [BASELINE_ENCODING])))
     args.test_scenes = args.test_scenes or max(args.scenes // 20, 10)
     return args
@@ -365,7 +369,7 @@ def main() -> None:
     specs = worker_specs(args, folders)
     earlier = [Path(spec["run"]) for spec in specs if Path(spec["run"]).exists()]
     if earlier and not args.force:
-        sys.exit(f"bench_vqa: {args.out / 'runs'} holds runs of an earlier bench; pass --force to replace them")
+        sys.exit(f"bench_vqa: {args.work / 'runs'} holds runs of an earlier bench; pass --force to replace them")
     for run in earlier:
         shutil.rmtree(run)
     print(f"training {len(specs)} models at once for {args.minutes:g} min each: "
