@@ -43,6 +43,8 @@ def test_pixels_and_bmp_records_decode_to_the_drawn_scene():
         assert raw_question in [question.text for question in scene_questions(rng, scene)]
     with pytest.raises(OmnibyteError, match="pixels"):
         split_source(split_records("test", 1, 1, "png", 32)[0])
+    with pytest.raises(OmnibyteError, match="does not start with a pixels image"):
+        split_source(PairRecord(pixels[0].source[:100], b"yes", name=pixels[0].name))
     with pytest.raises(OmnibyteError, match="not a question record"):
         split_source(PairRecord(b"x", b"y", name="jigs1"))
 

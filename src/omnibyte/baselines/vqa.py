@@ -58,15 +58,23 @@ def image_length(source: bytes, encoding: str, size: int) -> int:
                         f"not {encoding}")
 
 
-def split_source(record: PairRecord) -> tuple[np.ndarray, str]:
-    """(RGB pixels [size, size, 3] uint8, question text) of a Shapes-VQA record."""
+def record_parts(record: PairRecord) -> tuple[bytes, str, int, str]:
+    """(image bytes, encoding, size, question text) of a Shapes-VQA record's source."""
     parsed = parse_record_name(record.name)
     if parsed is None:
         raise OmnibyteError(f"record {record.name or '(unnamed)'} is not a question record "
                             "(write them with omnibyte datasets shapes-vqa)")
     _, encoding, size = parsed
     length = image_length(record.source, encoding, size)
-    image, question = record.source[:length], record.source[length:]
+    if not 0 < length <= len(record.source):
+        raise OmnibyteError(f"record {record.name}: its source of {len(record.source)} bytes does not start with "
+                            f"a {encoding} image of {size}x{size}")
+    return record.source[:length], encoding, size, record.source[length:].decode("ascii")
+
+
+def split_source(record: PairRecord) -> tuple[np.ndarray, str]:
+    """(RGB pixels [size, size, 3] uint8, question text) of a Shapes-VQA record."""
+    image, encoding, size, question = record_parts(record)
     if encoding == "pixels":
         pixels = np.frombuffer(image, dtype=np.uint8).reshape(size, size, 3)
     else:
@@ -74,7 +82,7 @@ def split_source(record: PairRecord) -> tuple[np.ndarray, str]:
             pixels = np.asarray(opened.convert("RGB"))
     if pixels.shape != (size, size, 3):
         raise OmnibyteError(f"record {record.name}: its image is {pixels.shape}, not {size}x{size} RGB")
-    return pixels, question.decode("ascii")
+    return pixels, question
 
 
 def question_words(question: str) -> list[str]:
@@ -112,20 +120,13 @@ class QuestionVocabulary:
 
     @classmethod
     def of_records(cls, records: Sequence[PairRecord]) -> QuestionVocabulary:
-        return cls([word for record in records for word in question_words(split_question(record))])
+        return cls([word for record in records for word in question_words(record_parts(record)[3])])
 
     def __len__(self) -> int:
         return len(self.words) + 2
 
     def encode(self, question: str) -> list[int]:
         return [self.index.get(word, UNKNOWN_WORD) for word in question_words(question)] or [UNKNOWN_WORD]
-
-
-def split_question(record: PairRecord) -> str:
-    parsed = parse_record_name(record.name)
-    if parsed is None:
-        raise OmnibyteError(f"record {record.name or '(unnamed)'} is not a question record")
-    return record.source[image_length(record.source, parsed[1], parsed[2]):].decode("ascii")
 
 
 @dataclasses.dataclass
