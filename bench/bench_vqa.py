@@ -61,10 +61,11 @@ def stage(patch: int, hidden: int, layers: int, heads: int, kv_heads: int, block
 # preset -> the global stage and byte stage shapes (hidden, layers, heads, kv heads; the global
 # patch count follows the context), the byte models' batch, peak learning rate and warmup, and
 # the baseline's size. ``small`` is sized for a 5-minute budget shared by 9 processes on an H200:
-# the loss covers only the answer (a few bytes of a ~3,200-byte pixel record), so steps matter
-# more than width; ``base`` is the multiscale ``small`` preset's width for longer budgets.
+# the loss covers only the answer (a few bytes of a ~3,200-byte pixel record), so records seen
+# matter more than width (a launch-bound step of 64 rows costs about what one of 32 does);
+# ``base`` is wider and deeper for longer budgets.
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": dict(top=(256, 4, 4, 4), bytes=(128, 2, 4, 4), batch_size=32, lr=2e-3, warmup=100,
+    "small": dict(top=(256, 4, 4, 4), bytes=(128, 2, 4, 4), batch_size=64, lr=2e-3, warmup=100,
                   baseline=dict(width=64, hidden=256, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=500)),
     "base": dict(top=(384, 6, 6, 6), bytes=(256, 2, 4, 4), batch_size=32, lr=1e-3, warmup=100,
                  baseline=dict(width=64, hidden=256, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=500)),
