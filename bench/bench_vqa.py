@@ -242,8 +242,9 @@ def worker_specs(args: argparse.Namespace, folders: dict[str, Path]) -> list[dic
                       "encoding": BASELINE_ENCODING, "data": str(folders[BASELINE_ENCODING])})
     for spec in specs:
         overrides = {key: value for key, value in (("lr", args.lr), ("batch_size", args.batch_size)) if value}
-        spec.update(preset=args.preset, overrides=overrides, minutes=args.minutes, device=args.device, eval_batch=args.eval_batch,
-                    run=str(args.work / "runs" / spec["name"]), result=str(args.out / "results" / f"{spec['name']}.json"))
+        spec.update(preset=args.preset, overrides=overrides, minutes=args.minutes, device=args.device,
+                    eval_batch=args.eval_batch, run=str(args.work / "runs" / spec["name"]),
+                    result=str(args.out / "results" / f"{spec['name']}.json"))
     return specs
 
 
@@ -328,8 +329,10 @@ def parse_args() -> argparse.Namespace:
                         help="multiscale global-stage blocks to train")
     parser.add_argument("--no-baseline", action="store_true", help="leave out the CNN + LSTM baseline")
     parser.add_argument("--preset", choices=list(PRESETS), default="small")
-    parser.add_argument("--lr", type=float, default=None, help="byte models' peak learning rate (default: the preset's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="byte models' records per step (default: the preset's)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="byte models' peak learning rate (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="byte models' records per step (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and questions")
     parser.add_argument("--eval-batch", type=int, default=64, help="test records decoded together")
     parser.add_argument("--device", default="auto")

@@ -193,8 +193,9 @@ class CnnLstm(nn.Module):
         """Logits [batch, answers] of uint8 images [batch, 3, H, W] and word ids [batch, T]."""
         pixels = images.float() / 127.5 - 1.0
         batch, _, height, width = pixels.shape
-        rows = torch.linspace(-1, 1, height, device=pixels.device).view(1, 1, height, 1).expand(batch, 1, height, width)
-        columns = torch.linspace(-1, 1, width, device=pixels.device).view(1, 1, 1, width).expand(batch, 1, height, width)
+        shape = (batch, 1, height, width)
+        rows = torch.linspace(-1, 1, height, device=pixels.device).view(1, 1, height, 1).expand(shape)
+        columns = torch.linspace(-1, 1, width, device=pixels.device).view(1, 1, 1, width).expand(shape)
         seen = self.cnn(torch.cat([pixels, rows, columns], dim=1)).flatten(1)
         packed = nn.utils.rnn.pack_padded_sequence(self.embedding(words), lengths.cpu(), batch_first=True,
                                                    enforce_sorted=False)
