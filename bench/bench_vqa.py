@@ -225,9 +225,10 @@ def worker(spec_path: Path) -> None:
 # ---- the parent ------------------------------------------------------------------------------------
 
 def longest_record(folder: Path) -> int:
-    """Tokens of the longest row (input positions) of the folder's records."""
+    """Tokens of the longest row (input positions) of the folder's held-out records, which must
+    all fit to be scored (a training record that does not fit is left out, noted in the log)."""
     return max(len(r.source) + len(target_stream(r.target)) + 1  # BOS, source, BOS, target stream, less one
-               for split in ("train", "validation", "test") for r in split_records(folder, split))
+               for split in ("validation", "test") for r in split_records(folder, split))
 
 
 def worker_specs(args: argparse.Namespace, folders: dict[str, Path]) -> list[dict[str, Any]]:
