@@ -7,10 +7,11 @@ on the target only) on records written by ``omnibyte datasets shapes-vqa``; it a
 (``omnibyte.data.shapes_vqa``) and recorded in the run's config.
 
 ``omnibyte train --task answer DIR`` takes the dataset folder as it is: a folder holding a
-shapes-vqa ``dataset.json`` is read through its ``train/`` sub-folder only (a multi-format
-dataset, ``--encoding all``, through one of its format folders) (validation is split
+shapes-vqa ``dataset.json`` is read through its ``train/`` sub-folder only (validation is split
 off it by ``--val-fraction`` as for every task; ``validation/`` and ``test/`` stay held out for
-accuracy measurements). Any other path is read as pair files, as ``convert`` reads them.
+accuracy measurements). A multi-format dataset (``--encoding all``) is trained on through one of
+its format folders; its index is refused. Any other path is read as pair files, as ``convert``
+reads them.
 """
 from __future__ import annotations
 
