@@ -262,6 +262,37 @@ def test_the_dataset_folder_layout(tmp_path, capsys):
     assert sorted(p.name for p in (out / "train").iterdir()) == ["records-00000.pairs"]
 
 
+def test_every_scene_in_several_formats(tmp_path, capsys):
+    """``--encoding all --size 32 64``: one dataset folder per format, the same scenes and
+    questions in each (only the image bytes differ), an index that is not trained on, and a
+    --force rewrite that leaves no file of the earlier datasets."""
+    out = tmp_path / "vqa"
+    assert main(["datasets", "shapes-vqa", "--scenes", "4", "--test-scenes", "2", "--encoding", "all",
+                 "--size", "32", "64", "--seed", "3", "--out", str(out)]) == 0
+    index = json.loads((out / "dataset.json").read_text())
+    names = [f"{encoding}{size}" for size in (32, 64) for encoding in ENCODINGS]
+    assert index["formats"] == names
+    for encoding in ENCODINGS:
+        for size in (32, 64):
+            folder = out / f"{encoding}{size}"
+            manifest = json.loads((folder / "dataset.json").read_text())
+            assert (manifest["encoding"], manifest["size"]) == (encoding, size)
+            for split in ("train", "validation", "test"):
+                records, _ = corpus_records(read_pair_corpus([str(folder / split)]))
+                assert records == split_records(split, manifest["scenes"][split], 3, encoding, size)
+            assert AnswerTask.for_data(AnswerTask.read_corpus([folder])).encoding == encoding
+    with pytest.raises(OmnibyteError, match="8 image formats; train on one of its folders"):
+        AnswerTask.read_corpus([out])
+    assert main(["datasets", "shapes-vqa", "--scenes", "2", "--encoding", "bmp", "png", "--out", str(out)]) == 2
+    assert main(["datasets", "shapes-vqa", "--scenes", "2", "--encoding", "bmp", "png", "--out", str(out),
+                 "--force"]) == 0
+    files = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
+    assert files == ["bmp32/dataset.json", "bmp32/test/records-00000.pairs", "bmp32/train/records-00000.pairs",
+                     "bmp32/validation/records-00000.pairs", "dataset.json", "png32/dataset.json",
+                     "png32/test/records-00000.pairs", "png32/train/records-00000.pairs",
+                     "png32/validation/records-00000.pairs"]
+
+
 def test_mixed_image_formats_are_refused(tmp_path):
     from omnibyte.data.pairs import records_corpus
 

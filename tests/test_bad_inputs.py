@@ -65,6 +65,9 @@ def world(tmp_path_factory) -> Path:
     save_model(model, root / "converter", task={"name": "convert", "source": "abc", "target": "midi"})
     save_model(model, root / "answerer", task={"name": "answer", "source": "bytes", "target": "bytes",
                                                "encoding": "png", "image_size": 32})
+    (root / "vqa-formats").mkdir()  # the index of a multi-format shapes-vqa dataset
+    (root / "vqa-formats" / "dataset.json").write_text(json.dumps({"dataset": "shapes-vqa",
+                                                                   "formats": ["png32", "bmp32"]}))
     (root / "tune.abc").write_bytes(b"X: 1\nT:Tune\nM:6/8\nK:G\nGAB c2d|]\n")
     (root / "tune.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x04\x00MTrk\x00\x00\x00\x04\x00\xff\x2f\x00")
     model_folder("truncated", document, weights[:300])
@@ -436,6 +439,11 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*VQA_DATA, "--scenes", "0"], "--scenes"),
     ([*VQA_DATA, "--scenes", "2", "--size", "48"], "--size"),
     ([*VQA_DATA, "--scenes", "2", "--encoding", "gif"], "gif"),
+    ([*VQA_DATA, "--scenes", "2", "--encoding", "all", "gif"], "gif"),
+    ([*VQA_DATA, "--scenes", "2", "--size", "32", "16"], "--size"),
+    ([*VQA_DATA, "--scenes", "2", "--encoding"], "--encoding"),
+    (["train", "--task", "answer", "{W}/vqa-formats", "--out", "{T}/run"],
+     "holds Shapes-VQA in 2 image formats; train on one of its folders"),
     ([*VQA_DATA, "--scenes", "2", "--test-scenes", "0"], "--test-scenes"),
     ([*VQA_DATA, "--scenes", "2", "--seed", "-1"], "--seed"),
     (["datasets", "shapes-vqa", "--scenes", "2", "--out", "{W}/data"], "is not empty (use --force"),

@@ -7,18 +7,28 @@
 Each writes ``OUT/train/`` and ``OUT/test/`` (pair files) and ``OUT/dataset.json``; train on
 ``OUT/train`` (validation is split off it by tune/record) and keep ``OUT/test`` held out.
 ``shapes-vqa`` also writes ``OUT/validation/`` and is trained on as ``OUT`` itself
-(``omnibyte train --task answer OUT`` reads its ``train/``).
+(``omnibyte train --task answer OUT`` reads its ``train/``); asked for several image formats
+(``--encoding all``, ``--size 32 64``) it writes one such folder per format,
+``OUT/<encoding><size>/``, with the same scenes and questions, and an index ``OUT/dataset.json``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from omnibyte import cpusim
 from omnibyte.cli.common import Subparsers, int_in, real_in, seed_int
 from omnibyte.data import nottingham, shapes_vqa
-from omnibyte.data.pairs import PairRecord, check_dataset_folder, write_pair_dataset
+from omnibyte.data.pairs import (
+    DATASET_FILE,
+    PairRecord,
+    check_dataset_folder,
+    remove_previous_dataset,
+    write_pair_dataset,
+)
 from omnibyte.errors import OmnibyteError
+from omnibyte.fileio import atomic_write_bytes
 
 DEFAULT_NOTTINGHAM = Path("../shared/data/nottingham")
 CPU_RECORDS_PER_FILE = 10_000
@@ -65,9 +75,12 @@ def add_parser(subparsers: Subparsers) -> None:
                      help="training scenes (up to 5 questions each)")
     vqa.add_argument("--test-scenes", type=int_in(1, MAX_SCENES), default=None, metavar="N",
                      help="validation scenes and test scenes, each (default: a tenth of --scenes, at least 1)")
-    vqa.add_argument("--size", type=int, choices=shapes_vqa.IMAGE_SIZES, default=32, help="image width and height")
-    vqa.add_argument("--encoding", choices=shapes_vqa.ENCODINGS, default="png",
-                     help="pixels: raw RGB rows; bmp, png, jpeg: files written by Pillow")
+    vqa.add_argument("--size", type=int, nargs="+", choices=shapes_vqa.IMAGE_SIZES, default=[32],
+                     help="image width and height; several: one sub-folder per format (see --encoding)")
+    vqa.add_argument("--encoding", nargs="+", choices=[*shapes_vqa.ENCODINGS, "all"], default=["png"],
+                     help="pixels: raw RGB rows; bmp, png, jpeg: files written by Pillow; all: the four. With "
+                          "several encodings or sizes every scene is saved in each, as OUT/<encoding><size>/ "
+                          "(e.g. OUT/png32), each a dataset to train on")
     vqa.add_argument("--seed", type=seed_int, default=0, help="seed of the scenes and questions")
     add_output_options(vqa)
     vqa.set_defaults(handler=run_shapes_vqa)
@@ -119,16 +132,39 @@ def run_cpu(args: argparse.Namespace) -> int:
     return report(args.out, manifest)
 
 
+def vqa_formats(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(encoding, size) of every format asked for, in a fixed order, each once."""
+    encodings = shapes_vqa.ENCODINGS if "all" in args.encoding else dict.fromkeys(args.encoding)
+    return [(encoding, size) for size in dict.fromkeys(args.size) for encoding in encodings]
+
+
 def run_shapes_vqa(args: argparse.Namespace) -> int:
     check_dataset_folder(args.out, args.force)
     held_out = args.test_scenes if args.test_scenes is not None else max(args.scenes // 10, 1)
     scenes = {"train": args.scenes, "validation": held_out, "test": held_out}
-    splits = {split: shapes_vqa.split_records(split, count, args.seed, args.encoding, args.size)
-              for split, count in scenes.items()}
-    description = {"dataset": "shapes-vqa", "seed": args.seed, "encoding": args.encoding, "size": args.size,
-                   "scenes": scenes, "question_types": list(shapes_vqa.QUESTION_TYPES)}
-    manifest = write_pair_dataset(args.out, splits, description, records_per_file=VQA_RECORDS_PER_FILE)
+    formats = vqa_formats(args)
+    common = {"dataset": "shapes-vqa", "seed": args.seed, "scenes": scenes,
+              "question_types": list(shapes_vqa.QUESTION_TYPES)}
+    if len(formats) > 1:  # OUT's own earlier dataset goes first; the sub-folders replace theirs
+        remove_previous_dataset(args.out)
+    written = []
+    for encoding, size in formats:
+        folder = args.out if len(formats) == 1 else args.out / shapes_vqa.format_name(encoding, size)
+        splits = {split: shapes_vqa.split_records(split, count, args.seed, encoding, size)
+                  for split, count in scenes.items()}
+        manifest = write_pair_dataset(folder, splits, {**common, "encoding": encoding, "size": size},
+                                      records_per_file=VQA_RECORDS_PER_FILE)
+        written += [str(Path(folder.name) / name) for name in [*manifest["files"], DATASET_FILE]
+                    if folder != args.out]
     counts = manifest["records"]
+    if len(formats) > 1:  # an index of the formats: trained on one at a time, never on OUT itself
+        names = [shapes_vqa.format_name(encoding, size) for encoding, size in formats]
+        atomic_write_bytes(args.out / DATASET_FILE, (json.dumps(
+            {**common, "formats": names, "records": counts, "files": written}, indent=2) + "\n").encode())
+        print(f"wrote {counts['train']:,} training, {counts['validation']:,} validation and {counts['test']:,} test "
+              f"records in each of {', '.join(names)} under {args.out} (train with omnibyte train --task answer "
+              f"{args.out / names[0]})")
+        return 0
     print(f"wrote {counts['train']:,} training, {counts['validation']:,} validation and {counts['test']:,} test "
           f"records to {args.out} (train with omnibyte train --task answer {args.out})")
     return 0

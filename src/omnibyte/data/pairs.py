@@ -360,6 +360,13 @@ def _previous_files(folder: Path) -> list[Path]:
     return [folder / name for name in listed if isinstance(name, str) and ".." not in Path(name).parts]
 
 
+def remove_previous_dataset(folder: str | Path) -> None:
+    """Remove the files that the manifest in ``folder`` lists (the caller checked ``--force``);
+    nothing else is touched."""
+    for path in _previous_files(Path(folder)):
+        path.unlink(missing_ok=True)
+
+
 def write_pair_dataset(folder: str | Path, splits: dict[str, Sequence[PairRecord]], description: dict,
                        records_per_file: int = 1) -> dict:
     """Write ``splits`` (``{"train": records, "test": records}``) as pair files under
@@ -370,8 +377,7 @@ def write_pair_dataset(folder: str | Path, splits: dict[str, Sequence[PairRecord
     folder are removed first (the caller checked ``--force``); nothing else is touched. Every
     file is written atomically, the manifest last."""
     folder = Path(folder)
-    for path in _previous_files(folder):
-        path.unlink(missing_ok=True)
+    remove_previous_dataset(folder)
     written: list[str] = []
     counts = {}
     for split, records in splits.items():

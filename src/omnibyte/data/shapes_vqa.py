@@ -272,8 +272,13 @@ def scene_questions(rng: np.random.Generator, scene: Scene) -> list[Question]:
 
 # ---- records -----------------------------------------------------------------------------------
 
+def format_name(encoding: str, size: int) -> str:
+    """``("png", 32)`` -> "png32": a record name's suffix and a multi-format dataset's sub-folder."""
+    return f"{encoding}{size}"
+
+
 def record_name(split: str, scene_index: int, question_index: int, kind: str, encoding: str, size: int) -> str:
-    return f"{split}-{scene_index:06d}-{question_index}.{kind}.{encoding}{size}"
+    return f"{split}-{scene_index:06d}-{question_index}.{kind}.{format_name(encoding, size)}"
 
 
 def parse_record_name(name: str) -> tuple[str, str, int] | None:

@@ -9,7 +9,9 @@ on the target only) on records written by ``omnibyte datasets shapes-vqa``; it a
 ``omnibyte train --task answer DIR`` takes the dataset folder as it is: a folder holding a
 shapes-vqa ``dataset.json`` is read through its ``train/`` sub-folder only (validation is split
 off it by ``--val-fraction`` as for every task; ``validation/`` and ``test/`` stay held out for
-accuracy measurements). Any other path is read as pair files, as ``convert`` reads them.
+accuracy measurements). A multi-format dataset (``--encoding all``) is trained on through one of
+its format folders; its index is refused. Any other path is read as pair files, as ``convert``
+reads them.
 """
 from __future__ import annotations
 
@@ -31,15 +33,21 @@ DATASET_NAME = "shapes-vqa"
 
 
 def dataset_train_folder(path: str | Path) -> Path | None:
-    """``path/train`` when ``path`` is a folder written by ``datasets shapes-vqa``, else None."""
+    """``path/train`` when ``path`` is a folder written by ``datasets shapes-vqa``, else None; the
+    index of a multi-format dataset is refused in one line naming its format folders."""
     manifest = Path(path) / DATASET_FILE
     try:
         described = json.loads(manifest.read_text())
     except (OSError, ValueError):
         return None
-    if isinstance(described, dict) and described.get("dataset") == DATASET_NAME:
-        return Path(path) / "train"
-    return None
+    if not isinstance(described, dict) or described.get("dataset") != DATASET_NAME:
+        return None
+    formats = described.get("formats")
+    if isinstance(formats, list) and formats:  # several formats: one sub-folder each
+        listed = ", ".join(str(Path(path) / str(name)) for name in formats)
+        raise OmnibyteError(f"{path} holds Shapes-VQA in {len(formats)} image formats; train on one of its "
+                            f"folders: {listed}")
+    return Path(path) / "train"
 
 
 @register_task
