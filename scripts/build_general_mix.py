@@ -373,7 +373,7 @@ class Sources:
         self.data, self.seed, self.held_fraction = data, seed, held_fraction
         self._linux: list[tuple[str, bytes]] | None = None
         self.python_files = shuffled(walk_files(PYTHON_TREES, (".py",), max_bytes=512 * 1024), seed, "py")
-        self.elf_files = shuffled(walk_files(BINARY_DIRS + PYTHON_TREES, max_bytes=3 * MB, min_bytes=2048,
+        self.elf_files = shuffled(walk_files(BINARY_DIRS + PYTHON_TREES, max_bytes=3 * MB // 2, min_bytes=2048,
                                              accept=is_x86_64_elf), seed, "elf")
         self.images = shuffled(walk_files(SYSTEM_ROOTS + PYTHON_TREES, (".png", ".gif", ".jpg", ".ico"),
                                           max_bytes=512 * 1024), seed, "img")

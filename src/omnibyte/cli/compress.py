@@ -17,9 +17,12 @@ import torch
 
 from omnibyte.apps import container
 from omnibyte.apps.compress import (DEFAULT_ADAPT_BLOCK, DEFAULT_ADAPT_LR, DEFAULT_ROWS, MAX_BATCH_SIZE, SUFFIX,
-                                    adapt_settings, compress, decompress, model_fingerprint, scratch_model)
+                                    adapt_settings, check_builtin_name, compress, decompress, model_fingerprint,
+                                    scratch_model)
 from omnibyte.cli.common import (
     BATCH_SIZE_HELP,
+    BUILTIN,
+    BUILTIN_HELP,
     Subparsers,
     add_allow_large_option,
     check_output_file,
@@ -32,6 +35,7 @@ from omnibyte.cli.common import (
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import STDIO, check_output_folder, check_writable, read_input, write_output
 from omnibyte.models.base import ByteModel
+from omnibyte.models.builtin import BUILTIN_NAME, is_builtin_dir, provenance_seq_len, require_builtin_model_dir
 
 # ratio_of(bytes done, compressed bits so far or None) -> the text shown after the progress bar
 RatioText = Callable[[int, "int | None"], str]
@@ -84,13 +88,13 @@ def add_parser(subparsers: Subparsers) -> None:
 def _add_common(parser: argparse.ArgumentParser, compressing: bool = False) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="input files; - reads stdin")
     if compressing:
-        parser.add_argument("--model", required=True, default=None, metavar="DIR",
+        parser.add_argument("--model", default=BUILTIN, metavar="DIR",
                             help="model folder (a saved model or a training run), or none: a freshly "
-                                 "initialised model (--preset, --arch, --seed) that learns as it codes")
+                                 f"initialised model (--preset, --arch, --seed) that learns as it codes {BUILTIN_HELP}")
     else:
         parser.add_argument("--model", type=Path, default=None, metavar="DIR",
                             help="the model the streams were made with (not needed for streams made with "
-                                 "--model none: they say what to rebuild)")
+                                 "the built-in model or --model none: they say what to use)")
     add_allow_large_option(parser)
     # no --device means: auto for compress, the stream's own device for decompress
     parser.add_argument("--device", default=None, type=device_name,
@@ -238,10 +242,14 @@ def adapt_options(args: argparse.Namespace, scratch: bool):
 
 def trained_seq_len(directory: Path) -> int | None:
     """The sequence length a run was trained with: ``train_config.json`` in the run folder (or,
-    for its ``best/`` model, the run folder above it); None when unknown."""
+    for its ``best/`` model, the run folder above it), or a model's ``PROVENANCE.json`` (the
+    built-in model); None when unknown."""
     import json
 
     directory = Path(directory)
+    recorded = provenance_seq_len(directory)
+    if recorded is not None:
+        return recorded
     folders = [directory, directory.parent] if directory.name == "best" else [directory]
     for folder in folders:
         try:
@@ -272,13 +280,15 @@ def run_compress(args: argparse.Namespace) -> int:
         args.model = Path(args.model)
         model, fingerprint = _load_coding_model(args, device)
         seq_len = trained_seq_len(args.model)
+    builtin = BUILTIN_NAME if recipe is None and is_builtin_dir(args.model) else None  # the stream names it
     for name, target in pairs:
         data = stdin if name == STDIO else read_input(name)
         bar, update = _progress_bar(args, name, len(data), _ratio_text)
         start = time.perf_counter()
         with bar:
             blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype, progress=update,
-                            fingerprint=fingerprint, adapt=adapt, train_seq_len=seq_len, device=device)
+                            fingerprint=fingerprint, adapt=adapt, train_seq_len=seq_len, device=device,
+                            builtin=builtin)
         write_output(target, blob, force=args.force, source=name)
         _summary(args, name, len(data), len(blob), time.perf_counter() - start)
     return 0
@@ -302,11 +312,15 @@ def run_decompress(args: argparse.Namespace) -> int:
     headers = [container.unpack(blob) for blob in blobs]  # reject bad streams before loading anything
     devices = {header.settings.device for header in headers}
     device = args.device or (devices.pop() if len(devices) == 1 else "auto")
-    needs_model = [name for name, header in zip(args.files, headers) if header.fresh is None]
+    needs_model = [(name, header) for name, header in zip(args.files, headers) if header.fresh is None]
     model = fingerprint = None
     if needs_model:
-        if args.model is None:
-            raise OmnibyteError(f"{needs_model[0]} was compressed with a trained model: name it with --model")
+        if args.model is None:  # streams made with the built-in model name it
+            for name, header in needs_model:
+                if header.builtin is None:
+                    raise OmnibyteError(f"{name} was compressed with a trained model: name it with --model")
+                check_builtin_name(header)
+            args.model = require_builtin_model_dir()
         model, fingerprint = _load_coding_model(args, device)
     for (name, target), blob, header in zip(pairs, blobs, headers):
         ratio = f"ratio {header.original_size / max(len(blob), 1):.2f}x"

@@ -13,7 +13,7 @@ from omnibyte.models.serialization import read_config
 
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("info", help="describe a saved model")
-    add_model_options(parser, device=False)  # describing a model runs nothing: always on the CPU
+    add_model_options(parser, device=False, builtin=True)  # describing a model runs nothing: always on the CPU
     parser.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
     parser.set_defaults(handler=run)
 
