@@ -18,6 +18,7 @@ What it writes under ``--out``:
   receives. A shard's inner name never ends in a tar/zip/gz suffix, so archives are learnt as
   their own bytes, not unpacked into members.
 * ``MANIFEST.json``: per kind the files, raw bytes, bytes on disk and sources; the settings.
+* ``FILES.tsv.gz``: every training file: kind, shard, source name, bytes, sha256.
 * ``heldout/<kind>/...``: files never in the training mix (different files, never a slice of
   a training file; byte-identical copies are removed from training by content hash), stored
   raw, with ``heldout/MANIFEST.json``. Kinds: prose, code-c, code-python, elf, image-raw, wav,
@@ -272,6 +273,7 @@ class MixBuilder:
         self.writers: dict[str, ShardWriter] = {}
         self.disk = 0
         self.dropped_duplicates = 0
+        self.listing: list[str] = []  # kind, shard, source name, bytes, sha256 of every file
 
     def writer(self, kind: Kind) -> ShardWriter:
         if kind.name not in self.writers:
@@ -292,12 +294,13 @@ class MixBuilder:
         """Adds files of ``kind`` until its disk budget, its raw cap or the mix's cap is
         used; False when its source ran dry."""
         writer = self.writer(kind)
-        for _name, data, source in kind.items:
+        for name, data, source in kind.items:
             key = digest(data)
             if key in self.excluded or key in self.seen:
                 self.dropped_duplicates += 1
                 continue
             self.seen.add(key)
+            self.listing.append(f"{kind.name}\t{writer.stats.shards:04d}\t{name}\t{len(data)}\t{key}")
             self.disk += writer.add(data, source)
             if (self.used(writer) >= disk_budget or writer.stats.raw_bytes >= raw_cap
                     or self.estimated_disk() >= total_cap):
@@ -542,9 +545,9 @@ def training_kinds(src: Sources, held: HeldOut, seed: int) -> list[Kind]:
         yield from file_items(files, "shared/nottingham ABC")
 
     def system(suffixes: tuple[str, ...], salt: str, transform=None, roots=SYSTEM_ROOTS + PYTHON_TREES,
-               max_bytes: int = 2 * MB) -> Iterator[Item]:
+               max_bytes: int = 2 * MB, label: str | None = None) -> Iterator[Item]:
         files = [p for p in walk_files(roots, suffixes, max_bytes=max_bytes) if not_held(p)]
-        yield from file_items(shuffled(files, seed, salt), "debian/pypi " + "/".join(suffixes), transform)
+        yield from file_items(shuffled(files, seed, salt), label or "debian/pypi " + "/".join(suffixes), transform)
 
     def elf() -> Iterator[Item]:
         yield from file_items((p for p in src.elf_files if not_held(p)), "debian/pypi ELF")
@@ -579,7 +582,8 @@ def training_kinds(src: Sources, held: HeldOut, seed: int) -> list[Kind]:
         Kind("text-python-docs", ".rst", 0.04, 20, rst()),
         Kind("text-docs", ".txt", 0.03, 12, system(("readme", ".txt", "copyright", "changelog"), "docs",
                                                    roots=("/usr/share/doc", "/usr/share/common-licenses"))),
-        Kind("man", ".man", 0.04, 15, system((".gz",), "man", gunzip, roots=("/usr/share/man",), max_bytes=256 * 1024)),
+        Kind("man", ".man", 0.04, 15, system((".gz",), "man", gunzip, roots=("/usr/share/man",), max_bytes=256 * 1024,
+                                               label="debian man pages (troff, decompressed)")),
         Kind("code-c", ".c", 0.12, 60, linux((".c", ".h")), fill=True),
         Kind("code-build", ".txt", 0.01, 5, linux_other()),
         Kind("code-python", ".py", 0.08, 40, python_source(), fill=True),
@@ -673,6 +677,8 @@ def write_manifests(args, out: Path, stats: dict[str, KindStats], held: HeldOut,
         "build_seconds": round(seconds, 1),
     }
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    listing = "kind\tshard\tfile\tbytes\tsha256\n" + "\n".join(builder.listing) + "\n"
+    (out / "FILES.tsv.gz").write_bytes(gzip.compress(listing.encode("utf-8", "surrogateescape"), mtime=0))
     return manifest
 
 
