@@ -52,18 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="the exported model folder (OUT/general)")
     parser.add_argument("--force", action="store_true", help="replace weights already installed")
+    parser.add_argument("--into", type=Path, default=SLOT, help="the slot to fill (default: this checkout's package)")
     args = parser.parse_args(argv)
     try:
         description = check(args.source)
-        if (SLOT / WEIGHTS_FILE).exists() and not args.force:
-            raise OmnibyteError(f"{SLOT} already holds weights (use --force to replace them)")
+        if (args.into / WEIGHTS_FILE).exists() and not args.force:
+            raise OmnibyteError(f"{args.into} already holds weights (use --force to replace them)")
     except OmnibyteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    SLOT.mkdir(parents=True, exist_ok=True)
+    args.into.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_FILE, PROVENANCE_FILE, CONFIG_FILE):  # the config last: it marks the slot complete
-        atomic_write_bytes(SLOT / name, (args.source / name).read_bytes())
-    print(f"installed {description} into {SLOT}")
+        atomic_write_bytes(args.into / name, (args.source / name).read_bytes())
+    print(f"installed {description} into {args.into}")
     return 0
 
 
