@@ -450,7 +450,7 @@ def build_held_out(src: Sources, out: Path, budget: int, seed: int) -> HeldOut:
             for entry in held.files.get(kind, [])]
     rng = random.Random(f"{seed}:tar")
     for index in range(3):
-        chosen = sorted(rng.sample(pool, min(len(pool), 24)), key=lambda item: item[0])
+        chosen = sorted(rng.sample(pool, min(len(pool), 80)), key=lambda item: item[0])
         members, size = [], 0
         for name, blob in chosen:
             if size + len(blob) > per_kind // 2:
