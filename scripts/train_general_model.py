@@ -41,22 +41,38 @@ MAX_MODEL_BYTES = 16_000_000  # the issue's limit for the shipped weights ("at m
 SAFETY = 0.93  # share of the budget the schedule plans for: validation and saving take the rest
 
 
-def omnibyte(arguments: list[str], log: Path | None = None) -> str:
-    """Runs ``python -m omnibyte.cli ARGUMENTS`` with this checkout's package; its output goes
-    to the terminal and to ``log``; a failure stops the recipe with the command's output."""
+def omnibyte(arguments: list[str], log: Path | None = None, echo: bool = True) -> str:
+    """Runs ``python -m omnibyte.cli ARGUMENTS`` with this checkout's package; its output goes,
+    line by line as it comes, to ``log`` (so a run cut short keeps its log) and, with ``echo``,
+    to the terminal; a failure stops the recipe with the command's last lines."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("PYTHONUNBUFFERED", "1")
     command = [sys.executable, "-m", "omnibyte.cli", *arguments]
     print("$ omnibyte " + " ".join(arguments), flush=True)
-    process = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if log is not None:
-        with open(log, "a") as handle:
-            handle.write("$ omnibyte " + " ".join(arguments) + "\n" + process.stdout)
-    if process.returncode != 0:
-        print(process.stdout[-4000:], file=sys.stderr)
-        raise SystemExit(f"error: omnibyte {arguments[0]} failed (exit {process.returncode})")
-    return process.stdout
+    lines = []
+    with open(log or os.devnull, "a") as handle:
+        handle.write("$ omnibyte " + " ".join(arguments) + "\n")
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            lines.append(line)
+            handle.write(line)
+            handle.flush()
+            if echo:
+                print(line, end="", flush=True)
+        code = process.wait()
+    output = "".join(lines)
+    if code != 0:
+        if not echo:
+            print(output[-4000:], file=sys.stderr)
+        raise SystemExit(f"error: omnibyte {arguments[0]} failed (exit {code})")
+    return output
+
+
+def trained_steps(run: Path) -> int | None:
+    from omnibyte.cli.common import trained_steps as steps
+
+    return steps(run)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -133,7 +149,7 @@ def evaluate_heldout(args: argparse.Namespace, model_dir: Path, log: Path) -> di
              for folder in sorted(p for p in (args.mix / "heldout").iterdir() if p.is_dir())}
     files = [path for paths in kinds.values() for path in paths]
     output = omnibyte(["eval", *map(str, files), "--model", str(model_dir), "--device", args.device,
-                       "--batch-size", str(args.eval_batch_size), "--json", "--per-file"], log)
+                       "--batch-size", str(args.eval_batch_size), "--json", "--per-file"], log, echo=False)
     by_file = json.loads(output[output.index("{"):])["by_file"]
     report = {}
     for kind, paths in kinds.items():
@@ -224,9 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--eval-every", str(max(1, steps // args.evaluations)), "--eval-windows", "64",
                        "--save-every", "0", "--log-every", str(max(1, steps // 200))]
     train_started = time.time()
-    output = omnibyte(train_arguments, log)
+    omnibyte(train_arguments, log)
     train_seconds = time.time() - train_started
-    print(output.strip().splitlines()[-1], flush=True)
 
     facts = export_bf16(run, model_dir)
     if facts["weights_bytes"] > MAX_MODEL_BYTES:
@@ -250,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": "python scripts/train_general_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "train_command": "omnibyte " + " ".join(train_arguments),
         "seq_len": args.seq_len,
-        "steps": train_records[-1]["step"] if train_records else None,
+        "steps": trained_steps(run),  # where training stopped (the model is the best by validation: model.step)
         "planned_steps": steps,
         "train_seconds": round(train_seconds, 1),
         "final_train_bits_per_byte": train_records[-1]["bits_per_byte"] if train_records else None,
