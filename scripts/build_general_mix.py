@@ -382,7 +382,16 @@ class Sources:
                                           max_bytes=512 * 1024), seed, "img")
 
     def held(self, name: str) -> bool:
+        """A member of a shared archive (a unique path) is held out by its whole name."""
         return stable_fraction(name, self.seed) < self.held_fraction
+
+    def held_file(self, path: str) -> bool:
+        """A file of this machine is held out by the name its copies share wherever they are
+        installed (the same module in Debian's and pyenv's Python, an icon in every size): a
+        Python file by its last two path parts, anything else by its file name."""
+        parts = Path(path).parts
+        key = "/".join(parts[-2:]) if path.endswith(".py") else parts[-1]
+        return stable_fraction(key, self.seed) < self.held_fraction
 
     # shared data
     def rst_members(self) -> list[tuple[str, bytes]]:
@@ -415,9 +424,9 @@ def build_held_out(src: Sources, out: Path, budget: int, seed: int) -> HeldOut:
     random.Random(f"{seed}:c").shuffle(c_files)
     take_held_out(held, "code-c", ((f"linux:{n}", d, "shared/code/linux-6.1-core.tar.xz") for n, d in c_files),
                   per_kind, rename=lambda n: safe_name(n.split(":", 1)[1]))
-    take_held_out(held, "code-python", file_items((p for p in src.python_files if src.held(p)), "python"),
+    take_held_out(held, "code-python", file_items((p for p in src.python_files if src.held_file(p)), "python"),
                   per_kind // 2)
-    take_held_out(held, "elf", file_items((p for p in src.elf_files if src.held(p) and
+    take_held_out(held, "elf", file_items((p for p in src.elf_files if src.held_file(p) and
                                            os.path.getsize(p) <= 400_000), "debian/pypi ELF"), per_kind)
     # raw images: Fashion-MNIST test images tiled into BMPs, and package icons decoded to BMP
     from omnibyte.media import pixels_to_bmp
@@ -429,7 +438,7 @@ def build_held_out(src: Sources, out: Path, budget: int, seed: int) -> HeldOut:
             block = test[index * 100:(index + 1) * 100]
             held.add("image-raw", f"fashion-test-mosaic-{index}.bmp", pixels_to_bmp(mosaic(block, 10)),
                      "shared/fashion-mnist t10k (test split)")
-    take_held_out(held, "image-raw", file_items((p for p in src.images if src.held(p)), "package images",
+    take_held_out(held, "image-raw", file_items((p for p in src.images if src.held_file(p)), "package images",
                                                 png_to_bmp), per_kind, rename=lambda n: safe_name(n) + ".bmp")
     # WAV: the FSDD test split (take index 0-4), which the mix leaves out
     recordings = data / "fsdd" / "recordings"
@@ -467,7 +476,16 @@ HELD_OUT_TUNE_BOOK = "waltzes"  # Nottingham's waltzes: MIDI held out, ABC left 
 
 def training_kinds(src: Sources, held: HeldOut, seed: int) -> list[Kind]:
     data = src.data
-    not_held = lambda path: path not in held.names and not src.held(path)  # noqa: E731
+    def not_held(path: str) -> bool:
+        """Not a held-out file, nor a copy of one elsewhere on this machine."""
+        return path not in held.names and not src.held_file(path)
+
+    def not_held_pyc(path: str) -> bool:
+        """A .pyc compiled from a held-out module would carry its names and strings."""
+        parts = Path(path).parts
+        if len(parts) >= 3 and parts[-2] == "__pycache__":
+            return not src.held_file(str(Path(*parts[:-2], parts[-1].split(".")[0] + ".py")))
+        return True
 
     def gcide() -> Iterator[Item]:
         path = data / "text" / "gcide.txt.gz"
@@ -545,8 +563,9 @@ def training_kinds(src: Sources, held: HeldOut, seed: int) -> list[Kind]:
         yield from file_items(files, "shared/nottingham ABC")
 
     def system(suffixes: tuple[str, ...], salt: str, transform=None, roots=SYSTEM_ROOTS + PYTHON_TREES,
-               max_bytes: int = 2 * MB, label: str | None = None) -> Iterator[Item]:
-        files = [p for p in walk_files(roots, suffixes, max_bytes=max_bytes) if not_held(p)]
+               max_bytes: int = 2 * MB, label: str | None = None,
+               keep: Callable[[str], bool] = lambda path: path not in held.names) -> Iterator[Item]:
+        files = [p for p in walk_files(roots, suffixes, max_bytes=max_bytes) if keep(p)]
         yield from file_items(shuffled(files, seed, salt), label or "debian/pypi " + "/".join(suffixes), transform)
 
     def elf() -> Iterator[Item]:
@@ -569,7 +588,7 @@ def training_kinds(src: Sources, held: HeldOut, seed: int) -> list[Kind]:
 
     def mixed_tars() -> Iterator[Item]:
         small = [p for p in walk_files(("/usr/share/doc", "/usr/share/perl5", "/usr/share/X11"), max_bytes=64 * 1024)
-                 if not_held(p)]
+                 if p not in held.names]
         rng = random.Random(f"{seed}:mixtar")
         for index in range(400):
             picks = sorted(rng.sample(small, min(len(small), 12)))
@@ -593,11 +612,11 @@ def training_kinds(src: Sources, held: HeldOut, seed: int) -> list[Kind]:
                                                "data")),
         Kind("markdown", ".md", 0.02, 8, system((".md", ".rst"), "md")),
         Kind("elf", ".elf", 0.15, 60, elf(), fill=True),
-        Kind("pyc", ".pyc", 0.02, 6, system((".pyc",), "pyc")),
+        Kind("pyc", ".pyc", 0.02, 6, system((".pyc",), "pyc", keep=not_held_pyc)),
         Kind("image-bmp", ".bmp", 0.06, 25, fashion_bmp()),
         Kind("image-raw", ".bmp", 0.04, 12, raw_images()),
         Kind("image-coded", ".png", 0.03, 3, system((".png", ".gif", ".jpg", ".ico", ".tiff", ".bmp"), "imgcoded",
-                                                    max_bytes=256 * 1024)),
+                                                    max_bytes=256 * 1024, keep=not_held)),
         Kind("image-idx", ".idx", 0.005, 2, fashion_idx()),
         Kind("wav", ".wav", 0.08, 12, fsdd()),
         Kind("audio-samples", ".wav", 0.005, 1, format_samples()),
