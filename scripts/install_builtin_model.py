@@ -12,7 +12,6 @@ the wheel ships as package data. Existing weights are replaced only with ``--for
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
