@@ -50,6 +50,8 @@ def world(tmp_path_factory) -> Path:
 
     (root / "trained.omb").write_bytes(compress(b"abc" * 10, model))
     save_model(omnibyte.build_model("patch", "tiny", seed=0), root / "patch_model")
+    (root / "builtin.omb").write_bytes(compress(b"abc" * 10, model, builtin="general"))  # names the built-in model
+    (root / "unknown-builtin.omb").write_bytes(compress(b"abc" * 10, model, builtin="large"))
     document = json.loads((root / "model" / "config.json").read_text())
     weights = (root / "model" / "model.safetensors").read_bytes()
 
@@ -223,7 +225,7 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["train", "{W}/missing", "--out", "{T}/run"], "missing"),
     (["train", "{W}/nothing", "--out", "{T}/run"], "nothing"),
     # eval
-    (["eval", "{W}/data"], "--model"),
+    (["eval", "{W}/data"], "the built-in model is not installed"),  # no --model: the built-in model, missing here
     ([*EVAL, "--batch-size", "-1"], "--batch-size: must be at least 1, got -1"),
     ([*EVAL, "--batch-size", "0"], "--batch-size"),
     ([*EVAL, "--context", "-5"], "--context"),
@@ -285,7 +287,7 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["export", "{W}/staterun", "--out", "{W}/staterun"], "must not be the run folder"),
     (["export", "{W}/staterun", "--out", "{W}/existing.txt"], "is a file, not a folder"),
     # info
-    (["info"], "--model"),
+    (["info"], "the built-in model is not installed"),
     (["info", "--model", "{W}/absent"], "not found"),
     (["info", "--model", "{W}/truncated"], "model.safetensors"),
     (["info", "--model", "{W}/model", "--device", "cpu"], "--device"),
@@ -296,9 +298,10 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["detect", "{W}/text.txt", "{W}/missing"], "missing"),
     (["detect", "{W}/nothing"], "holds no files"),
     (["detect", "{W}/text.txt", "--model", "{W}/absent"], "not found"),
+    (["detect", "{W}/text.txt", "--model"], "the built-in model is not installed"),
     (["detect", "{W}/text.txt", "--model", "{W}/model", "--device", "mps"], "mps"),
     # anomaly
-    (["anomaly", "{W}/text.txt"], "--model"),
+    (["anomaly", "{W}/text.txt"], "the built-in model is not installed"),
     ([*ANOMALY, "--threshold", "nan"], "--threshold"),
     ([*ANOMALY, "--threshold", "-1"], "--threshold"),
     ([*ANOMALY, "--threshold", "inf"], "--threshold"),
@@ -380,7 +383,8 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["media", "to-bmp", "{W}/pictures/pic.png", "-o", "{W}/existing.txt"], "is a file, not a folder"),
     (["media", "to-bmp", "{W}/pictures/pic.png", "{W}/pictures/pic.bmp", "-o", "{T}/media"], "would both be written"),
     # compress / decompress: the options shared with every command
-    (["compress", "{W}/text.txt"], "--model"),
+    (["compress", "{W}/text.txt"], "the built-in model is not installed"),
+    (["generate", "--device", "cpu"], "the built-in model is not installed"),
     (["compress", "{W}/text.txt", *M, "--device", "mps"], "mps"),
     (["decompress", "{W}/text.txt.omb", *M, "--device", "tpu"], "tpu"),
     # convert: the model must be a conversion model and the input of the kind it converts
@@ -471,6 +475,10 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["compress", "{W}/text.txt", *M, "--numerics", "integer", "--dtype", "bfloat16"], "has no dtype"),
     (["compress", "{W}/text.txt", "--model", "{W}/patch_model", "--numerics", "integer"],
      "integer numerics supports the flat family only"),
+    # streams made with the built-in model: decompress needs no --model, but the model must be there
+    (["decompress", "{W}/builtin.omb"], "the built-in model is not installed"),
+    (["decompress", "{W}/unknown-builtin.omb"], "made with the built-in model 'large', which this build does not have"),
+    (["decompress", "{W}/unknown-builtin.omb", "{W}/builtin.omb"], "built-in model 'large'"),
 ]
 
 
@@ -484,6 +492,7 @@ def test_cli_refuses_in_one_line_and_leaves_every_file_alone(argv, fragment, wor
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)  # default outputs would land here: the snapshot sees them
+    monkeypatch.setenv("OMNIBYTE_BUILTIN_MODEL", str(world / "nothing"))  # no built-in weights, installed or not
     args = [arg.replace("{W}", str(world)).replace("{T}", str(work)) for arg in argv]
     assert_refused(args, fragment, world, work, capsys)
 

@@ -19,11 +19,12 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from omnibyte.errors import OmnibyteError  # noqa: E402 (after the OpenMP setting above)
 from omnibyte.models import BOS, ByteModel, BytePredictor, ModelConfig, build_model, make_config  # noqa: E402
+from omnibyte.models.builtin import load_builtin_model  # noqa: E402
 from omnibyte.models.serialization import load_model, save_model  # noqa: E402
 
 __version__ = "0.3.0"
 
 __all__ = [
     "BOS", "ByteModel", "BytePredictor", "ModelConfig", "OmnibyteError",
-    "build_model", "load_model", "make_config", "save_model", "__version__",
+    "build_model", "load_builtin_model", "load_model", "make_config", "save_model", "__version__",
 ]

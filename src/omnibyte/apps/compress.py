@@ -16,6 +16,8 @@ With adaptation (``adapt=``) a float32 copy of the model takes one Adam step on 
 bytes both sides already have (after every ``block`` steps of a group, on the block's bytes of
 every row), under deterministic algorithms, so the decoder repeats the very same updates; a
 ``FreshModel`` (``scratch_model``) is rebuilt by the decoder from the recipe the container holds.
+With no model, the built-in general model (``omnibyte.models.builtin``) codes, and the container
+records its name, so decoding needs no model either.
 
 With integer numerics (``numerics="integer"``, flat models) both sides step an
 ``omnibyte.models.integer.IntegerFlatModel`` quantized from the model on the CPU, whose
@@ -43,6 +45,7 @@ from omnibyte.apps.container import AdaptSettings, CodingSettings, Container, Fr
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import BOS, NUM_BYTES, ByteModel
 from omnibyte.models.integer import IntegerFlatModel, integer_model
+from omnibyte.models.builtin import BUILTIN_NAME, load_builtin_model, provenance_seq_len, require_builtin_model_dir
 from omnibyte.models.registry import make_config, seeded
 from omnibyte.models.serialization import FORMAT_VERSION, config_document, model_from_config
 
@@ -613,7 +616,7 @@ def _group_matrix(data: np.ndarray, plan: Plan, group: np.ndarray, rows: int, st
 @torch.inference_mode()
 def compress_members(
     members: Sequence[bytes],
-    model: ByteModel | FreshModel,
+    model: ByteModel | FreshModel | None = None,
     chunk_size: int | None = None,
     batch_size: int | None = None,
     dtype: str = "auto",
@@ -623,10 +626,14 @@ def compress_members(
     adapt: AdaptSettings | bool | None = None,
     device: str | torch.device = "cpu",
     train_seq_len: int | None = None,
-    numerics: str = "float",
+    numerics: str = "auto",
+    builtin: str | None = None,
 ) -> bytes:
     """Compress several byte strings into one container; each is coded independently (own chunks,
     each from BOS), only the header and the batch are shared. ``decompress_members`` inverts it.
+
+    ``model`` None: the built-in general model, loaded on ``device``; ``builtin`` (a name) says
+    that ``model`` is that built-in model, so the container names it and decoding needs no model.
 
     A chunk that the model codes in at least 8 bits per byte is stored raw, and so is every
     chunk of a group whose stream would not be shorter than its coded chunks: no input grows
@@ -641,10 +648,17 @@ def compress_members(
 
     ``numerics="integer"`` (flat models): the probabilities come from an integer copy of the
     model (``omnibyte.models.integer``; ``model`` may be that ``IntegerFlatModel`` already),
-    bit-identical on any CPU or GPU, so the stream decodes on any device; it does not adapt."""
+    bit-identical on any CPU or GPU, so the stream decodes on any device; it does not adapt.
+    ``"auto"`` (the default) is integer for the built-in model when it does not adapt, else float."""
     _check_interval_coding()
-    integer = _integer_numerics(numerics, model, adapt)
+    if model is None:
+        directory = require_builtin_model_dir()
+        model, builtin = load_builtin_model(device), BUILTIN_NAME
+        train_seq_len = train_seq_len or provenance_seq_len(directory)
+    integer = _integer_numerics(resolve_numerics(numerics, builtin, adapt), model, adapt)
     fresh = model if isinstance(model, FreshModel) else None
+    if fresh is not None and builtin is not None:
+        raise OmnibyteError("a model built from scratch is not a built-in model")
     if fresh is not None:
         model = build_scratch(fresh, device)
         adapt = True if adapt in (None, False) else adapt
@@ -706,7 +720,16 @@ def compress_members(
     return container.pack(Container(
         fingerprint=fingerprint or model_fingerprint(model), settings=settings,
         member_sizes=tuple(sizes), original_digest=container.digest(members), streams=tuple(streams),
-        raw_bitmap=np.packbits(raw, bitorder="little").tobytes(), raw_data=raw_data, adapt=adapt, fresh=fresh))
+        raw_bitmap=np.packbits(raw, bitorder="little").tobytes(), raw_data=raw_data, adapt=adapt, fresh=fresh,
+        builtin=builtin))
+
+
+def resolve_numerics(numerics: str, builtin: str | None, adapt) -> str:
+    """``"auto"``: integer numerics for the built-in model (its streams then decode on any
+    machine) unless it adapts, which only float numerics can; float for any other model."""
+    if numerics != "auto":
+        return numerics
+    return "integer" if builtin is not None and adapt in (None, False) else "float"
 
 
 def _integer_numerics(numerics: str, model, adapt) -> bool:
@@ -723,9 +746,10 @@ def _integer_numerics(numerics: str, model, adapt) -> bool:
     return True
 
 
-def compress(data: bytes, model: ByteModel | FreshModel, chunk_size: int | None = None,
+def compress(data: bytes, model: ByteModel | FreshModel | None = None, chunk_size: int | None = None,
              batch_size: int | None = None, **options) -> bytes:
-    """Compress ``data`` with ``model`` (on the device it lives on); see ``compress_members``."""
+    """Compress ``data`` with ``model`` (on the device it lives on; None: the built-in model);
+    see ``compress_members``."""
     return compress_members([data], model, chunk_size, batch_size, **options)
 
 
@@ -742,7 +766,9 @@ def check_compatible(header: Container, model: "ByteModel | IntegerFlatModel", f
         fingerprint = model.fingerprint()
     fingerprint = fingerprint or model_fingerprint(model)
     if header.fingerprint != fingerprint[: container.FINGERPRINT_BYTES]:
-        raise OmnibyteError("wrong model: the stream was compressed with a different model "
+        made_with = (f"the built-in model {header.builtin!r} of another omnibyte build or install"
+                     if header.builtin else "a different model")
+        raise OmnibyteError(f"wrong model: the stream was compressed with {made_with} "
                             f"(stream fingerprint {header.fingerprint.hex()[:12]}, model {fingerprint.hex()[:12]})")
     check_device(header, model.device.type)
     if settings.chunk_size > model.max_seq_len:
@@ -786,11 +812,14 @@ def decompress_members(
     end-to-end digest. An integer stream takes the float model (quantized here) or the
     ``IntegerFlatModel`` made from it. Any failure is one ``OmnibyteError``; wrong data is never returned.
     A stream made from scratch rebuilds its model from the container (``model`` is not used;
-    ``device`` defaults to the stream's own); any other stream needs its ``model``."""
+    ``device`` defaults to the stream's own); a stream made with the built-in model loads it
+    when no ``model`` is given; any other stream needs its ``model``."""
     header = container.unpack(blob)
     if header.fresh is not None:
         model = scratch_for(header, device)
         fingerprint = None
+    elif model is None and header.builtin is not None:
+        model, fingerprint = builtin_for(header, device), None
     elif model is None:
         raise OmnibyteError("this stream was compressed with a trained model: give that model")
     if header.settings.integer and not isinstance(model, IntegerFlatModel):
@@ -873,6 +902,24 @@ def scratch_for(header: Container, device: str | torch.device | None = None) -> 
         raise OmnibyteError(f"the stream was made on cuda ({header.settings.dtype}) and decodes only there; "
                             f"this machine has no CUDA GPU")
     return build_scratch(header.fresh, device)
+
+
+def check_builtin_name(header: Container) -> None:
+    """Refuse a stream made with a built-in model this build does not ship."""
+    if header.builtin is not None and header.builtin != BUILTIN_NAME:
+        raise OmnibyteError(f"the stream was made with the built-in model {header.builtin!r}, which this "
+                            f"build does not have (it has {BUILTIN_NAME!r}): decompress it with the omnibyte "
+                            f"that made it, or name the model with --model")
+
+
+def builtin_for(header: Container, device: str | torch.device | None = None) -> ByteModel:
+    """The built-in model a stream names, on ``device`` (default: the stream's own device type)."""
+    check_builtin_name(header)
+    device = torch.device(device or header.settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OmnibyteError(f"the stream was made on cuda ({header.settings.dtype}) and decodes only there; "
+                            f"this machine has no CUDA GPU")
+    return load_builtin_model(device)
 
 
 def decompress(blob: bytes, model: ByteModel | None = None, **options) -> bytes:

@@ -13,6 +13,7 @@ Layout (version 4, all integers little-endian; spec in docs/compression.md)::
                          bit 2: the model was built from scratch (a model section follows);
                          bit 3: integer numerics (``omnibyte.models.integer``: device and
                          dtype are ignored, dtype is 0)
+                         bit 4: the model is a built-in one (a name section follows)
     chunk_size       4   u32, bytes per chunk (each chunk starts from BOS)
     batch_size       4   u32, rows stepped together (the batch shape), 1..65,536
     original_size    8   u64, bytes of all members together
@@ -21,6 +22,8 @@ Layout (version 4, all integers little-endian; spec in docs/compression.md)::
                          updates), f64 lr, beta1, beta2, eps, clip (gradient-norm clip, 0 none)
     [model section]      (flag bit 2) u64 seed, varint length + the model's config document
                          (UTF-8 JSON: format, arch, config) -- what the decoder rebuilds
+    [name section]       (flag bit 4) varint length + the built-in model's name (ASCII, e.g.
+                         ``general``): decompress loads it; the fingerprint must still match
     num_members      varint, then one varint size per member      -- the chunk table
     num_streams      varint, then one varint byte length per stream -- the stream table
     raw_bitmap       ceil(chunks / 8) bytes: bit k (LSB first) set = chunk k is stored raw
@@ -61,9 +64,13 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 PRECISION = 24  # the only precision this build codes (constriction's 24-bit frequencies)
 FLAG_FAST, FLAG_ADAPT, FLAG_FRESH, FLAG_INTEGER = 0b0001, 0b0010, 0b0100, 0b1000
-# by version; bit 3 (integer numerics) came later within version 4: it changes no layout, and a
-# build that predates it refuses such a stream by its unknown flag bit, which is what it must do
-KNOWN_FLAGS = {2: FLAG_FAST, 3: FLAG_FAST, 4: FLAG_FAST | FLAG_ADAPT | FLAG_FRESH | FLAG_INTEGER}
+# bits 3 (integer numerics) and 4 (a built-in model's name) came later within version 4: they
+# change no other field, and a build that predates them refuses such a stream by its unknown flag bit
+FLAG_BUILTIN = 0b10000
+KNOWN_FLAGS = {2: FLAG_FAST, 3: FLAG_FAST,
+               4: FLAG_FAST | FLAG_ADAPT | FLAG_FRESH | FLAG_INTEGER | FLAG_BUILTIN}  # by version
+MAX_NAME_BYTES = 64  # a built-in model's name
+NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 OPTIMIZERS = ("adam",)  # the adapt section's optimizer byte
 MAX_ADAPT_BLOCK = 1 << 24
 MAX_DOCUMENT_BYTES = 1 << 16  # a from-scratch model's config document
@@ -150,6 +157,7 @@ class Container:
     version: int = VERSION  # the version read (pack writes this version: 2, 3 or 4)
     adapt: AdaptSettings | None = None  # version 4: online adaptation
     fresh: FreshModel | None = None  # version 4: the model was built from scratch
+    builtin: str | None = None  # version 4: the name of the built-in model it was made with
 
     @property
     def original_size(self) -> int:
@@ -248,12 +256,15 @@ def pack(container: Container) -> bytes:
         raise ValueError(f"cannot write container version {container.version}")
     header = bytearray(MAGIC)
     header.append(container.version)
-    if container.version < 4 and (container.adapt or container.fresh):
-        raise ValueError("adaptation and from-scratch models need container version 4")
+    if container.version < 4 and (container.adapt or container.fresh or container.builtin):
+        raise ValueError("adaptation, from-scratch and built-in models need container version 4")
     if container.version < 4 and settings.integer:
         raise ValueError("integer numerics need container version 4")
+    if container.builtin is not None and (container.fresh or name_problem(container.builtin)):
+        raise ValueError(f"bad built-in model name {container.builtin!r}")
     flags = ((FLAG_FAST if settings.fast else 0) | (FLAG_ADAPT if container.adapt else 0)
-             | (FLAG_FRESH if container.fresh else 0) | (FLAG_INTEGER if settings.integer else 0))
+             | (FLAG_FRESH if container.fresh else 0) | (FLAG_INTEGER if settings.integer else 0)
+             | (FLAG_BUILTIN if container.builtin else 0))
     header += _FIXED.pack(
         container.fingerprint[:FINGERPRINT_BYTES], DEVICES.index(settings.device),
         DTYPES.index(settings.dtype), settings.precision, flags, settings.chunk_size,
@@ -265,6 +276,8 @@ def pack(container: Container) -> bytes:
     if container.fresh:
         document = container.fresh.document.encode()
         header += _SEED.pack(container.fresh.seed) + varint(len(document)) + document
+    if container.builtin:
+        header += varint(len(container.builtin)) + container.builtin.encode()
     for table in (container.member_sizes, [len(s) for s in container.streams]):
         header += varint(len(table)) + b"".join(varint(value) for value in table)
     if container.version >= 3:
@@ -311,8 +324,8 @@ def _check_coding_mode(device: int, dtype: int, precision: int, flags: int, chun
     known = KNOWN_FLAGS[version]
     if flags & ~known:
         meaning = ("only bit 0, fast decoder, is defined" if known == FLAG_FAST else
-                   "bits 0 fast decoder, 1 adaptation, 2 from-scratch model and 3 integer numerics "
-                   "are defined")
+                   "bits 0 fast decoder, 1 adaptation, 2 from-scratch model, 3 integer numerics "
+                   "and 4 built-in model are defined")
         raise OmnibyteError(f"unsupported coding mode: header field flags = {flags:#04x} has unknown bits "
                             f"{flags & ~known:#04x} in version {version} ({meaning})")
     if flags & FLAG_INTEGER and (dtype != 0 or flags & (FLAG_FAST | FLAG_ADAPT | FLAG_FRESH)):
@@ -369,6 +382,14 @@ def unpack(blob: bytes) -> Container:
                                 f"config document; at most {min(MAX_DOCUMENT_BYTES, len(blob) - offset):,})")
         fresh_fields = (seed, blob[offset : offset + length])
         offset += length
+    builtin = None
+    if version >= 4 and flags & FLAG_BUILTIN:
+        length, offset = _read_varint(blob, offset, "name section")
+        if length > min(MAX_NAME_BYTES, len(blob) - offset):
+            raise OmnibyteError(f"corrupted or truncated stream (the name section claims a {length:,}-byte "
+                                f"name; at most {min(MAX_NAME_BYTES, len(blob) - offset):,})")
+        builtin = blob[offset : offset + length].decode("latin-1")
+        offset += length
     member_sizes, offset = _read_list(blob, offset, "member table")
     stream_sizes, offset = _read_list(blob, offset, "stream table")
     # the chunk count is arithmetic on the member table (at most one entry per blob byte)
@@ -387,6 +408,9 @@ def unpack(blob: bytes) -> Container:
     _check_coding_mode(device, dtype, precision, flags, chunk_size, batch_size, version)
     adapt = _adapt_settings(adapt_fields) if adapt_fields else None
     fresh = _fresh_model(*fresh_fields) if fresh_fields else None
+    if builtin is not None and (fresh is not None or name_problem(builtin)):
+        raise OmnibyteError(f"corrupted stream (name section {builtin[:MAX_NAME_BYTES]!r} "
+                            + ("next to a from-scratch model)" if fresh is not None else "is not a model name)"))
     if sum(member_sizes) != original_size:
         raise OmnibyteError(f"corrupted stream (header field original_size = {original_size:,}, but the member "
                             f"table adds up to {sum(member_sizes):,})")
@@ -429,7 +453,14 @@ def unpack(blob: bytes) -> Container:
                               bool(flags & FLAG_FAST), bool(flags & FLAG_INTEGER))
     return Container(fingerprint, settings, tuple(member_sizes), original_digest, tuple(streams),
                      raw_bitmap=raw_bitmap, raw_data=blob[offset:payload_end], version=version,
-                     adapt=adapt, fresh=fresh)
+                     adapt=adapt, fresh=fresh, builtin=builtin)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a built-in model's name in a stream (None when it can)."""
+    if not 1 <= len(name) <= MAX_NAME_BYTES or not set(name) <= NAME_CHARACTERS:
+        return f"a name is 1..{MAX_NAME_BYTES} characters of a-z, 0-9, '.', '_' and '-'"
+    return None
 
 
 def _adapt_settings(fields: tuple) -> AdaptSettings:

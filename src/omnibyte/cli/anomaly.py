@@ -24,7 +24,7 @@ from omnibyte.fileio import STDIO, read_input
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("anomaly", help="find the most surprising regions of a file under a model")
     parser.add_argument("file", type=Path, metavar="FILE", help="the file to score; - reads stdin")
-    add_model_options(parser)
+    add_model_options(parser, builtin=True)
     parser.add_argument("--top", type=positive_int, default=10, metavar="N", help="show at most N regions")
     parser.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW, metavar="BYTES",
                         help="smoothing window")

@@ -20,6 +20,7 @@ from omnibyte.devices import resolve_device
 from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import STDIO
 from omnibyte.models.base import ByteModel
+from omnibyte.models.builtin import BUILTIN_NAME, require_builtin_model_dir
 from omnibyte.models.serialization import CONFIG_FILE, load_model
 from omnibyte.models.validation import DEFAULT_MAX_PARAMETERS, MAX_PARAMETERS_ENV, model_size_limit
 
@@ -157,6 +158,26 @@ def check_run_folder(folder: Path, option: str = "--out") -> None:
 
 # ---- the model options and the one model loader ------------------------------------------
 
+class BuiltinModel:
+    """The value of ``--model`` when it was not given in a command whose default is the built-in
+    model (or given without a folder, in ``detect``); ``run_handler`` puts the built-in model's
+    folder in its place before the command runs, or fails in one line when it is missing."""
+
+    def __repr__(self) -> str:
+        return f"the built-in {BUILTIN_NAME} model"
+
+
+BUILTIN = BuiltinModel()
+BUILTIN_HELP = f"(default: the built-in {BUILTIN_NAME} model shipped with omnibyte)"
+
+
+def resolve_builtin_model(args: argparse.Namespace) -> None:
+    """``args.model``: the built-in model's folder in place of ``BUILTIN`` (one-line error when
+    its weights are not installed)."""
+    if getattr(args, "model", None) is BUILTIN:
+        args.model = require_builtin_model_dir()
+
+
 def add_model_options(
     parser: argparse.ArgumentParser,
     *,
@@ -165,10 +186,20 @@ def add_model_options(
     model_help: str = "model folder: a saved model or a training run (--out of omnibyte train)",
     device_help: str = f"where the model runs: {DEVICE_NAMES}",
     device: bool = True,
+    builtin: bool = False,
+    bare_is_builtin: bool = False,
 ) -> None:
     """``--model DIR`` and ``--device`` (unless ``device`` is False), the same in every
-    subcommand that loads a model."""
-    parser.add_argument("--model", required=required, type=Path, default=None, metavar="DIR", help=model_help)
+    subcommand that loads a model; with ``builtin`` the model defaults to the built-in one,
+    with ``bare_is_builtin`` (an optional model) ``--model`` without a folder names it."""
+    if builtin:
+        parser.add_argument("--model", type=Path, default=BUILTIN, metavar="DIR", help=f"{model_help} {BUILTIN_HELP}")
+    elif bare_is_builtin:
+        parser.add_argument("--model", type=Path, nargs="?", const=BUILTIN, default=None, metavar="DIR",
+                            help=f"{model_help}; --model alone (last, or before another option): the built-in "
+                                 f"{BUILTIN_NAME} model")
+    else:
+        parser.add_argument("--model", required=required, type=Path, default=None, metavar="DIR", help=model_help)
     add_allow_large_option(parser)
     if device:
         parser.add_argument("--device", default=device_default, type=device_name, help=device_help)
@@ -304,6 +335,7 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
     try:
         _notes.clear()
         with size_limit:
+            resolve_builtin_model(args)
             code = int(handler(args) or 0)
         sys.stdout.flush()  # a full disk shows here, not at exit as a traceback
         for note in _notes:

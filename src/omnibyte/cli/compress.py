@@ -17,10 +17,13 @@ import torch
 
 from omnibyte.apps import container
 from omnibyte.apps.compress import (DEFAULT_ADAPT_BLOCK, DEFAULT_ADAPT_LR, DEFAULT_ROWS, MAX_BATCH_SIZE, NUMERICS,
-                                    SUFFIX, adapt_settings, check_device, compress, decompress, model_fingerprint,
+                                    SUFFIX, adapt_settings, check_builtin_name, check_device, compress, decompress,
+                                    model_fingerprint, resolve_numerics,
                                     scratch_model)
 from omnibyte.cli.common import (
     BATCH_SIZE_HELP,
+    BUILTIN,
+    BUILTIN_HELP,
     Subparsers,
     add_allow_large_option,
     check_output_file,
@@ -34,6 +37,7 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.fileio import STDIO, check_output_folder, check_writable, read_input, write_output
 from omnibyte.models.base import ByteModel
 from omnibyte.models.integer import integer_model
+from omnibyte.models.builtin import BUILTIN_NAME, is_builtin_dir, provenance_seq_len, require_builtin_model_dir
 
 # ratio_of(bytes done, compressed bits so far or None) -> the text shown after the progress bar
 RatioText = Callable[[int, "int | None"], str]
@@ -74,10 +78,11 @@ def add_parser(subparsers: Subparsers) -> None:
                                       "on the CPU (the only one there)")
     compress_parser.add_argument("--portable", action="store_true",
                                  help="code on the CPU in float32, so any CPU machine can decode (slow)")
-    compress_parser.add_argument("--numerics", default="float", choices=NUMERICS,
-                                 help="float (default): the model's own arithmetic, decodes only on the same "
-                                      "device type and dtype; integer (flat models): exact integer arithmetic, "
-                                      "the stream decodes on any CPU or GPU (no --adapt)")
+    compress_parser.add_argument("--numerics", default="auto", choices=("auto", *NUMERICS),
+                                 help="float: the model's own arithmetic, decodes only on the same device type "
+                                      "and dtype; integer (flat models): exact integer arithmetic, the stream "
+                                      "decodes on any CPU or GPU (no --adapt); auto (default): integer for the "
+                                      "built-in model without --adapt, else float")
     compress_parser.set_defaults(handler=run_compress)
     decompress_parser = subparsers.add_parser(
         "decompress", help="restore files made by omnibyte compress",
@@ -90,13 +95,13 @@ def add_parser(subparsers: Subparsers) -> None:
 def _add_common(parser: argparse.ArgumentParser, compressing: bool = False) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="input files; - reads stdin")
     if compressing:
-        parser.add_argument("--model", required=True, default=None, metavar="DIR",
+        parser.add_argument("--model", default=BUILTIN, metavar="DIR",
                             help="model folder (a saved model or a training run), or none: a freshly "
-                                 "initialised model (--preset, --arch, --seed) that learns as it codes")
+                                 f"initialised model (--preset, --arch, --seed) that learns as it codes {BUILTIN_HELP}")
     else:
         parser.add_argument("--model", type=Path, default=None, metavar="DIR",
                             help="the model the streams were made with (not needed for streams made with "
-                                 "--model none: they say what to rebuild)")
+                                 "the built-in model or --model none: they say what to use)")
     add_allow_large_option(parser)
     # no --device means: auto for compress, the stream's own device for decompress
     parser.add_argument("--device", default=None, type=device_name,
@@ -244,10 +249,14 @@ def adapt_options(args: argparse.Namespace, scratch: bool):
 
 def trained_seq_len(directory: Path) -> int | None:
     """The sequence length a run was trained with: ``train_config.json`` in the run folder (or,
-    for its ``best/`` model, the run folder above it); None when unknown."""
+    for its ``best/`` model, the run folder above it), or a model's ``PROVENANCE.json`` (the
+    built-in model); None when unknown."""
     import json
 
     directory = Path(directory)
+    recorded = provenance_seq_len(directory)
+    if recorded is not None:
+        return recorded
     folders = [directory, directory.parent] if directory.name == "best" else [directory]
     for folder in folders:
         try:
@@ -287,8 +296,10 @@ def run_compress(args: argparse.Namespace) -> int:
         args.model = Path(args.model)
         model, fingerprint = _load_coding_model(args, device)
         seq_len = trained_seq_len(args.model)
-        if args.numerics == "integer":  # quantized once for every file
-            model = integer_model(model)
+    builtin = BUILTIN_NAME if recipe is None and is_builtin_dir(args.model) else None  # the stream names it
+    numerics = resolve_numerics(args.numerics, builtin, adapt)
+    if numerics == "integer" and recipe is None:  # quantized once for every file
+        model = integer_model(model)
     for name, target in pairs:
         data = stdin if name == STDIO else read_input(name)
         bar, update = _progress_bar(args, name, len(data), _ratio_text)
@@ -296,7 +307,7 @@ def run_compress(args: argparse.Namespace) -> int:
         with bar:
             blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype, progress=update,
                             fingerprint=fingerprint, adapt=adapt, train_seq_len=seq_len, device=device,
-                            numerics=args.numerics)
+                            numerics=numerics, builtin=builtin)
         write_output(target, blob, force=args.force, source=name)
         _summary(args, name, len(data), len(blob), time.perf_counter() - start)
     return 0
@@ -321,11 +332,15 @@ def run_decompress(args: argparse.Namespace) -> int:
     # integer streams decode on any device; a float stream only on the device type it was made on
     devices = {header.settings.device for header in headers if not header.settings.integer}
     device = args.device or (devices.pop() if len(devices) == 1 else "auto")
-    needs_model = [name for name, header in zip(args.files, headers) if header.fresh is None]
+    needs_model = [(name, header) for name, header in zip(args.files, headers) if header.fresh is None]
     model = fingerprint = None
     if needs_model:
-        if args.model is None:
-            raise OmnibyteError(f"{needs_model[0]} was compressed with a trained model: name it with --model")
+        if args.model is None:  # streams made with the built-in model name it
+            for name, header in needs_model:
+                if header.builtin is None:
+                    raise OmnibyteError(f"{name} was compressed with a trained model: name it with --model")
+                check_builtin_name(header)
+            args.model = require_builtin_model_dir()
         model, fingerprint = _load_coding_model(args, device)
     integer = integer_model(model) if any(h.settings.integer and h.fresh is None for h in headers) else None
     for header in headers:  # every stream's device before the first output is written

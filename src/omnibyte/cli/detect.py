@@ -27,7 +27,7 @@ def add_parser(subparsers: Subparsers) -> None:
                         help="files, or folders (every file below them, hidden ones skipped); - reads stdin")
     parser.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
     parser.add_argument("--segments", action="store_true", help="split each file into segments of one kind")
-    add_model_options(parser, required=False,
+    add_model_options(parser, required=False, bare_is_builtin=True,
                       model_help="model folder: show its surprisal (bits/byte) per file and use it as evidence")
     parser.set_defaults(handler=run)
 

@@ -29,7 +29,7 @@ def add_parser(subparsers: Subparsers) -> None:
                                    description="Bits per byte of a model on files, overall and per file type.")
     parser.add_argument("data", nargs="+", metavar="DATA",
                         help="files, folders (recursive), globs, .gz/.xz/.bz2 files or .tar/.zip archives")
-    add_model_options(parser)
+    add_model_options(parser, builtin=True)
     add_scoring_options(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
     parser.add_argument("--per-file", action="store_true", help="add one row (or JSON entry) per file")

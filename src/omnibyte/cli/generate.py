@@ -72,7 +72,7 @@ class Row:
 
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("generate", help="sample bytes from a model")
-    add_model_options(parser)
+    add_model_options(parser, builtin=True)
     # both append to one list (``args.prompts``), so mixed prompts keep their order
     parser.add_argument("--prompt", dest="prompts", action="append", type=text_prompt, metavar="TEXT",
                         help="text to continue, as the bytes given (repeat for several prompts)")

@@ -7,13 +7,14 @@ from typing import Any
 
 from omnibyte.cli.common import Subparsers, add_model_options, load_cli_model, saved_step, trained_steps
 from omnibyte.models.base import ByteModel
+from omnibyte.models.builtin import BUILTIN_NAME, is_builtin_dir, read_provenance
 from omnibyte.models.blt.patching import PatchingConfig
 from omnibyte.models.serialization import read_config
 
 
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("info", help="describe a saved model")
-    add_model_options(parser, device=False)  # describing a model runs nothing: always on the CPU
+    add_model_options(parser, device=False, builtin=True)  # describing a model runs nothing: always on the CPU
     parser.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
     parser.set_defaults(handler=run)
 
@@ -35,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     last = trained_steps(args.model)
     if last is not None:
         summary["trained_steps"] = last
+    if is_builtin_dir(args.model):
+        summary["builtin"] = BUILTIN_NAME
+    summary["folder"] = str(args.model)
+    provenance = read_provenance(args.model)  # where the weights came from (the built-in model has one)
+    if provenance is not None:
+        summary["provenance"] = provenance
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -43,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    if "builtin" in summary:
+        print(f"model         the built-in {summary['builtin']} model ({summary['folder']})")
     print(f"architecture  {summary['arch']}")
     options = ", ".join(f"{key}={value}" for key, value in summary["task"].items() if key != "name")
     print(f"task          {summary['task']['name']}" + (f" ({options})" if options else ""))
@@ -61,3 +70,26 @@ def print_summary(summary: dict[str, Any]) -> None:
         print("saved model   step not recorded")
     for key, value in summary["config"].items():
         print(f"  {key:<22}{value}")
+    if "provenance" in summary:
+        print_provenance(summary["provenance"])
+
+
+def print_provenance(provenance: dict[str, Any]) -> None:
+    """Where the weights came from: data, recipe, date, commit, device (``PROVENANCE.json``)."""
+    print("provenance")
+    labels = {"date": "date", "device": "device", "git_commit": "commit", "recipe": "recipe", "steps": "steps",
+              "train_seconds": "training seconds", "best_validation_bits_per_byte": "best validation"}
+    for key, label in labels.items():
+        if provenance.get(key) is not None:
+            print(f"  {label:<22}{provenance[key]}")
+    data = provenance.get("training_data")
+    if isinstance(data, dict):
+        kinds = data.get("kinds") if isinstance(data.get("kinds"), dict) else {}
+        print(f"  {'training data':<22}{data.get('raw_bytes', 0):,} bytes in {data.get('files', 0):,} files, "
+              f"{len(kinds)} kinds (manifest sha256 {str(data.get('manifest_sha256'))[:16]})")
+        for kind, facts in kinds.items():
+            if isinstance(facts, dict):
+                print(f"    {kind:<20}{facts.get('raw_bytes', 0):>14,} bytes  {', '.join(facts.get('sources', []))}")
+    heldout = provenance.get("heldout_bits_per_byte")
+    if isinstance(heldout, dict) and heldout:
+        print("  held-out bits/byte    " + ", ".join(f"{kind} {value}" for kind, value in heldout.items()))

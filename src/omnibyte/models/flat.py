@@ -81,6 +81,10 @@ FLAT_PRESETS: dict[str, dict] = {
     "small": dict(hidden_size=512, num_layers=8, num_query_heads=8, num_key_value_heads=2,
                   intermediate_size=1536, max_sequence_length=8192),
     "base": dict(),
+    # the built-in general model (scripts/train_general_model.py): 6.8M parameters, 13.0 MiB in
+    # bfloat16, under the 16 MB the package allows; 64-wide heads, one key-value head
+    "general": dict(hidden_size=320, num_layers=6, num_query_heads=5, num_key_value_heads=1,
+                    max_sequence_length=2048),
     "1b": dict(hidden_size=2048, num_layers=22, num_query_heads=32, num_key_value_heads=8,
                max_sequence_length=8192),
 }
