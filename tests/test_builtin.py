@@ -22,6 +22,7 @@ from omnibyte.apps import container
 from omnibyte.apps.compress import compress, decompress, model_fingerprint
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
+from omnibyte.models.integer import integer_model
 from omnibyte.models.builtin import (BUILTIN_ENV, BUILTIN_NAME, MAX_WEIGHTS_BYTES, PACKAGE_FOLDER, builtin_model_dir,
                                      load_builtin_model, read_provenance, require_builtin_model_dir)
 from omnibyte.models.serialization import WEIGHTS_FILE, load_model, save_model
@@ -162,8 +163,24 @@ def test_compress_and_decompress_need_no_model(builtin, tmp_path, capsys):
     stream = tmp_path / "input.txt.omb"
     header = container.unpack(stream.read_bytes())
     assert header.builtin == BUILTIN_NAME
-    assert header.fingerprint == model_fingerprint(load_model(builtin))[: container.FINGERPRINT_BYTES]
+    assert header.settings.integer  # the built-in model codes with exact integer numerics by default
+    assert header.fingerprint == integer_model(load_model(builtin)).fingerprint()[: container.FINGERPRINT_BYTES]
     assert len(stream.read_bytes()) < len(original) // 2  # coded by the trained stand-in, not stored raw
+    source.unlink()
+    code, _, err = run(capsys, "decompress", stream, "-q")
+    assert code == 0, err
+    assert source.read_bytes() == original
+
+
+def test_the_builtin_model_adapts_in_float_numerics(builtin, tmp_path, capsys):
+    """--numerics auto: integer numerics cannot adapt, so --adapt codes in float."""
+    source = text_file(tmp_path, 600)
+    original = source.read_bytes()
+    code, _, err = run(capsys, "compress", source, "-q", "--adapt")
+    assert code == 0, err
+    stream = tmp_path / "input.txt.omb"
+    header = container.unpack(stream.read_bytes())
+    assert header.builtin == BUILTIN_NAME and header.adapt is not None and not header.settings.integer
     source.unlink()
     code, _, err = run(capsys, "decompress", stream, "-q")
     assert code == 0, err
@@ -396,6 +413,9 @@ def test_the_shipped_weights_fit_the_package_and_load(monkeypatch):
         assert provenance.get(key) is not None, key
     assert provenance["training_data"]["manifest_sha256"] and provenance["training_data"]["kinds"]
     data = b"The built-in model compresses this sentence on any machine.\n" * 2
-    blob = compress(data)  # the default: the shipped model, named in the stream
+    blob = compress(data)  # the default: the shipped model, named in the stream, integer numerics
+    assert container.unpack(blob).fingerprint == integer_model(model).fingerprint()[: container.FINGERPRINT_BYTES]
+    assert decompress(blob) == data
+    blob = compress(data, numerics="float")
     assert container.unpack(blob).fingerprint == model_fingerprint(model)[: container.FINGERPRINT_BYTES]
     assert decompress(blob) == data
