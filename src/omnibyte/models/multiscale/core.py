@@ -47,8 +47,9 @@ from omnibyte.models.validation import ConfigError, Limit, ModelSize, field_path
 BLOCK_TYPES = ("transformer", "mamba")
 MAX_CONTEXT = 2**30  # bytes: the product of the patch sizes
 # No kernel call of the family sees a tensor of 2**31 elements or more: several CUDA kernels
-# index in 32 bits (the 33,554,432-byte long-context step crashed with an illegal memory access
-# when the top stage's sub-unit embeddings, 4M x 1024, went through ``embedding_bag`` at once).
+# index in 32 bits (the 33,554,432-byte long-context step died with an illegal memory access; at
+# that length the top stage's sub-unit embeddings, 4M x 1024 = 2**32 elements, went through
+# ``embedding_bag`` in one call).
 # Work along the sequence runs in pieces under this bound instead, and at most
 # ``KERNEL_ROW_LIMIT`` patches a piece (an attention kernel's grid holds at most 65,535 rows of
 # blocks). Module attributes, so a test can shrink them to exercise the pieces on the CPU.
