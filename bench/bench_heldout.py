@@ -48,14 +48,15 @@ COLUMNS = ["kind", "codec", "files", "bytes", "compressed", "bits_per_byte", "vs
 
 
 def kind_files(folder: Path, limit: int) -> list[Path]:
-    """The first files of ``folder`` in name order up to ``limit`` bytes (at least one)."""
+    """Files of ``folder`` in name order that fit together in ``limit`` bytes (whole files: a
+    larger one is passed over), or the smallest file when none fits."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "MANIFEST.json")
     chosen, total = [], 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "MANIFEST.json"):
-        if chosen and total + path.stat().st_size > limit:
-            break
-        chosen.append(path)
-        total += path.stat().st_size
-    return chosen
+    for path in files:
+        if total + path.stat().st_size <= limit:
+            chosen.append(path)
+            total += path.stat().st_size
+    return chosen or [min(files, key=lambda path: path.stat().st_size)]
 
 
 def training_hashes(folder: Path | None) -> set[str]:
@@ -132,14 +133,17 @@ def omnibyte_row(kind: str, name: str, options: list[str], files: list[Path], de
         packed, unpacked = Path(tmp) / "packed", Path(tmp) / "unpacked"
         packed.mkdir()
         unpacked.mkdir()
+        # one input takes an output file, several an output folder
+        target = packed / (files[0].name + ".omb") if len(files) == 1 else packed
         started = time.perf_counter()
-        subprocess.run(command + ["compress", "-q", "--device", device, *options, "-o", str(packed),
+        subprocess.run(command + ["compress", "-q", "--device", device, *options, "-o", str(target),
                                   *map(str, files)], check=True, env=env)
         compress_s = time.perf_counter() - started
         streams = sorted(packed.iterdir())
         size = sum(path.stat().st_size for path in streams)
         started = time.perf_counter()
-        subprocess.run(command + ["decompress", "-q", "-o", str(unpacked), *map(str, streams)], check=True, env=env)
+        target = unpacked / files[0].name if len(files) == 1 else unpacked
+        subprocess.run(command + ["decompress", "-q", "-o", str(target), *map(str, streams)], check=True, env=env)
         decompress_s = time.perf_counter() - started
         restored = {path.name: path.read_bytes() for path in unpacked.iterdir()}
         assert [restored[path.name] for path in files] == contents, f"omnibyte {name} round trip failed on {kind}"

@@ -291,13 +291,13 @@ class MultiscaleCore(nn.Module):
     def _run_top(self, units: torch.Tensor) -> torch.Tensor:
         """Stage 0 over [B, n, U_0] tokens -> outputs [B, n, D_0]; output k sees units < k."""
         batch, count = units.shape[0], units.shape[1] - 1
-        previous = units[:, :-1].reshape(batch * count, -1)
+        previous = units[:, :-1].reshape(batch * count, units.shape[2])
         # the embedding's intermediates (sub-unit embeddings) are as long as the sequence: in
         # pieces under the kernel bound, checkpointed when training in chunks
         rows = pieces_within_limit(self._top_embedding_width(), KERNEL_ELEMENT_LIMIT)
         pieces = [checkpoint(self._embed_top, piece, use_reentrant=False) if self._chunking()
                   else self._embed_top(piece) for piece in previous.split(rows)]
-        embedded = torch.cat(pieces).view(batch, count, -1)
+        embedded = torch.cat(pieces).view(batch, count, self.widths[0])
         x = torch.cat([self._start(0, batch).to(embedded.dtype), embedded], dim=1)
         # whole sequences (attention spans them), as many at once as the kernel bound allows
         rows = pieces_within_limit(units.shape[1] * self.config.stages[0].activation_width(), KERNEL_ELEMENT_LIMIT)
