@@ -211,7 +211,7 @@ def test_a_config_json_above_the_limit_names_the_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("change, message", [
     (dict(save_every=-1), "save_every must be an integer in [0, 2**40], got -1"),
     (dict(log_every=0), "log_every must be an integer in [1, 2**40], got 0"),
-    (dict(seq_len=0), "seq_len must be an integer in [1, 2**24], got 0"),
+    (dict(seq_len=0), "seq_len must be an integer in [1, 2**30], got 0"),
     (dict(batch_size=-1), "batch_size must be an integer in [1, 2**20], got -1"),
     (dict(steps=2.5), "steps must be an integer, got 2.5"),
     (dict(lr=0), "lr must be a number > 0, got 0.0"),

@@ -146,6 +146,9 @@ class MultiscaleConfig(BaseConfig):
             if stage.block == "transformer":
                 with field_path(f"stages[{index}]"):
                     stage.stack(self.rope_theta, self.norm_eps, self.qk_norm).validate()
+        if self.context > MAX_CONTEXT:
+            raise ConfigError("stages", f"give a context of {self.context:,} bytes (the product of their "
+                                        f"patch sizes), above the most omnibyte allows ({MAX_CONTEXT:,})")
         top = self.stages[0]
         if top.patch_size * top.activation_width() > KERNEL_ELEMENT_LIMIT:
             # stage 0 attends over its whole sequence, so it cannot run in pieces along it
@@ -153,9 +156,6 @@ class MultiscaleConfig(BaseConfig):
                               f"positions of width {top.activation_width():,} passes the "
                               f"{KERNEL_ELEMENT_LIMIT + 1:,} elements a GPU kernel may index; "
                               f"give stage 0 fewer, longer units")
-        if self.context > MAX_CONTEXT:
-            raise ConfigError("stages", f"give a context of {self.context:,} bytes (the product of their "
-                                        f"patch sizes), above the most omnibyte allows ({MAX_CONTEXT:,})")
 
     def estimate_size(self) -> ModelSize:
         """The stages' stacks plus the embeddings, start vectors, parent projections and head
