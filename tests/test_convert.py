@@ -177,7 +177,7 @@ def trained_run(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         code = main(["train", "--task", "convert", str(root / "data" / "train"), "--out", str(root / "run"),
-                     "--set", "max_sequence_length=64", "--seq-len", "32", "--steps", "80", "--batch-size", "16",
+                     "--set", "max_sequence_length=64", "--seq-len", "32", "--steps", "160", "--batch-size", "16",
                      "--lr", "1e-2", "--eval-every", "20", "--no-progress"])
     finally:
         torch.set_num_threads(threads)
