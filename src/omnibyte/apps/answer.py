@@ -22,18 +22,14 @@ from omnibyte.data.pairs import PairRecord
 from omnibyte.data.shapes_vqa import encode_image, parse_record_name, question_source
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import ByteModel
-from omnibyte.tasks import AnswerTask, load_task
+from omnibyte.tasks import AnswerTask, load_task_of
 
 MAX_ANSWER_BYTES = 32  # the longest answer ("triangle") and its end marker fit many times over
 
 
 def answer_task(directory: str | Path) -> AnswerTask:
     """The answer task a saved model was trained for; any other model is refused in one line."""
-    task = load_task(directory)
-    if not isinstance(task, AnswerTask):
-        raise OmnibyteError(f"{directory} is not a question answering model (it was trained for the {task.name!r} "
-                            "task); train one with omnibyte train --task answer")
-    return task
+    return load_task_of(directory, AnswerTask, "question answering")
 
 
 def image_bytes_for(task: AnswerTask, data: bytes, name: str = "image") -> bytes:

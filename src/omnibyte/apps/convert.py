@@ -34,18 +34,14 @@ from omnibyte.data.pairs import PairRecord, TargetReader, prompt_tokens, records
 from omnibyte.devices import autocast
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import ByteModel
-from omnibyte.tasks import ConvertTask, Task, load_task
+from omnibyte.tasks import ConvertTask, Task, load_task_of
 
 CHECK_EVERY = 32  # decode steps between reads of the new bytes on the host (each read is a sync)
 
 
 def conversion_task(directory: str | Path) -> ConvertTask:
     """The conversion task a saved model was trained for; any other model is refused in one line."""
-    task = load_task(directory)
-    if not isinstance(task, ConvertTask):
-        raise OmnibyteError(f"{directory} is not a conversion model (it was trained for the {task.name!r} task); "
-                            "train one with omnibyte train --task convert")
-    return task
+    return load_task_of(directory, ConvertTask, "conversion")
 
 
 @dataclasses.dataclass

@@ -122,6 +122,7 @@ class Task(ABC):
 TASKS: dict[str, type[Task]] = {}
 
 TaskClass = TypeVar("TaskClass", bound=type[Task])
+SomeTask = TypeVar("SomeTask", bound=Task)
 
 
 def register_task(task_class: TaskClass) -> TaskClass:
@@ -143,6 +144,16 @@ def task_from_dict(values: dict[str, Any]) -> Task:
     if task_class is None:
         raise ValueError(f"unknown task {values['name']!r}; known tasks: {', '.join(sorted(TASKS))}")
     return task_class.from_dict(values)
+
+
+def load_task_of(directory, task_class: type[SomeTask], what: str) -> SomeTask:
+    """The task of a saved model, which must be a ``task_class`` (``what`` names such a model);
+    a model trained for another task is refused in one line."""
+    task = load_task(directory)
+    if not isinstance(task, task_class):
+        raise OmnibyteError(f"{directory} is not a {what} model (it was trained for the {task.name!r} task); "
+                            f"train one with omnibyte train --task {task_class.name}")
+    return task
 
 
 def load_task(directory) -> Task:
