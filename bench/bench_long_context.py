@@ -26,12 +26,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_environment, print_table, synchronize, write_json  # noqa: E402
 
 from omnibyte.devices import autocast, check_training_fits  # noqa: E402
 from omnibyte.errors import OmnibyteError  # noqa: E402
+from omnibyte.models import layers  # noqa: E402
 from omnibyte.models.multiscale import core  # noqa: E402
 from omnibyte.models.registry import make_config, model_class_for  # noqa: E402
 
@@ -63,8 +65,10 @@ def one_step(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if args.unbounded:  # the code before the fix: every piece as large as the sequence
         core.KERNEL_ELEMENT_LIMIT = core.KERNEL_ROW_LIMIT = 2**62
+    if args.unfused_norm:  # the code before the fused norm: the float32 weight under autocast
+        layers.RMSNorm.forward = lambda self, x: F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
     row = {"context": args.context, "checkpoint_tokens": args.checkpoint_tokens, "unbounded": args.unbounded,
-           "compile": args.compile}
+           "compile": args.compile, "unfused_norm": args.unfused_norm}
     model = build(args.preset, args.context, args.checkpoint_tokens, device)
     estimate = model.training_memory(1, args.context, optimizer=False)
     row.update(params=model.num_parameters(), estimate_gib=estimate / 2**30)
@@ -116,6 +120,7 @@ def steps(args: argparse.Namespace) -> None:
         if checkpoint_tokens is not None:
             command += ["--checkpoint-tokens", str(checkpoint_tokens)]
         command += ["--unbounded"] * args.unbounded + ["--compile"] * args.compile
+        command += ["--unfused-norm"] * args.unfused_norm
         env = dict(__import__("os").environ, **({"CUDA_LAUNCH_BLOCKING": "1"} if args.launch_blocking else {}))
         started = time.perf_counter()
         try:
@@ -132,7 +137,7 @@ def steps(args: argparse.Namespace) -> None:
         write_json(Path(args.out) / f"steps{args.tag}.json", {"environment": describe_environment("cuda"),
                                                               "command": " ".join(sys.argv), "rows": rows})
     print_table(rows, ["context", "fits", "seconds", "bytes_per_s", "peak_gib", "estimate_gib", "checkpoint_tokens",
-                       "unbounded", "compile"])
+                       "unbounded", "compile", "unfused_norm"])
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -215,25 +220,30 @@ def context_use(args: argparse.Namespace) -> None:
     from omnibyte.train.trainer import Trainer, TrainConfig
 
     device = torch.device(args.device)
-    stages, contexts, short, long = ((SMOKE_STAGES, (64, 256, 1024), 256, 1024) if args.smoke else
-                                     (CONTEXT_USE_STAGES, (2**16, 2**20, 2**24), 2**20, 2**24))
+    stages, contexts = ((SMOKE_STAGES, (64, 256, 1024)) if args.smoke else
+                        (CONTEXT_USE_STAGES, (2**16, 2**20, 2**24)))
     corpus = ByteCorpus.from_paths([args.data])
     held_out = parse_size(args.held_out)
     train_corpus = corpus.byte_range(0, corpus.num_bytes - held_out)
     stretch = torch.from_numpy(corpus.read(corpus.num_bytes - held_out, held_out).astype("int64"))
     model_class = model_class_for("multiscale")
-    config = model_class.config_class.from_dict(dict(stages=stages, checkpoint_tokens=65536,
-                                                     checkpoint_layers=True))
+    config = model_class.config_class.from_dict(dict(stages=stages))
     torch.manual_seed(0)
     model = model_class(config)
     report = {"environment": describe_environment(device), "command": " ".join(sys.argv),
               "params": model.num_parameters(), "stream_bytes": corpus.num_bytes, "held_out_bytes": held_out,
               "phases": []}
     out = Path(args.out)
-    # two phases through the trainer: many short sequences (the local statistics), then whole
-    # 16M contexts (stage 0's positions over the full range)
-    for name, seq_len, batch_size, steps, minutes, lr in [("short", short, 8, 300, args.minutes_short, 2e-3),
-                                                          ("long", long, 1, 30, args.minutes_long, 1e-3)]:
+    # Three phases through the trainer. Most steps go to short sequences (a model first has to
+    # learn the local statistics, and 50 steps of 4 x 1M bytes left it at the unigram entropy);
+    # then 1M and whole 16M contexts, so that stage 0 meets positions over the full range. Only
+    # the 16M phase needs its activations recomputed in pieces.
+    # (name, seq_len = contexts[i], batch, planned steps (sets the schedule), minutes, lr, checkpoint_tokens)
+    plan = [("short", contexts[0], 16, 240, args.minutes_short, 2e-3, 0),
+            ("mid", contexts[1], 2, 60, args.minutes_mid, 1e-3, 0),
+            ("long", contexts[2], 1, 6, args.minutes_long, 5e-4, contexts[0])]
+    for name, seq_len, batch_size, steps, minutes, lr, checkpoint_tokens in plan:
+        model.config.checkpoint_tokens = checkpoint_tokens
         train = TrainConfig(seq_len=seq_len, batch_size=batch_size, steps=steps, lr=lr, warmup_steps=5,
                             eval_every=0, save_every=0, time_limit=minutes * 60, device=args.device, log_every=5)
         started = time.perf_counter()
@@ -284,12 +294,14 @@ def main() -> None:
     for name in ("steps", "one-step"):
         commands.choices[name].add_argument("--unbounded", action="store_true")
         commands.choices[name].add_argument("--compile", action="store_true")
+        commands.choices[name].add_argument("--unfused-norm", action="store_true")
     commands.choices["one-step"].add_argument("--context", type=int, required=True)
     commands.choices["profile"].add_argument("--context", type=parse_size, default=2**22)
     commands.choices["context-use"].add_argument("--data", required=True)
     commands.choices["context-use"].add_argument("--held-out", default="16M")
-    commands.choices["context-use"].add_argument("--minutes-short", type=float, default=2.5)
-    commands.choices["context-use"].add_argument("--minutes-long", type=float, default=2.0)
+    commands.choices["context-use"].add_argument("--minutes-short", type=float, default=2.75)
+    commands.choices["context-use"].add_argument("--minutes-mid", type=float, default=1.75)
+    commands.choices["context-use"].add_argument("--minutes-long", type=float, default=1.5)
     commands.choices["context-use"].add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.command == "one-step":
