@@ -26,14 +26,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_environment, print_table, synchronize, write_json  # noqa: E402
 
 from omnibyte.devices import autocast, check_training_fits  # noqa: E402
 from omnibyte.errors import OmnibyteError  # noqa: E402
-from omnibyte.models import layers  # noqa: E402
 from omnibyte.models.multiscale import core  # noqa: E402
 from omnibyte.models.registry import make_config, model_class_for  # noqa: E402
 
@@ -65,10 +63,8 @@ def one_step(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if args.unbounded:  # the code before the fix: every piece as large as the sequence
         core.KERNEL_ELEMENT_LIMIT = core.KERNEL_ROW_LIMIT = 2**62
-    if args.unfused_norm:  # the code before the fused norm: the float32 weight under autocast
-        layers.RMSNorm.forward = lambda self, x: F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
     row = {"context": args.context, "checkpoint_tokens": args.checkpoint_tokens, "unbounded": args.unbounded,
-           "compile": args.compile, "unfused_norm": args.unfused_norm}
+           "compile": args.compile}
     model = build(args.preset, args.context, args.checkpoint_tokens, device)
     estimate = model.training_memory(1, args.context, optimizer=False)
     row.update(params=model.num_parameters(), estimate_gib=estimate / 2**30)
@@ -120,7 +116,6 @@ def steps(args: argparse.Namespace) -> None:
         if checkpoint_tokens is not None:
             command += ["--checkpoint-tokens", str(checkpoint_tokens)]
         command += ["--unbounded"] * args.unbounded + ["--compile"] * args.compile
-        command += ["--unfused-norm"] * args.unfused_norm
         env = dict(__import__("os").environ, **({"CUDA_LAUNCH_BLOCKING": "1"} if args.launch_blocking else {}))
         started = time.perf_counter()
         try:
@@ -137,7 +132,7 @@ def steps(args: argparse.Namespace) -> None:
         write_json(Path(args.out) / f"steps{args.tag}.json", {"environment": describe_environment("cuda"),
                                                               "command": " ".join(sys.argv), "rows": rows})
     print_table(rows, ["context", "fits", "seconds", "bytes_per_s", "peak_gib", "estimate_gib", "checkpoint_tokens",
-                       "unbounded", "compile", "unfused_norm"])
+                       "unbounded", "compile"])
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -294,7 +289,6 @@ def main() -> None:
     for name in ("steps", "one-step"):
         commands.choices[name].add_argument("--unbounded", action="store_true")
         commands.choices[name].add_argument("--compile", action="store_true")
-        commands.choices[name].add_argument("--unfused-norm", action="store_true")
     commands.choices["one-step"].add_argument("--context", type=int, required=True)
     commands.choices["profile"].add_argument("--context", type=parse_size, default=2**22)
     commands.choices["context-use"].add_argument("--data", required=True)
