@@ -165,22 +165,25 @@ def decode_rate(make_decoder: Callable[[], Any], prompt: torch.Tensor, new_bytes
     return {"bytes_per_s": batch * new_bytes / seconds, "ms_per_step": 1e3 * seconds / new_bytes}
 
 
+GEN_METHODS = {"eager": dict(fast=False), "fast": dict(fast=True), "compiled": dict(fast=True, compile=True)}
+
+
 def measure_generation(preset: str, batches: list[int], new_bytes: int, prompt_len: int,
-                       dtype: torch.dtype, device: torch.device) -> list[dict]:
+                       dtype: torch.dtype, device: torch.device, methods: list[str]) -> list[dict]:
     torch.manual_seed(0)
     model = build_model("flat", preset).to(device=device, dtype=dtype).eval()
     max_len = -(-(prompt_len + 1 + new_bytes) // 64) * 64
     rows = []
     for batch in batches:
         prompt = random_prompt(batch, prompt_len, device)
-        for method in ("eager step", "fast"):
-            row = {"preset": preset, "batch": batch, "method": method}
+        for method in methods:
+            row = {"preset": preset, "batch": batch, "method": f"{method} step"}
 
-            def measure(batch=batch, prompt=prompt, fast=method == "fast") -> dict:
-                if not fast:
+            def measure(batch=batch, prompt=prompt, options=GEN_METHODS[method]) -> dict:
+                if not options["fast"]:
                     return decode_rate(lambda: model.decoder(batch, max_len), prompt, new_bytes, device)
                 started = time.perf_counter()
-                decoder = model.decoder(batch, max_len, fast=True)
+                decoder = model.decoder(batch, max_len, **options)  # capture (and compilation) timed apart
                 build_s = time.perf_counter() - started
 
                 def reuse():
@@ -189,14 +192,16 @@ def measure_generation(preset: str, batches: list[int], new_bytes: int, prompt_l
                 return {**decode_rate(reuse, prompt, new_bytes, device), "build_s": build_s}
             rows.append(guarded(measure, row))
     prompt_bytes = bytes(random_prompt(1, prompt_len, "cpu")[0, 1:].tolist())
-    for fast in (False, True):
-        row = {"preset": preset, "batch": 1, "method": "generate(fast)" if fast else "generate()"}
+    for method in methods:
+        options = GEN_METHODS[method]
+        row = {"preset": preset, "batch": 1,
+               "method": f"generate({', '.join(f'{key}=True' for key, on in options.items() if on)})"}
 
-        def end_to_end(fast=fast) -> dict:
-            model.generate(prompt_bytes, 16, seed=0, fast=fast)  # warm-up
+        def end_to_end(options=options) -> dict:
+            model.generate(prompt_bytes, new_bytes, seed=0, **options)  # warm-up: the same shapes, compiled once
             synchronize(device)
             started = time.perf_counter()
-            model.generate(prompt_bytes, new_bytes, seed=0, fast=fast)
+            model.generate(prompt_bytes, new_bytes, seed=0, **options)
             seconds = time.perf_counter() - started
             return {"bytes_per_s": new_bytes / seconds, "ms_per_step": 1e3 * seconds / new_bytes}
         rows.append(guarded(end_to_end, row))
@@ -274,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gen-presets", type=str_list, default=["small", "base"])
     parser.add_argument("--gen-batches", type=int_list, default=[1, 64])
     parser.add_argument("--gen-bytes", type=int, default=1024)
+    parser.add_argument("--gen-methods", type=str_list, default=list(GEN_METHODS),
+                        help=f"decoding paths to time: {','.join(GEN_METHODS)} (compiled: fast + torch.compile)")
     parser.add_argument("--prompt-bytes", type=int, default=16)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="generation/KV dtype")
     parser.add_argument("--kv-preset", default="base")
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         for preset in args.gen_presets:
             print(f"generation {preset}", file=sys.stderr)
             rows += measure_generation(preset, args.gen_batches, args.gen_bytes, args.prompt_bytes, dtype,
-                                       device)
+                                       device, args.gen_methods)
             free_memory()
         print_table(rows, ["preset", "batch", "method", "bytes_per_s", "ms_per_step", "build_s", "error"],
                     f"generation ({args.gen_bytes} bytes after {args.prompt_bytes}, {args.dtype})")

@@ -115,6 +115,16 @@ def test_generate_speculative_writes_the_same_samples(trained, capsysbinary):
     assert outputs[1] == outputs[0]
 
 
+@pytest.mark.slow  # compiles the trained model's step (seconds on 2 CPU cores)
+def test_generate_compiled_writes_the_same_samples(trained, capsysbinary):
+    _, out = trained
+    outputs = []
+    for compiled in ([], ["--compile"]):  # the CPU decodes plainly, or with fast, compiled steps
+        assert generate(out, "--prompt", "hello", "--num-samples", "2", "--seed", "5", *compiled) == 0
+        outputs.append(capsysbinary.readouterr().out)
+    assert outputs[0].count(b"==> sample") == 2 and outputs[1] == outputs[0]
+
+
 def test_generate_several_samples_to_stdout_under_headers(trained, capsysbinary):
     _, out = trained
     assert generate(out, "--prompt", "a", "--prompt", "b", "--seed", "3", "--temperature", "0") == 0

@@ -7,6 +7,7 @@ positions, eager and fast), batched = one by one = speculative (or its plain fal
 loaded, compressed -> decompressed = input, ``head(encode)`` = forward.
 """
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 from omnibyte.apps.compress import compress, decompress
 from omnibyte.models import ARCHITECTURES, build_model
 from omnibyte.models.base import BOS, ByteModel, Decoder
+from omnibyte.models.graphs import StepCompileWarning
 from omnibyte.models.serialization import load_model, save_model
 from helpers import random_tokens, one_thread  # noqa: F401 (one_thread is a fixture)
 
@@ -65,10 +67,23 @@ def test_every_registered_family_has_a_tiny_preset():
 
 @pytest.mark.parametrize("fast", [False, True], ids=["eager", "fast"])
 def test_decoder_equals_full_forward_at_ragged_positions(model, fast):
+    check_decoder_against_full_forward(model, fast=fast)
+
+
+@pytest.mark.slow  # torch.compile of every piece takes 10-30 s a family on 2 CPU cores
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_compiled_decoder_equals_full_forward(arch):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # a piece that fell back to running uncompiled fails the test
+        warnings.simplefilter("error", StepCompileWarning)
+        check_decoder_against_full_forward(build_model(arch, "tiny").eval(), fast=True, compile=True)
+
+
+def check_decoder_against_full_forward(model: ByteModel, **options) -> None:
     tokens = random_tokens(3, 48, seed=1)
     with torch.no_grad():
         full = model(tokens)
-        decoder = model.decoder(3, 48, fast=fast)
+        decoder = model.decoder(3, 48, **options)
         assert isinstance(decoder, Decoder)
         logits = decoder.prefill(tokens[:, :max(RAGGED)], RAGGED)
         close(logits, torch.stack([full[row, length - 1] for row, length in enumerate(RAGGED)]))

@@ -118,3 +118,50 @@ def test_decoder_follows_in_place_weight_updates():
         decoder.prefill(tokens[:, :4])
         logits = torch.stack([decoder.step(tokens[:, t]) for t in range(4, 10)], 1)
         torch.testing.assert_close(logits, model(tokens)[:, 4:], atol=1e-5, rtol=1e-5)
+
+
+# ---- compiled steps (issue 13): the same block code through torch.compile --------------------
+
+def test_compile_needs_a_fast_decoder_and_exact_numerics_refuse_it():
+    model = tiny()
+    with pytest.raises(ValueError, match="compile needs fast=True"):
+        model.decoder(1, 16, compile=True)
+    with pytest.raises(ValueError, match="compile needs fast=True"):
+        model.generate(b"a", max_new_bytes=2, compile=True)
+    from omnibyte.models.integer import IntegerFlatModel
+    with pytest.raises(ValueError, match="integer numerics do not compile"):
+        IntegerFlatModel.from_float(model).decoder(1, 16, fast=True, compile=True)
+
+
+def test_a_piece_that_fails_to_compile_warns_and_runs_as_written(monkeypatch):
+    from omnibyte.models import graphs
+
+    def broken_compile(function, **options):
+        def compiled():
+            raise RuntimeError("no compiler here\nsecond line")
+        return compiled
+
+    monkeypatch.setattr(graphs.torch, "compile", broken_compile)
+    counter = torch.zeros(1)
+    prepared = []
+
+    def piece():
+        counter.add_(1)
+        return counter.clone()
+
+    steps = graphs.GraphSteps({"step": piece}, graph=False, compile=True)
+    with pytest.warns(graphs.StepCompileWarning, match="'step'.*no compiler here"):
+        steps.capture(prepare=lambda: prepared.append(1))
+    assert steps.compile_errors == {"step": "RuntimeError: no compiler here"} and prepared == [1]
+    assert steps.pieces["step"] is piece and steps.run("step").item() == 1.0
+
+
+@pytest.mark.slow  # compiles the tiny model's step (about 15 s on 2 CPU cores)
+def test_compiled_generation_gives_the_same_bytes():
+    model = tiny()
+    prompts = [b"hello world", b"", b"abc"]
+    for options in (dict(temperature=0), dict(temperature=0.8, top_k=50)):
+        plain = model.generate(prompts, max_new_bytes=24, seed=3, fast=True, **options)
+        assert model.generate(prompts, max_new_bytes=24, seed=3, fast=True, compile=True, **options) == plain
+    decoder = model.decoder(1, 32, fast=True, compile=True)
+    assert decoder.steps.compile_errors == {} and decoder.steps.pieces["step"] != decoder._static_step

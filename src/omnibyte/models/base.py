@@ -20,7 +20,8 @@ lengths, and ``reset(rows)`` restarts chosen rows without rebuilding the decoder
     decoder.reset([0])                                 # row 0 starts over
 
 ``fast`` makes every step static-shape (attention over the whole cache) and, on CUDA, replays it
-as a CUDA graph; the eager and the fast path run the same block code.
+as a CUDA graph; the eager and the fast path run the same block code. ``compile`` (with
+``fast``) passes that code through ``torch.compile`` before the graph captures it.
 """
 from __future__ import annotations
 
@@ -233,9 +234,12 @@ class ByteModel(nn.Module):
         """Width of ``encode``'s output."""
         raise NotImplementedError
 
-    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> "Decoder":
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False,
+                compile: bool = False) -> "Decoder":
         """A ``Decoder`` for ``batch_size`` rows of up to ``max_len`` tokens (default: the
-        context). ``fast``: static shapes, replayed as CUDA graphs on CUDA."""
+        context). ``fast``: static shapes, replayed as CUDA graphs on CUDA. ``compile`` (needs
+        ``fast``): the steps go through ``torch.compile`` first, fusing their small kernels,
+        at a one-off cost of tens of seconds; logits agree with the plain steps to rounding."""
         raise NotImplementedError
 
     def flops_per_byte(self, seq_len: int) -> float:
@@ -386,6 +390,7 @@ class ByteModel(nn.Module):
         fast: bool = False,
         speculative: bool = False,
         stats: SpeculationStats | None = None,
+        compile: bool = False,
     ) -> bytes | list[bytes]:
         """Sample ``max_new_bytes`` after each prompt, all rows in one batch.
 
@@ -397,17 +402,19 @@ class ByteModel(nn.Module):
         ``speculative``: draft bytes from the context and verify several per model call
         (``omnibyte.models.speculative``); the sample is the same bytes (up to float rounding
         of the verify call's logits). Families whose decoder lacks ``supports_speculation``
-        decode plainly. ``stats`` (a ``SpeculationStats``) is filled with what speculation did."""
+        decode plainly. ``stats`` (a ``SpeculationStats``) is filled with what speculation did.
+        ``compile`` (with ``fast``): see ``decoder``."""
         single = isinstance(prompts, (bytes, bytearray, memoryview))
         rows = [bytes(prompts)] if single else [bytes(prompt) for prompt in prompts]
         if speculative:
             pieces = [bytearray() for _ in rows]
-            for news in self._sample_speculative(rows, max_new_bytes, temperature, top_k, top_p, seed, fast, stats):
+            for news in self._sample_speculative(rows, max_new_bytes, temperature, top_k, top_p, seed, fast, stats,
+                                                 compile):
                 for piece, new in zip(pieces, news):
                     piece += new
             outputs = [bytes(piece) for piece in pieces]
             return outputs[0] if single else outputs
-        steps = list(self._sample(rows, max_new_bytes, temperature, top_k, top_p, seed, fast))
+        steps = list(self._sample(rows, max_new_bytes, temperature, top_k, top_p, seed, fast, compile))
         if steps:
             matrix = torch.stack(steps, dim=1).to("cpu", torch.uint8).numpy()  # one sync at the end
             outputs = [row.tobytes() for row in matrix]
@@ -426,16 +433,18 @@ class ByteModel(nn.Module):
         seed: int | None = None,
         fast: bool = False,
         speculative: bool = False,
+        compile: bool = False,
     ) -> Iterator[bytes]:
         """Yield the bytes of ``generate(prompt, ...)`` as they are sampled: one at a time, or
         with ``speculative`` each verified run of bytes at once."""
         if speculative:
             for news in self._sample_speculative([bytes(prompt)], max_new_bytes, temperature, top_k, top_p,
-                                                 seed, fast, None):
+                                                 seed, fast, None, compile):
                 if news[0]:
                     yield news[0]
             return
-        for next_byte in self._sample([bytes(prompt)], max_new_bytes, temperature, top_k, top_p, seed, fast):
+        for next_byte in self._sample([bytes(prompt)], max_new_bytes, temperature, top_k, top_p, seed, fast,
+                                      compile):
             yield bytes([int(next_byte[0])])
 
     def _sample(
@@ -447,9 +456,10 @@ class ByteModel(nn.Module):
         top_p: float | None,
         seed: int | Sequence[int] | None,
         fast: bool,
+        compile: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Yield the sampled byte of every row [B] (on the device), step by step."""
-        with self._prefilled(prompts, max_new_bytes, seed, fast) as (decoder, logits, noise):
+        with self._prefilled(prompts, max_new_bytes, seed, fast, compile) as (decoder, logits, noise):
             yield from _plain_steps(decoder, logits, max_new_bytes, _sampler(temperature, top_k, top_p), noise)
 
     def _sample_speculative(
@@ -462,11 +472,12 @@ class ByteModel(nn.Module):
         seed: int | Sequence[int] | None,
         fast: bool,
         stats: SpeculationStats | None,
+        compile: bool = False,
     ) -> Iterator[list[bytes]]:
         """Yield each round's new bytes of every row (``speculative_steps``), or, for a decoder
         without ``supports_speculation``, one byte per row per step from the plain loop."""
         sample = _sampler(temperature, top_k, top_p)
-        with self._prefilled(prompts, max_new_bytes, seed, fast) as (decoder, logits, noise):
+        with self._prefilled(prompts, max_new_bytes, seed, fast, compile) as (decoder, logits, noise):
             if decoder.supports_speculation:
                 yield from speculative_steps(decoder, prompts, logits, max_new_bytes, sample, noise, stats)
                 return
@@ -475,7 +486,8 @@ class ByteModel(nn.Module):
 
     @contextlib.contextmanager
     def _prefilled(
-        self, prompts: list[bytes], max_new_bytes: int, seed: int | Sequence[int] | None, fast: bool
+        self, prompts: list[bytes], max_new_bytes: int, seed: int | Sequence[int] | None, fast: bool,
+        compile: bool = False,
     ) -> Iterator[tuple[Decoder, torch.Tensor, GumbelNoise]]:
         """In eval mode (restored after): a decoder holding ``[BOS] + prompt`` of every row, the
         logits after each row's prompt, and the rows' sampling noise."""
@@ -483,7 +495,7 @@ class ByteModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            decoder = self.decoder(len(prompts), capacity, fast=fast)
+            decoder = self.decoder(len(prompts), capacity, fast=fast, compile=compile)
             yield decoder, decoder.prefill(tokens, lengths), noise
         finally:
             self.train(was_training)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from omnibyte.models.base import INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel, Decoder
-from omnibyte.models.graphs import GraphSteps
+from omnibyte.models.graphs import GraphSteps, cache_slots, decoding_mode
 from omnibyte.models.validation import Limit, ModelSize
 from omnibyte.models.layers import (
     STACK_LIMITS,
@@ -124,8 +124,9 @@ class BytePredictor(ByteModel):
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.transformer(self.embed(tokens))
 
-    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> "FlatDecoder":
-        return FlatDecoder(self, batch_size, max_len, fast)
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False,
+                compile: bool = False) -> "FlatDecoder":
+        return FlatDecoder(self, batch_size, max_len, fast, compile=compile)
 
     def flops_per_byte(self, seq_len: int) -> float:
         head = 6 * self.config.hidden_size * self.config.vocab_size
@@ -163,20 +164,19 @@ class FlatDecoder(Decoder):
         max_len: int | None = None,
         fast: bool = False,
         graph: bool | None = None,
+        compile: bool = False,
     ):
         context = model.max_seq_len
         capacity = context if max_len is None else min(max_len, context)
         super().__init__(batch_size, capacity, model.device)
         self.model, self.fast = model, fast
-        slots = -(-capacity // CACHE_ALIGNMENT) * CACHE_ALIGNMENT if fast else capacity
+        slots = cache_slots(capacity, fast, compile, CACHE_ALIGNMENT)
         self.cache = model.transformer.new_cache(batch_size, self.device, max_len=slots)
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.one_each = torch.ones(batch_size, 1, dtype=torch.bool, device=self.device)
         self.visible: int | None = None  # cache slots an eager step attends to (None: all)
-        use_graph = fast and self.device.type == "cuda" if graph is None else graph
-        if use_graph and self.device.type != "cuda":
-            raise ValueError("CUDA graphs need the model on a CUDA device")
-        self.steps = GraphSteps({"step": self._static_step}, use_graph)
+        use_graph = decoding_mode(self.device, fast, graph, compile)
+        self.steps = GraphSteps({"step": self._static_step}, use_graph, compile)
         self.steps.capture(prepare=self.cache.reset)
         self.cache.reset()
 

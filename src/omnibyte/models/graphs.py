@@ -5,6 +5,12 @@ A decoder keeps all of its state in preallocated device tensors, so each of its 
 piece once and replays it; on CPU, with ``graph=False``, or when a capture fails (a warning
 says why and ``error`` keeps it) the very same pieces run eagerly. Capturing wraps the block
 code the eager path runs; it never rewrites it.
+
+With ``compile`` each piece first goes through ``torch.compile``, which fuses
+the small element-wise kernels a decoding step is made of (norms, RoPE, residual adds, casts),
+and the graph then captures the compiled piece. Compiling costs tens of seconds once per
+decoder; a piece that fails to compile (no C++ compiler or Triton, an unsupported op) warns
+and runs as written.
 """
 from __future__ import annotations
 
@@ -17,6 +23,10 @@ import torch
 
 class GraphCaptureWarning(RuntimeWarning):
     """CUDA graph capture failed; the decoder runs its steps eagerly."""
+
+
+class StepCompileWarning(RuntimeWarning):
+    """torch.compile failed on a decoder piece; that piece runs uncompiled."""
 
 
 def _graph_autocast():
@@ -55,19 +65,49 @@ def capture_graph(
     return graph, output
 
 
-class GraphSteps:
-    """Named static pieces of a decoder, replayed as CUDA graphs when ``graph`` is on."""
+def decoding_mode(device: torch.device, fast: bool, graph: bool | None, compile: bool) -> bool:
+    """Whether a decoder captures CUDA graphs (``graph`` None: where ``fast`` and on CUDA);
+    ValueError for combinations that cannot run."""
+    use_graph = fast and device.type == "cuda" if graph is None else graph
+    if use_graph and device.type != "cuda":
+        raise ValueError("CUDA graphs need the model on a CUDA device")
+    if compile and not fast:
+        raise ValueError("compile needs fast=True: only a fast decoder's steps keep one shape")
+    return use_graph
 
-    def __init__(self, pieces: dict[Any, Callable[[], Any]], graph: bool):
-        self.pieces = pieces
+
+def cache_slots(capacity: int, fast: bool, compile: bool, alignment: int) -> int:
+    """Positions a decoder's cache holds for ``capacity`` tokens: exactly those for eager steps;
+    a multiple of ``alignment`` for fast ones (aligned masks for attention kernels); with
+    ``compile``, ``alignment`` times a power of two, because a compiled step is specialised to
+    its cache's shape and so decoders of any capacity share a handful of compiled shapes."""
+    if not fast:
+        return capacity
+    units = -(-capacity // alignment)
+    if compile:
+        units = 1 << (units - 1).bit_length()
+    return units * alignment
+
+
+class GraphSteps:
+    """Named static pieces of a decoder, compiled when ``compile`` is on and replayed as CUDA
+    graphs when ``graph`` is on."""
+
+    def __init__(self, pieces: dict[Any, Callable[[], Any]], graph: bool, compile: bool = False):
+        self.pieces = dict(pieces)
         self.graphs: dict[Any, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[Any, Any] = {}
         self.use_graph = graph
+        self.compile = compile
         self.error: str | None = None
+        self.compile_errors: dict[Any, str] = {}
 
     @torch.no_grad()
     def capture(self, prepare: Callable[[], None]) -> None:
-        """Capture every piece (``prepare`` rewinds the decoder before each warm-up and capture)."""
+        """Compile (with ``compile``) and capture (with ``graph``) every piece; ``prepare``
+        rewinds the decoder before each warm-up, compilation and capture call."""
+        if self.compile:
+            self._compile_pieces(prepare)
         if not self.use_graph:
             return
         try:
@@ -78,6 +118,24 @@ class GraphSteps:
             self.error = f"{type(error).__name__}: {error}"
             warnings.warn(f"CUDA graph capture failed, decoding eagerly ({self.error})",
                           GraphCaptureWarning, stacklevel=3)
+
+    def _compile_pieces(self, prepare: Callable[[], None]) -> None:
+        """Replace each piece by its compiled form, compiled here by one call after ``prepare``
+        (so a failure can fall back before the decoder holds any state)."""
+        for name, piece in list(self.pieces.items()):
+            # static shapes: a step compiled for dynamic cache lengths ran ~100x slower on the
+            # CPU, and ``cache_slots`` keeps the number of distinct shapes small
+            compiled = torch.compile(piece, dynamic=False)
+            try:
+                with _graph_autocast():  # compile under the autocast state the capture will use
+                    prepare()
+                    compiled()
+            except Exception as error:  # noqa: BLE001 - any compile failure: run the piece as written
+                self.compile_errors[name] = f"{type(error).__name__}: {error}".splitlines()[0]
+                warnings.warn(f"torch.compile failed on decoder piece {name!r}, running it uncompiled "
+                              f"({self.compile_errors[name]})", StepCompileWarning, stacklevel=4)
+                continue
+            self.pieces[name] = compiled
 
     @torch.no_grad()
     def run(self, name) -> Any:

@@ -52,7 +52,7 @@ import torch.nn as nn
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import NUM_BYTES, Decoder
 from omnibyte.models.flat import CACHE_ALIGNMENT, BytePredictor
-from omnibyte.models.graphs import GraphSteps
+from omnibyte.models.graphs import GraphSteps, cache_slots
 from omnibyte.models.layers import Attention, KVCache, RMSNorm, StackConfig, SwiGLU, TransformerBlock
 
 FORMAT = "omnibyte-integer-1"  # bump when any arithmetic below changes: old fingerprints then differ
@@ -466,7 +466,10 @@ class IntegerFlatModel(nn.Module):
     def frequencies(self, hidden: torch.Tensor) -> torch.Tensor:
         return frequencies(self.head(hidden, self.arithmetic), self.arithmetic)
 
-    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> "IntegerDecoder":
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False,
+                compile: bool = False) -> "IntegerDecoder":
+        if compile:  # a compiler may fuse or reorder the products; these must stay exact
+            raise ValueError("integer numerics do not compile: their arithmetic must stay exact")
         return IntegerDecoder(self, batch_size, max_len, fast)
 
     @torch.no_grad()
@@ -490,7 +493,7 @@ class IntegerDecoder(Decoder):
         capacity = model.max_seq_len if max_len is None else min(max_len, model.max_seq_len)
         super().__init__(batch_size, capacity, model.device)
         self.model, self.fast = model, fast
-        slots = -(-capacity // CACHE_ALIGNMENT) * CACHE_ALIGNMENT if fast else capacity
+        slots = cache_slots(capacity, fast, False, CACHE_ALIGNMENT)
         self.cache = KVCache(model.stack_config, batch_size, self.device, torch.float64, slots)
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.one_each = torch.ones(batch_size, 1, dtype=torch.bool, device=self.device)

@@ -27,7 +27,7 @@ import torch
 
 from omnibyte.models.base import BOS, Decoder
 from omnibyte.models.blt.patching import PatchTracker
-from omnibyte.models.graphs import GraphSteps
+from omnibyte.models.graphs import GraphSteps, cache_slots, decoding_mode
 from omnibyte.models.blt.ngrams import NGRAM_PAD
 
 CACHE_ALIGNMENT = 64  # fast caches are padded to a multiple of this (aligned masks for SDPA)
@@ -37,14 +37,14 @@ class BLTDecoder(Decoder):
     """``Decoder`` over a ``BLTModel``; caches take the dtype of the model's weights."""
 
     def __init__(self, model, batch_size: int, max_len: int | None = None, fast: bool = False,
-                 graph: bool | None = None):
+                 graph: bool | None = None, compile: bool = False):
         context = model.max_seq_len
         capacity = context if max_len is None else min(max_len, context)
         super().__init__(batch_size, capacity, model.device)
         self.model, self.fast = model, fast
         config, device = model.config, self.device
         dtype = model.head.weight.dtype
-        slots = -(-capacity // CACHE_ALIGNMENT) * CACHE_ALIGNMENT if fast else capacity
+        slots = cache_slots(capacity, fast, compile, CACHE_ALIGNMENT)
         self.encoder_cache = model.encoder.new_cache(batch_size, device, dtype, slots)
         self.decoder_cache = model.local_decoder.new_cache(batch_size, device, dtype, slots)
         self.latent_cache = model.latent.new_cache(batch_size, device, dtype, slots)  # <= one patch per token
@@ -71,15 +71,13 @@ class BLTDecoder(Decoder):
         self.active = torch.ones(batch_size, dtype=torch.bool, device=device)
         self.closing = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.tracker = PatchTracker(config.patching, batch_size, device)
-        self.entropy = (model.entropy_model.decoder(batch_size, capacity, fast=fast)
+        self.entropy = (model.entropy_model.decoder(batch_size, capacity, fast=fast, compile=compile)
                         if model.entropy_model is not None else None)
         self.patches = np.zeros(batch_size, dtype=np.int64)  # host copy of ``closed``
         self.byte_visible: int | None = None  # eager: cache slots the byte stacks attend to
         self.latent_visible: int | None = None
-        use_graph = fast and device.type == "cuda" if graph is None else graph
-        if use_graph and device.type != "cuda":
-            raise ValueError("CUDA graphs need the model on a CUDA device")
-        self.steps = GraphSteps({"close": self._close, "byte": self._byte}, use_graph)
+        use_graph = decoding_mode(device, fast, graph, compile)
+        self.steps = GraphSteps({"close": self._close, "byte": self._byte}, use_graph, compile)
         self.steps.capture(prepare=self._rewind)
         self._rewind()
 

@@ -87,8 +87,8 @@ class EntropyModel(nn.Module):
             out[:, 1:] = entropy_bits(self.model(tokens[:, :-1]))
         return out
 
-    def decoder(self, batch_size: int, max_len: int, fast: bool = False) -> "EntropyDecoder":
-        return EntropyDecoder(self, batch_size, max_len, fast)
+    def decoder(self, batch_size: int, max_len: int, fast: bool = False, compile: bool = False) -> "EntropyDecoder":
+        return EntropyDecoder(self, batch_size, max_len, fast, compile)
 
 
 class EntropyDecoder:
@@ -101,13 +101,15 @@ class EntropyDecoder:
     tokens are kept (``capacity`` of them) so that a prefill and the re-reading of long
     inputs see the same history as a full forward."""
 
-    def __init__(self, entropy_model: EntropyModel, batch_size: int, max_len: int, fast: bool = False):
+    def __init__(self, entropy_model: EntropyModel, batch_size: int, max_len: int, fast: bool = False,
+                 compile: bool = False):
         self.entropy_model = entropy_model
         self.batch_size, self.capacity = batch_size, max_len
         self.half = entropy_model.window // 2
         device = entropy_model.model.device
         self.device = device
-        self.inner = entropy_model.model.decoder(batch_size, min(max_len, entropy_model.window), fast=fast)
+        self.inner = entropy_model.model.decoder(batch_size, min(max_len, entropy_model.window), fast=fast,
+                                                 compile=compile)
         self.history = torch.full((batch_size, max_len), BOS, dtype=torch.long, device=device)
         self.lengths = np.zeros(batch_size, dtype=np.int64)  # tokens seen per row
         self.device_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # the same, for steps

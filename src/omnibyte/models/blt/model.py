@@ -437,8 +437,9 @@ class BLTModel(ByteModel):
         values = torch.cat((start_values.expand(batch, -1, -1, -1), values), dim=1)
         return self.local_decoder(self.read_latents(byte_hidden, keys, values, patch_ids))
 
-    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> BLTDecoder:
-        return BLTDecoder(self, batch_size, max_len, fast)
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False,
+                compile: bool = False) -> BLTDecoder:
+        return BLTDecoder(self, batch_size, max_len, fast, compile=compile)
 
     def mean_patch_size(self) -> float:
         """Bytes per patch the FLOP estimate assumes (exact for ``fixed``)."""

@@ -505,8 +505,9 @@ class MultiscaleModel(ByteModel):
         fraction = self.config.byte_decoder_patch_fraction if self.training else 1.0
         return self.core.loss(tokens, targets, mask, patch_fraction=fraction)
 
-    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False) -> MultiscaleDecoder:
-        return MultiscaleDecoder(self, batch_size, max_len, fast)
+    def decoder(self, batch_size: int, max_len: int | None = None, fast: bool = False,
+                compile: bool = False) -> MultiscaleDecoder:
+        return MultiscaleDecoder(self, batch_size, max_len, fast, compile=compile)
 
     def flops_per_byte(self, seq_len: int) -> float:
         return self.core.flops_per_byte(seq_len)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from omnibyte.models.base import BOS, Decoder
-from omnibyte.models.graphs import GraphSteps
+from omnibyte.models.graphs import GraphSteps, cache_slots, decoding_mode
 from omnibyte.models.layers import TransformerStack
 
 PAD = BOS  # input id that fills the last unit of a sequence
@@ -44,11 +44,11 @@ class MultiscaleDecoder(Decoder):
     replacing the parameter tensors (``model.to(...)``) is not."""
 
     def __init__(self, model, batch_size: int, max_len: int | None = None, fast: bool = False,
-                 graph: bool | None = None):
+                 graph: bool | None = None, compile: bool = False):
         core = model.core
         capacity = core.context if max_len is None else min(max_len, core.context)
         super().__init__(batch_size, capacity, core.head.weight.device)
-        self.model, self.core, self.fast = model, core, fast
+        self.model, self.core, self.fast, self.compile = model, core, fast, compile
         device, dtype = self.device, core.head.weight.dtype
         self.last = core.num_stages - 1
         # stage 0 reads its start vector and then one input per completed unit
@@ -69,17 +69,15 @@ class MultiscaleDecoder(Decoder):
         self.all_active = True
         pieces: dict[Any, Any] = {"begin": self._begin, "byte": self._byte}
         pieces.update({level: functools.partial(self._advance, level) for level in range(self.last)})
-        use_graph = fast and device.type == "cuda" if graph is None else graph
-        if use_graph and device.type != "cuda":
-            raise ValueError("CUDA graphs need the model on a CUDA device")
-        self.steps = GraphSteps(pieces, use_graph)
+        use_graph = decoding_mode(device, fast, graph, compile)
+        self.steps = GraphSteps(pieces, use_graph, compile)
         self.steps.capture(prepare=self._rewind)
         self.restart.fill_(True)
         self.steps.run("begin")
 
     def _new_cache(self, stack, size: int, dtype):
-        if isinstance(stack, TransformerStack) and self.fast:
-            size = -(-size // CACHE_ALIGNMENT) * CACHE_ALIGNMENT
+        if isinstance(stack, TransformerStack):
+            size = cache_slots(size, self.fast, self.compile, CACHE_ALIGNMENT)
         return stack.new_cache(self.batch_size, device=self.device, dtype=dtype, max_len=size)
 
     # ---- the static pieces ----------------------------------------------------------
