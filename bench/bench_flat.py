@@ -288,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-batches", type=int_list, default=[1, 64])
     parser.add_argument("--check", action="store_true", help="verify the fast decoder against eager")
     parser.add_argument("--check-steps", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads); 1 keeps a shared CPU's timings stable")
     parser.add_argument("--out", default=None, help="JSON results path")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype]
