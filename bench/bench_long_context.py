@@ -229,12 +229,13 @@ def context_use(args: argparse.Namespace) -> None:
               "params": model.num_parameters(), "stream_bytes": corpus.num_bytes, "held_out_bytes": held_out,
               "phases": []}
     out = Path(args.out)
-    # Three phases through the trainer. Most steps go to short sequences (a model first has to
-    # learn the local statistics, and 50 steps of 4 x 1M bytes left it at the unigram entropy);
-    # then 1M and whole 16M contexts, so that stage 0 meets positions over the full range. Only
-    # the 16M phase needs its activations recomputed in pieces.
+    # Three phases through the trainer. Most steps go to short sequences: a model first has to
+    # learn the local statistics, and neither 50 steps of 4 x 1M bytes nor 240 of 16 x 64K got it
+    # past the unigram entropy (bench/RESULTS.md), where GCIDE needed about 1,500 steps of 64K
+    # bytes. Then 1M and whole 16M contexts, so that stage 0 meets positions over the full range.
+    # Only the 16M phase needs its activations recomputed in pieces.
     # (name, seq_len = contexts[i], batch, planned steps (sets the schedule), minutes, lr, checkpoint_tokens)
-    plan = [("short", contexts[0], 16, 240, args.minutes_short, 2e-3, 0),
+    plan = [("short", contexts[0], 2, 1500, args.minutes_short, 2e-3, 0),
             ("mid", contexts[1], 2, 60, args.minutes_mid, 1e-3, 0),
             ("long", contexts[2], 1, 6, args.minutes_long, 5e-4, contexts[0])]
     for name, seq_len, batch_size, steps, minutes, lr, checkpoint_tokens in plan:
