@@ -28,7 +28,8 @@ The settings (``--settings``, in the order they run):
   DDP: the whole training module), cuDNN attention and the chunked loss on CUDA (the settings
   of the best single-GPU MFU in bench/RESULTS.md);
 * ``1b-fsdp`` / ``1b-ddp``: flat ``--big-preset`` (``1b``), the batches tried largest first
-  until one fits (defaults 8,7,6,4 under FSDP, 7,6,4 under DDP: one H200 fits 7 with DDP);
+  until one fits, each in a fresh job (default 7,6,4: one H200 fits 7 with DDP, and the one-GPU
+  reference must fit the same batch; ``--batch 1b-fsdp=8,7`` asks whether sharding fits 8);
 * ``long-context-fsdp``: multiscale ``--long-preset`` (``long-context``) with stage 0 stretched to
   ``--long-context`` bytes (default 4M: one step takes ~24 s on an H200; the time per byte is
   flat from 2M to 64M, bench/RESULTS.md), batch 1, eager (compiling its blocks was 11% slower);
@@ -68,12 +69,14 @@ from common import (  # noqa: E402
 # name -> (family, which preset option, parallel mode, compiled on GPU, default batches per rank)
 SETTINGS: dict[str, dict[str, Any]] = {
     "base-fsdp": dict(arch="flat", size="base", parallel="fsdp", compile=True, batches=[8]),
-    "1b-fsdp": dict(arch="flat", size="big", parallel="fsdp", compile=True, batches=[8, 7, 6, 4]),
+    "1b-fsdp": dict(arch="flat", size="big", parallel="fsdp", compile=True, batches=[7, 6, 4]),
     "base-ddp": dict(arch="flat", size="base", parallel="ddp", compile=True, batches=[8]),
     "1b-ddp": dict(arch="flat", size="big", parallel="ddp", compile=True, batches=[7, 6, 4]),
     "long-context-fsdp": dict(arch="multiscale", size="long", parallel="fsdp", compile=False, batches=[1]),
 }
+# the smoke's multiscale model trains in checkpointed pieces as `long-context` does (its own preset does not)
 SMOKE_DEFAULTS = dict(base_preset="tiny", big_preset="tiny", long_preset="tiny", seq_len=128, long_context="1024",
+                      long_set=["checkpoint_tokens=64", "checkpoint_layers=true"],
                       long_warmup_context="512", steps=2, warmup=1, long_steps=1, compile="off",
                       budget=300.0, setting_timeout=120.0, default_batch=2)
 COLUMNS = ["setting", "preset", "world_size", "batch", "seq_len", "bytes_per_s", "bytes_per_s_per_gpu",
@@ -88,6 +91,18 @@ def parse_size(text: str) -> int:
     return int(text[:-1]) * SIZES[text[-1]] if text and text[-1] in SIZES else int(text)
 
 
+def parse_overrides(entries: list[str]) -> dict[str, Any]:
+    """``KEY=JSON`` entries (a bare word is a string), as ``omnibyte train --set`` reads them."""
+    overrides = {}
+    for entry in entries:
+        key, _, text = entry.partition("=")
+        try:
+            overrides[key] = json.loads(text)
+        except ValueError:
+            overrides[key] = text
+    return overrides
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nproc-per-node", type=int, default=1, help="ranks (GPUs) per setting")
@@ -100,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=None, help="flat settings' context (default: 8192)")
     parser.add_argument("--long-context", default=None, help="bytes, e.g. 4M, 16M, 64M (default: 4M)")
     parser.add_argument("--long-warmup-context", default=None, help="warm-up steps' context (default: 256K)")
+    parser.add_argument("--long-set", action="append", default=None, metavar="KEY=JSON",
+                        help="override a field of the multiscale config (repeatable), e.g. checkpoint_tokens=131072")
     parser.add_argument("--batch", action="append", default=[], metavar="SETTING=B[,B...]",
                         help="batches per rank to try, largest first (repeatable), e.g. 1b-fsdp=8,7")
     parser.add_argument("--steps", type=int, default=None, help="timed steps of flat settings (default: 6)")
@@ -123,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     defaults = dict(base_preset="base", big_preset="1b", long_preset="long-context", seq_len=8192,
                     long_context="4M", long_warmup_context="256K", steps=6, warmup=2, long_steps=2, compile="auto",
-                    budget=480.0, setting_timeout=240.0, default_batch=None)
+                    budget=480.0, setting_timeout=240.0, default_batch=None, long_set=[])
     if args.smoke:
         defaults.update(SMOKE_DEFAULTS)
     for name, value in defaults.items():
@@ -146,7 +163,7 @@ def build_model(job: dict[str, Any]):
             overrides["max_sequence_length"] = job["seq_len"]
         config = make_config("flat", job["preset"], **overrides)
     else:  # multiscale: stage 0's patch stretched so that the context is seq_len bytes
-        document = make_config(job["arch"], job["preset"]).to_dict()
+        document = {**make_config(job["arch"], job["preset"]).to_dict(), **job["config_overrides"]}
         inner = math.prod(stage["patch_size"] for stage in document["stages"][1:])
         document["stages"][0] = dict(document["stages"][0], patch_size=max(1, job["seq_len"] // inner))
         config = model_class.config_class.from_dict(document)
@@ -224,7 +241,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             "mfu": flops_per_byte * per_gpu / (job["peak_tflops"] * 1e12),
             "peak_gib": max(peaks) if on_gpu else None, "peak_gib_per_rank": peaks,
             "device": str(trainer.device), "attention_backend": job["attention_backend"],
-            "loss_chunk": job["loss_chunk"], "activation_checkpointing": job["activation_checkpointing"]}
+            "loss_chunk": job["loss_chunk"], "activation_checkpointing": job["activation_checkpointing"],
+            "config_overrides": job["config_overrides"]}
 
 
 def run_worker(job: dict[str, Any]) -> int:
@@ -302,6 +320,7 @@ def setting_job(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "compile": setting["compile"] and args.compile == "auto",
             "seq_len": parse_size(args.long_context) if long else args.seq_len,
             "warmup_seq_len": parse_size(args.long_warmup_context) if long else None,
+            "config_overrides": parse_overrides(args.long_set) if long else {},
             "steps": args.long_steps if long else args.steps, "warmup": args.warmup,
             "attention_backend": "auto" if long else flat_backend,
             "loss_chunk": args.loss_chunk if on_gpu and not long else 0,
