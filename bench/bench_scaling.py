@@ -49,6 +49,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -297,6 +298,9 @@ def spawn(job: dict[str, Any], ranks: int, timeout: float, log: Path) -> dict[st
         except subprocess.TimeoutExpired:
             kill_tree(process)
             return {**base, "error": f"timed out after {timeout:.0f} s"}
+        except BaseException:  # stopped: the job's ranks must not outlive the launcher
+            kill_tree(process)
+            raise
         results = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("rank-*.json"))]
     errors = [f"rank {result['rank']}: {result['error']}" for result in results if "error" in result]
     rows = [result["row"] for result in results if result.get("rank") == 0 and "row" in result]
@@ -378,6 +382,15 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return payload
 
 
+class Stopped(Exception):
+    """SIGTERM (e.g. ``timeout`` around the launcher): the job in progress is killed, the rows
+    so far are written."""
+
+
+def raise_stopped(signal_number: int, frame: Any) -> None:
+    raise Stopped()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
@@ -392,28 +405,44 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if args.from_json:
         payload = read_json(args.from_json, "--from-json")
-        rows = payload["rows"]
-    else:
-        import torch
+        finish(payload, payload["rows"], reference, args, args.out and args.out / "compared.json")
+        return 0
+    import torch
 
-        rows = []
-        deadline = started + args.budget
+    signal.signal(signal.SIGTERM, raise_stopped)
+    payload = {"environment": {**describe_environment(), "gpu_count": torch.cuda.device_count(),
+                               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+               "command": shlex.join([sys.executable, *sys.argv]), "world_size": args.nproc_per_node,
+               "arguments": {key: str(value) for key, value in vars(args).items()}, "complete": False}
+    rows: list[dict[str, Any]] = []
+    deadline = started + args.budget
+    path = args.out and args.out / "scaling.json"
+    try:
         for name in names:
             rows.append(run_setting(name, args, deadline))
             print_table(rows[-1:], COLUMNS)
-        payload = {"environment": {**describe_environment(), "gpu_count": torch.cuda.device_count(),
-                                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
-                   "command": shlex.join([sys.executable, *sys.argv]), "world_size": args.nproc_per_node,
-                   "arguments": {key: str(value) for key, value in vars(args).items()}}
+            payload["wall_s"] = time.monotonic() - started
+            if path:  # what is measured so far survives a kill of the launcher
+                write_json(path, {**payload, "rows": rows})
+    except (Stopped, KeyboardInterrupt):
+        rows += [{"setting": name, "error": "not run (stopped by a signal)"} for name in names[len(rows):]]
+    payload.update(complete=True, wall_s=time.monotonic() - started)
+    finish(payload, rows, reference, args, path)
+    return 0
+
+
+def finish(payload: dict[str, Any], rows: list[dict[str, Any]], reference: dict[str, Any] | None,
+           args: argparse.Namespace, path: Path | None) -> None:
+    """Efficiencies (with a reference), the table, the JSON. Rows read back with --from-json go
+    into compared.json, beside the run's own scaling.json, never over it."""
     if reference is not None:
         add_efficiency(rows, reference)
         payload["reference"] = {"path": str(args.compare_to), "world_size": reference.get("world_size"),
                                 "environment": reference.get("environment")}
-    payload.update(rows=rows, wall_s=payload.get("wall_s", time.monotonic() - started))
+    payload["rows"] = rows
     print_table(rows, COLUMNS, title=f"training throughput on {payload.get('world_size')} rank(s)")
-    if args.out:  # a run's rows; rows read back with --from-json go beside them, never over them
-        write_json(args.out / ("compared.json" if args.from_json else "scaling.json"), payload)
-    return 0
+    if path:
+        write_json(path, payload)
 
 
 if __name__ == "__main__":

@@ -93,19 +93,23 @@ class Check:
     def record(self, name: str, passed: bool, detail: str, **facts: Any) -> bool:
         self.stages.append({"stage": name, "passed": passed, "detail": detail, **facts})
         print(f"{'PASS' if passed else 'FAIL'} {name}: {detail}", flush=True)
+        self.save(passed=False, complete=False)  # the stages so far survive a kill of the check
         return passed
 
-    def write(self) -> bool:
+    def save(self, passed: bool, complete: bool) -> None:
+        write_json(self.args.out / "check.json", {
+            "passed": passed, "complete": complete, "stages": self.stages, "environment": describe_environment(),
+            "command": shlex.join([sys.executable, *sys.argv]), "world_size": self.args.nproc_per_node,
+            "resume_world_size": self.args.resume_nproc, "wall_s": time.monotonic() - self.started,
+            "arguments": {key: str(value) for key, value in vars(self.args).items()}})
+
+    def write(self, why_not_run: str = "not run (an earlier stage failed)") -> bool:
         passed = len(self.stages) == len(STAGES) and all(stage["passed"] for stage in self.stages)
         done = {stage["stage"] for stage in self.stages}
         for name in STAGES:
             if name not in done:
-                self.record(name, False, "not run (an earlier stage failed)")
-        write_json(self.args.out / "check.json", {
-            "passed": passed, "stages": self.stages, "environment": describe_environment(),
-            "command": shlex.join([sys.executable, *sys.argv]), "world_size": self.args.nproc_per_node,
-            "resume_world_size": self.args.resume_nproc, "wall_s": time.monotonic() - self.started,
-            "arguments": {key: str(value) for key, value in vars(self.args).items()}})
+                self.record(name, False, why_not_run)
+        self.save(passed, complete=True)
         print(f"{'PASS' if passed else 'FAIL'} multi-GPU check: "
               f"{sum(stage['passed'] for stage in self.stages)}/{len(STAGES)} stages passed", flush=True)
         return passed
@@ -144,6 +148,9 @@ def run_logged(command: list[str], log: Path, timeout: float) -> tuple[int | Non
         except subprocess.TimeoutExpired:
             kill_tree(process)
             returncode = None
+        except BaseException:  # stopped: the command must not outlive the check
+            kill_tree(process)
+            raise
     return returncode, log.read_text(errors="replace")
 
 
@@ -288,10 +295,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     check = Check(args)
-    from_step = train_and_kill(args, check)
-    if from_step is not None and resume(args, check, from_step) and export(args, check):
-        evaluate(args, check)
+    signal.signal(signal.SIGTERM, raise_stopped)
+    try:
+        from_step = train_and_kill(args, check)
+        if from_step is not None and resume(args, check, from_step) and export(args, check):
+            evaluate(args, check)
+    except (Stopped, KeyboardInterrupt):
+        return 0 if check.write("not run (the check was stopped by a signal)") else 1
     return 0 if check.write() else 1
+
+
+class Stopped(Exception):
+    """SIGTERM (e.g. ``timeout`` around the check): the command in progress is killed."""
+
+
+def raise_stopped(signal_number: int, frame: Any) -> None:
+    raise Stopped()
 
 
 if __name__ == "__main__":

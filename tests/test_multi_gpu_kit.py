@@ -95,3 +95,15 @@ def test_multi_gpu_check_passes_every_stage_on_cpu(tmp_path):
     # a second check into the same folder is refused rather than mixed with the first
     again = run_script("multi_gpu_check.py", "--out", str(out), check=False)
     assert again.returncode == 2 and "choose an empty --out" in again.stderr
+
+
+def test_multi_gpu_check_reports_a_failed_stage(tmp_path):
+    """A run that cannot start fails the train stage; the later stages are reported as not run,
+    and the exit status says the check failed."""
+    out = tmp_path / "check"
+    done = run_script("multi_gpu_check.py", "--train-args", "--set num_layers=0", "--out", str(out), check=False)
+    summary = json.loads((out / "check.json").read_text())
+    assert done.returncode == 1 and not summary["passed"]
+    assert [(stage["stage"], stage["passed"]) for stage in summary["stages"]] == [
+        ("train", False), ("kill", False), ("resume", False), ("export", False), ("eval", False)]
+    assert "before the kill point" in summary["stages"][0]["detail"] and "0/5 stages passed" in done.stdout
