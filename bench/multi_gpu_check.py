@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's omnibyte
 from common import describe_environment, descendants, kill_tree, process_alive, write_json  # noqa: E402
 
+from omnibyte.fileio import atomic_write_bytes  # noqa: E402
 from omnibyte.train.sharded_checkpoint import TRAINER_JSON, checkpoint_folders  # noqa: E402
 
 
@@ -97,11 +98,15 @@ class Check:
         return passed
 
     def save(self, passed: bool, complete: bool) -> None:
-        write_json(self.args.out / "check.json", {
+        payload = {
             "passed": passed, "complete": complete, "stages": self.stages, "environment": describe_environment(),
             "command": shlex.join([sys.executable, *sys.argv]), "world_size": self.args.nproc_per_node,
             "resume_world_size": self.args.resume_nproc, "wall_s": time.monotonic() - self.started,
-            "arguments": {key: str(value) for key, value in vars(self.args).items()}})
+            "arguments": {key: str(value) for key, value in vars(self.args).items()}}
+        if complete:
+            write_json(self.args.out / "check.json", payload)
+        else:  # quietly, after every stage
+            atomic_write_bytes(self.args.out / "check.json", (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
     def write(self, why_not_run: str = "not run (an earlier stage failed)") -> bool:
         passed = len(self.stages) == len(STAGES) and all(stage["passed"] for stage in self.stages)
