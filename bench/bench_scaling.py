@@ -243,7 +243,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             "peak_gib": max(peaks) if on_gpu else None, "peak_gib_per_rank": peaks,
             "device": str(trainer.device), "attention_backend": job["attention_backend"],
             "loss_chunk": job["loss_chunk"], "activation_checkpointing": job["activation_checkpointing"],
-            "config_overrides": job["config_overrides"]}
+            "config_overrides": job["config_overrides"],
+            "environment": describe_environment(trainer.device)}  # the launcher keeps one, drops the rest
 
 
 def run_worker(job: dict[str, Any]) -> int:
@@ -410,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     signal.signal(signal.SIGTERM, raise_stopped)
-    payload = {"environment": {**describe_environment(), "gpu_count": torch.cuda.device_count(),
+    # the GPU is described by a job's rank 0: a CUDA context in the launcher would hold memory
+    # on GPU 0 while the jobs run
+    payload = {"environment": {**describe_environment("cpu"), "gpu_count": torch.cuda.device_count(),
                                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
                "command": shlex.join([sys.executable, *sys.argv]), "world_size": args.nproc_per_node,
                "arguments": {key: str(value) for key, value in vars(args).items()}, "complete": False}
@@ -420,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             rows.append(run_setting(name, args, deadline))
+            if "environment" in rows[-1]:
+                payload["environment"].update(rows[-1].pop("environment"))
             print_table(rows[-1:], COLUMNS)
             payload["wall_s"] = time.monotonic() - started
             if path:  # what is measured so far survives a kill of the launcher

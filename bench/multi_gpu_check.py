@@ -99,7 +99,9 @@ class Check:
 
     def save(self, passed: bool, complete: bool) -> None:
         payload = {
-            "passed": passed, "complete": complete, "stages": self.stages, "environment": describe_environment(),
+            "passed": passed, "complete": complete, "stages": self.stages,
+            # described last: a CUDA context here would hold GPU memory while the ranks run
+            "environment": describe_environment() if complete else None,
             "command": shlex.join([sys.executable, *sys.argv]), "world_size": self.args.nproc_per_node,
             "resume_world_size": self.args.resume_nproc, "wall_s": time.monotonic() - self.started,
             "arguments": {key: str(value) for key, value in vars(self.args).items()}}
