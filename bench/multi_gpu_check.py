@@ -108,7 +108,8 @@ class Check:
         if complete:
             write_json(self.args.out / "check.json", payload)
         else:  # quietly, after every stage
-            atomic_write_bytes(self.args.out / "check.json", (json.dumps(payload, indent=2, default=str) + "\n").encode())
+            text = json.dumps(payload, indent=2, default=str) + "\n"
+            atomic_write_bytes(self.args.out / "check.json", text.encode())
 
     def write(self, why_not_run: str = "not run (an earlier stage failed)") -> bool:
         passed = len(self.stages) == len(STAGES) and all(stage["passed"] for stage in self.stages)
