@@ -10,8 +10,10 @@ the others), and a job past ``--setting-timeout`` is killed with every rank. No 
 once ``--budget`` seconds are spent; the rest are listed as skipped. Each job's output is kept
 under ``OUT/logs/``.
 
-On N GPUs (here 8; about 7 minutes, most of it compiling), then on one GPU for the reference:
-    python bench/bench_scaling.py --nproc-per-node 8 --out $OUT/n8
+On N GPUs (here 8; never run on a GPU yet: ``--budget 420`` keeps a device call under 10
+minutes whatever the compile times are), then on one GPU for the reference
+(docs/distributed.md, "Making the multi-GPU runs", has the device calls for 2, 4 and 8 GPUs):
+    python bench/bench_scaling.py --nproc-per-node 8 --budget 420 --out $OUT/n8
     CUDA_VISIBLE_DEVICES=0 python bench/bench_scaling.py --nproc-per-node 1 --out $OUT/n1
 Scaling efficiency (throughput per GPU over the one-GPU throughput of the same setting), now or
 later without a GPU:
@@ -24,7 +26,7 @@ CPU smoke test (gloo, tiny presets, 128-byte windows, no compile; about a minute
 The settings (``--settings``, in the order they run):
 
 * ``base-fsdp`` / ``base-ddp``: flat ``--base-preset`` (``base``) at ``--seq-len`` (8192),
-  ``--batch base-fsdp=8`` windows per rank; compiled as the trainer compiles (FSDP: each block;
+  8 windows per rank (``--batch base-fsdp=4`` changes it); compiled as the trainer compiles (FSDP: each block;
   DDP: the whole training module), cuDNN attention and the chunked loss on CUDA (the settings
   of the best single-GPU MFU in bench/RESULTS.md);
 * ``1b-fsdp`` / ``1b-ddp``: flat ``--big-preset`` (``1b``), the batches tried largest first
