@@ -104,3 +104,48 @@ def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
     print(f"wrote {path}")
+
+
+# ---- process trees (torchrun's ranks run in sessions of their own) ---------------------------
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, children first, read from /proc (Linux). torchrun's ranks
+    run in sessions of their own, so killing the launcher's process group would miss them."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in children.get(parent, [])]
+        found += frontier
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its parent)."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split() or ["Z"])[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_tree(process, wait_s: float = 30.0) -> None:
+    """SIGKILL a ``subprocess.Popen`` and everything below it, then wait until they are gone."""
+    import os
+    import signal
+
+    pids = [process.pid, *descendants(process.pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    deadline = time.time() + wait_s
+    while time.time() < deadline and any(process_alive(pid) for pid in pids[1:]):
+        time.sleep(0.05)
