@@ -326,3 +326,19 @@ def test_streams_made_on_the_gpu_decode_here():
         assert hashlib.sha256(data).hexdigest() == entry["input_sha256"] and len(data) == entry["input_bytes"]
         coded += int((~header.raw_flags()).sum())
     assert coded >= 5  # most text chunks were range-coded, so the model's frequencies were used
+
+
+def test_a_dense_integer_step_equals_the_masked_step(integer):
+    """Rows of equal length step without the mask's two selects: the same integers."""
+    from omnibyte.models.layers import KVCache
+
+    tokens = tokens_of(word_text(40, seed=7)).repeat(2, 1)
+    caches = [KVCache(integer.stack_config, 2, dtype=torch.float64, max_len=64) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            integer.hidden(tokens[:, :30], cache, torch.ones(2, 30, dtype=torch.bool), 30)
+        one_each = torch.ones(2, 1, dtype=torch.bool)
+        for t in range(30, 40):
+            masked = integer.hidden(tokens[:, t : t + 1], caches[0], one_each, t + 1, dense=False)
+            dense = integer.hidden(tokens[:, t : t + 1], caches[1], one_each, t + 1, dense=True)
+            assert torch.equal(masked, dense)

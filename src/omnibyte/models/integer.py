@@ -380,11 +380,12 @@ class IntegerAttention(nn.Module):
         queries = qk[:, :, :heads].view(batch, length, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
         scores = arithmetic.product(queries.reshape(batch, kv_heads, group * length, head_dim), keys.transpose(-1, -2))
         scores = shift_round(scores.view(batch, kv_heads, group, length, -1) * self.score_multiplier, self.score_shift)
-        allowed = (write.mask == 0).unsqueeze(1)  # [B, 1, 1, T, S]
-        lowest = torch.iinfo(torch.int64).min // 2
-        scores = torch.where(allowed, scores, lowest)
+        allowed = None if write.mask is None else (write.mask == 0).unsqueeze(1)  # [B, 1, 1, T, S]
+        if allowed is not None:  # None: every visible slot is allowed (a dense step)
+            scores = torch.where(allowed, scores, torch.iinfo(torch.int64).min // 2)
         weights = arithmetic.exp(scores.amax(-1, keepdim=True) - scores, ATTENTION_WEIGHT_BITS)
-        weights = torch.where(allowed, weights, 0)
+        if allowed is not None:
+            weights = torch.where(allowed, weights, 0)
         numerator = arithmetic.product(weights.view(batch, kv_heads, group * length, -1), values)
         numerator = numerator.view(batch, kv_heads, group, length, head_dim)
         denominator = weights.sum(-1, keepdim=True)  # >= 2**16: the largest weight is exp(0)
@@ -523,9 +524,11 @@ class IntegerFlatModel(nn.Module):
             hasher.update(tensor.numpy().astype("<i8").tobytes())
         return hasher.digest()
 
-    def hidden(self, tokens: torch.Tensor, cache: KVCache, valid: torch.Tensor, visible: int | None) -> torch.Tensor:
-        """Final-norm hidden states [B, T, D] of ``tokens`` appended to ``cache``."""
-        write = cache.prepare(valid, visible)
+    def hidden(self, tokens: torch.Tensor, cache: KVCache, valid: torch.Tensor, visible: int | None,
+               dense: bool = False) -> torch.Tensor:
+        """Final-norm hidden states [B, T, D] of ``tokens`` appended to ``cache`` (``dense``:
+        ``KVCache.prepare``)."""
+        write = cache.prepare(valid, visible, dense=dense)
         x = self.embed[tokens]
         for index, layer in enumerate(self.layers):
             x = layer(x, self.arithmetic, write, index)
@@ -563,12 +566,13 @@ class IntegerDecoder(Decoder):
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.one_each = torch.ones(batch_size, 1, dtype=torch.bool, device=self.device)
         self.visible: int | None = None
+        self.dense = False  # an eager step with every row of the same length: no mask
         self.steps = GraphSteps({"step": self._static_step}, fast and self.device.type == "cuda")
         self.steps.capture(prepare=self.cache.reset)
         self.cache.reset()
 
     def _static_step(self) -> torch.Tensor:
-        hidden = self.model.hidden(self.tokens[:, None], self.cache, self.one_each, self.visible)
+        hidden = self.model.hidden(self.tokens[:, None], self.cache, self.one_each, self.visible, self.dense)
         return self.model.frequencies(hidden[:, -1])
 
     def _pieces(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> Iterator[torch.Tensor]:
@@ -595,6 +599,7 @@ class IntegerDecoder(Decoder):
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)
         self.visible = None if self.fast else int(self.lengths.max()) + 1
+        self.dense = self.visible is not None and int(self.lengths.min()) + 1 == self.visible
         return self.steps.run("step")
 
     def _reset(self, rows: torch.Tensor) -> None:
