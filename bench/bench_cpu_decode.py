@@ -6,6 +6,8 @@ shown apart; A/B against an older omnibyte in the same run.
     git worktree add --detach /tmp/before <old commit>
     python bench/bench_cpu_decode.py --before /tmp/before/src --out bench/results/cpu_decode
 
+The API rows' models are trained briefly on the input (``--train-steps``), so that their chunks
+are range-coded (an untrained model stores them raw, and decompression never runs it).
 Every measurement runs in a fresh process whose ``PYTHONPATH`` is either this checkout's
 ``src`` ("after") or ``--before`` ("before"), alternating, so both see the same machine load.
 Every API row is a checked round trip; the time is the best of ``--repeats`` runs (the
@@ -31,7 +33,8 @@ from common import print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = dict(hidden_size=128, num_layers=4, num_query_heads=4, num_key_value_heads=2)
-API_COLUMNS = ["version", "model", "chunk", "rows", "threads", "compress_KBps", "decompress_KBps", "note"]
+API_COLUMNS = ["version", "model", "chunk", "rows", "threads", "bits_per_byte", "compress_KBps", "decompress_KBps",
+               "note"]
 CLI_COLUMNS = ["version", "file_bytes", "numerics", "chunk", "rows", "startup_s", "compress_s", "compress_KBps",
                "decompress_s", "decompress_KBps", "bits_per_byte"]
 
@@ -44,18 +47,41 @@ def default_input() -> bytes:
 
 # ---- child: one API measurement in a fresh process ---------------------------------------------
 
+def train_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train ``tiny`` or the demo model briefly on the input and save it: an untrained model
+    stores every chunk raw, and decompression would then never run it."""
+    import omnibyte  # noqa: F401
+    import torch
+
+    from omnibyte import save_model
+    from omnibyte.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("flat", "tiny", **(DEMO_MODEL if spec["model"] == "demo" else {}))
+    data = torch.frombuffer(bytearray(Path(spec["input"]).read_bytes()), dtype=torch.uint8).long()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    window, batch = 256, 16
+    for _ in range(spec["steps"]):
+        starts = torch.randint(0, len(data) - window - 1, (batch,))
+        rows = torch.stack([data[start : start + window + 1] for start in starts.tolist()])
+        loss = model.loss(rows[:, :-1], rows[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    save_model(model.eval(), spec["out"])
+    return {"loss_bits": float(loss) / 0.6931471805599453}
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import omnibyte  # noqa: F401 (its CPU settings first)
     import torch
 
+    from omnibyte import load_model
     from omnibyte.apps import compress as codec
     from omnibyte.apps.container import unpack
-    from omnibyte.models import build_model
 
     torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    overrides = DEMO_MODEL if spec["model"] == "demo" else {}
-    model = build_model("flat", "tiny", **overrides).eval()
+    model = load_model(spec["model_dir"]).eval()
     data = Path(spec["input"]).read_bytes()
     best_compress = best_decompress = float("inf")
     blob = b""
@@ -68,7 +94,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         assert restored == data, "round trip failed"
         best_compress, best_decompress = min(best_compress, middle - start), min(best_decompress, end - middle)
     settings = unpack(blob).settings
-    return {"chunk": settings.chunk_size, "rows": settings.batch_size, "compress_s": best_compress,
+    return {"chunk": settings.chunk_size, "rows": settings.batch_size, "bits_per_byte": 8 * len(blob) / len(data),
+            "compress_s": best_compress,
             "decompress_s": best_decompress, "compress_KBps": len(data) / 1e3 / best_compress,
             "decompress_KBps": len(data) / 1e3 / best_decompress}
 
@@ -149,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli-sizes", default="8192,100000", help="file sizes of the CLI rows (bytes)")
     parser.add_argument("--cli-repeats-above", type=int, default=50_000,
                         help="CLI files larger than this run once, compress only for 'before'")
+    parser.add_argument("--train-steps", type=int, default=150, help="training steps of the API rows' models")
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--skip-cli", action="store_true")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        spec = json.loads(args.child)
+        print(json.dumps(train_child(spec) if "steps" in spec else child(spec)))
         return 0
     if args.out is None:
         parser.error("--out is required")
@@ -166,12 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_api:
         api_input = work / "api_input.bin"
         api_input.write_bytes((data * (1 + args.api_bytes // len(data)))[: args.api_bytes])
+        model_dirs = {}
+        for model in ("tiny", "demo"):  # trained once (by this checkout), loaded by both versions
+            model_dirs[model] = work / f"model_{model}"
+            trained = run_child(ROOT / "src", {"model": model, "steps": args.train_steps, "input": str(api_input),
+                                               "out": str(model_dirs[model])})
+            payload.setdefault("training", {})[model] = {"steps": args.train_steps, **trained}
         grid = [(model, chunk, rows, 1) for model in ("tiny", "demo")
                 for chunk, rows in ((None, None), (256, 128), (128, 256))] + [("tiny", None, None, 2)]
         for model, chunk, rows, threads in grid:
             for version, src in versions:
-                spec = {"model": model, "chunk": chunk, "rows": rows, "threads": threads, "repeats": args.repeats,
-                        "input": str(api_input)}
+                spec = {"model_dir": str(model_dirs[model]), "chunk": chunk, "rows": rows, "threads": threads,
+                        "repeats": args.repeats, "input": str(api_input)}
                 row = {"version": version, "model": model, "threads": threads,
                        "note": "default layout" if chunk is None else "explicit", **run_child(src, spec)}
                 payload["api"].append(row)
