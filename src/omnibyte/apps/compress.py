@@ -160,11 +160,38 @@ def _stepping(model: ByteModel, settings: CodingSettings, max_len: int,
     was_training = model.training
     model.eval()
     try:
-        with numerics(settings), _no_grad(adapt is not None):
+        with numerics(settings), _no_grad(adapt is not None), coding_threads(settings.device):
             adapter = _Adapter(model, settings, adapt) if adapt else None
             yield _BatchStepper(model, settings, max_len, adapter)
     finally:
         model.train(was_training)
+
+
+# intra-op threads of CPU coding. A step is a few hundred small operations; on the 2-core VM with
+# one busy neighbour, every parallel region waited for a descheduled thread: a 16 x 320 int8
+# product took 7.8 ms on 2 threads against 62 us on one, and `tiny` coded at 3.5 KB/s on 2
+# threads against 12.8 on one (bench/RESULTS.md, *CPU decoding speed*). The results do not
+# depend on the count (MKL's conditional reproducibility; every other kernel reduces each row on
+# one thread), so streams decode whatever count either side ran. ``OMP_NUM_THREADS`` overrides.
+CPU_CODING_THREADS = 1
+
+
+@contextlib.contextmanager
+def coding_threads(device_type: str) -> Iterator[None]:
+    """One intra-op thread while coding on the CPU (``CPU_CODING_THREADS``, or ``OMP_NUM_THREADS``
+    when set), restored after."""
+    if device_type != "cpu":
+        yield
+        return
+    saved = torch.get_num_threads()
+    wanted = CPU_CODING_THREADS
+    with contextlib.suppress(ValueError):
+        wanted = max(1, int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0]))
+    torch.set_num_threads(min(saved, wanted))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _no_grad(adapting: bool):
