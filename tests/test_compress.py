@@ -691,8 +691,8 @@ def test_cli_full_disk_broken_pipe_and_closed_stdin_are_one_line(model_dir, tmp_
 
 def test_cpu_coding_runs_on_one_thread_and_streams_do_not_depend_on_the_count(text_model, monkeypatch):
     """CPU coding steps on ``CPU_CODING_THREADS`` intra-op threads and restores the caller's
-    count; the float stream is the same whatever the count, so a stream made on 2 threads (the
-    previous default on a 2-core machine) decodes on 1."""
+    count; the float stream is the same whatever the count, so a stream made on 2 threads
+    decodes on 1."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     data = text(3000, seed=4)
     saved = torch.get_num_threads()

@@ -167,26 +167,27 @@ def _stepping(model: ByteModel, settings: CodingSettings, max_len: int,
         model.train(was_training)
 
 
-# intra-op threads of CPU coding. A step is a few hundred small operations; on the 2-core VM with
-# one busy neighbour, every parallel region waited for a descheduled thread: a 16 x 320 int8
-# product took 7.8 ms on 2 threads against 62 us on one, and `tiny` coded at 3.5 KB/s on 2
-# threads against 12.8 on one (bench/RESULTS.md, *CPU decoding speed*). The results do not
-# depend on the count (MKL's conditional reproducibility; every other kernel reduces each row on
-# one thread), so streams decode whatever count either side ran. ``OMP_NUM_THREADS`` overrides.
-CPU_CODING_THREADS = 1
+# intra-op threads of CPU coding (0: the process's own count, ``configure_cpu_threads``). One
+# thread wins next to a busy neighbour, where every parallel region of a small step waits for a
+# descheduled thread (a 16 x 320 int8 product: 7.8 ms on 2 threads, 62 us on one; `tiny` 3.5
+# against 12.8 KB/s), and loses on a quiet machine (the built-in model on 100 KB: 222 s on one
+# thread, 175 s on two): bench/RESULTS.md, *CPU decoding speed*. Results do not depend on the
+# count (MKL's conditional reproducibility; every other kernel reduces each row on one thread),
+# so streams decode whatever count either side ran. ``OMP_NUM_THREADS`` overrides.
+CPU_CODING_THREADS = 0
 
 
 @contextlib.contextmanager
 def coding_threads(device_type: str) -> Iterator[None]:
-    """One intra-op thread while coding on the CPU (``CPU_CODING_THREADS``, or ``OMP_NUM_THREADS``
-    when set), restored after."""
-    if device_type != "cpu":
-        yield
-        return
-    saved = torch.get_num_threads()
+    """``CPU_CODING_THREADS`` intra-op threads while coding on the CPU (or ``OMP_NUM_THREADS``
+    when set; never more than the process has), restored after."""
     wanted = CPU_CODING_THREADS
     with contextlib.suppress(ValueError):
         wanted = max(1, int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0]))
+    if device_type != "cpu" or not wanted:
+        yield
+        return
+    saved = torch.get_num_threads()
     torch.set_num_threads(min(saved, wanted))
     try:
         yield
