@@ -687,3 +687,32 @@ def test_cli_full_disk_broken_pipe_and_closed_stdin_are_one_line(model_dir, tmp_
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert_one_line_failure(result, "stdin")
     assert not (tmp_path / "out.omb").exists()
+
+
+def test_cpu_coding_runs_on_one_thread_and_streams_do_not_depend_on_the_count(text_model, monkeypatch):
+    """CPU coding steps on ``CPU_CODING_THREADS`` intra-op threads and restores the caller's
+    count; the float stream is the same whatever the count, so a stream made on 2 threads
+    decodes on 1."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    data = text(3000, seed=4)
+    saved = torch.get_num_threads()
+    seen = []
+    real_step = codec._BatchStepper.__call__
+
+    def recording_step(self, tokens):
+        seen.append(torch.get_num_threads())
+        return real_step(self, tokens)
+
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(codec, "CPU_CODING_THREADS", 2)
+        on_two = codec.compress(data, text_model, 200, 8, numerics="float")
+        monkeypatch.setattr(codec, "CPU_CODING_THREADS", 1)
+        monkeypatch.setattr(codec._BatchStepper, "__call__", recording_step)
+        on_one = codec.compress(data, text_model, 200, 8, numerics="float")
+        assert set(seen) == {1}
+        assert torch.get_num_threads() == 2  # restored
+        assert on_one == on_two
+        assert codec.decompress(on_two, text_model) == data
+    finally:
+        torch.set_num_threads(saved)

@@ -1,6 +1,6 @@
 """Integer numerics (``omnibyte.models.integer``, ``compress(..., numerics="integer")``): exact
 round trips, cached = full forward, batched = one by one, the float64 product path (what CUDA
-runs) = the int64 one, close to the float model, refusals, and streams made on the GPU
+runs) = the int64 one = the CPU's int8 one, close to the float model, refusals, and streams made on the GPU
 (tests/fixtures/integer, from bench/make_integer_fixtures.py) decoding here on the CPU."""
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from omnibyte.apps import container
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import BOS, build_model
-from omnibyte.models.integer import (IntegerFlatModel, bit_length, integer_model, isqrt, narrow, shift_round)
+from omnibyte.models.integer import (IntegerFlatModel, bit_length, int8_linear, int8_products_exact, integer_model,
+                                     isqrt, narrow, shift_round)
 from omnibyte.models.serialization import save_model
 from helpers import one_thread, train_briefly, word_text  # noqa: F401 (one_thread is a fixture)
 
@@ -121,6 +122,30 @@ def test_int64_products_equal_float64_products(text_model):
     tokens = tokens_of(word_text(120, seed=5) + bytes(range(0, 256, 9)))
     assert torch.equal(by_float(tokens), by_int(tokens))
     assert by_float.fingerprint() == by_int.fingerprint()
+
+
+@pytest.mark.skipif(not int8_products_exact(), reason="this CPU's int8 kernel is not exact: float64 products run")
+def test_int8_products_equal_int64_products(text_model):
+    """The CPU's int8 products (two int8 halves per mantissa, int32 sums) give the exact integers,
+    on the mantissas' extremes (32,640 and up need the extra row) and in a whole model."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randint(-127, 128, (896, 40), generator=generator)
+    weight[:, 0], weight[:, 1] = 127, -127
+    edges = torch.tensor([2**15, -2**15, 32640, 32639, -32640, -32641, 127, 128, -128, -129, 0, 255, 256])
+    mantissa = torch.randint(-2**15, 2**15 + 1, (7, 3, 896), generator=generator)
+    mantissa[0, 0] = 2**15
+    mantissa[0, 1] = -2**15
+    mantissa[1, :, : len(edges)] = edges
+    got = int8_linear(mantissa, weight.to(torch.int8))
+    assert torch.equal(got, mantissa @ weight)
+    no_high = mantissa.clamp(-32000, 32000)  # the path without the extra row
+    assert torch.equal(int8_linear(no_high, weight.to(torch.int8)), no_high @ weight)
+    by_int8 = integer_model(text_model, matmul="int8")
+    by_int = integer_model(text_model, matmul="int64")
+    tokens = tokens_of(word_text(120, seed=5) + bytes(range(0, 256, 9)))
+    assert torch.equal(by_int8(tokens), by_int(tokens))
+    assert by_int8.fingerprint() == by_int.fingerprint()
+    assert integer_model(text_model).matmul == "int8"  # the CPU default
 
 
 def test_the_same_float_model_always_quantizes_to_the_same_integers(text_model):
@@ -301,3 +326,19 @@ def test_streams_made_on_the_gpu_decode_here():
         assert hashlib.sha256(data).hexdigest() == entry["input_sha256"] and len(data) == entry["input_bytes"]
         coded += int((~header.raw_flags()).sum())
     assert coded >= 5  # most text chunks were range-coded, so the model's frequencies were used
+
+
+def test_a_dense_integer_step_equals_the_masked_step(integer):
+    """Rows of equal length step without the mask's two selects: the same integers."""
+    from omnibyte.models.layers import KVCache
+
+    tokens = tokens_of(word_text(40, seed=7)).repeat(2, 1)
+    caches = [KVCache(integer.stack_config, 2, dtype=torch.float64, max_len=64) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            integer.hidden(tokens[:, :30], cache, torch.ones(2, 30, dtype=torch.bool), 30)
+        one_each = torch.ones(2, 1, dtype=torch.bool)
+        for t in range(30, 40):
+            masked = integer.hidden(tokens[:, t : t + 1], caches[0], one_each, t + 1, dense=False)
+            dense = integer.hidden(tokens[:, t : t + 1], caches[1], one_each, t + 1, dense=True)
+            assert torch.equal(masked, dense)

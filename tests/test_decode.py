@@ -165,3 +165,31 @@ def test_compiled_generation_gives_the_same_bytes():
         assert model.generate(prompts, max_new_bytes=24, seed=3, fast=True, compile=True, **options) == plain
     decoder = model.decoder(1, 32, fast=True, compile=True)
     assert decoder.steps.compile_errors == {} and decoder.steps.pieces["step"] != decoder._static_step
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_a_dense_step_without_mask_equals_the_masked_step_bit_for_bit(kv_heads):
+    """Rows of equal length step without an attention mask (``KVCache.prepare(dense=True)``):
+    the same float results as with the all-zero mask, so float CPU streams made before still
+    decode; and the eager decoder takes that path only while the rows are of equal length."""
+    model = tiny(num_key_value_heads=kv_heads)
+    tokens = random_tokens(3, 30, seed=kv_heads)
+    stack = model.transformer
+    with torch.no_grad():
+        caches = [stack.new_cache(3, max_len=40) for _ in range(2)]
+        for cache in caches:
+            stack(model.embed(tokens[:, :20]), cache)
+        one_each = torch.ones(3, 1, dtype=torch.bool)
+        for t in range(20, 30):
+            x = model.embed(tokens[:, t : t + 1])
+            masked = stack(x, caches[0], one_each, t + 1, dense=False)
+            dense = stack(x, caches[1], one_each, t + 1, dense=True)
+            assert torch.equal(masked, dense)
+        decoder = model.decoder(3, 40)
+        decoder.prefill(tokens[:, :10])
+        decoder.step(tokens[:, 10])
+        assert decoder.dense
+        decoder.reset([1])
+        decoder.step(tokens[:, 11])  # rows of 12, 1 and 12 tokens: masked
+        assert not decoder.dense
+        assert not model.decoder(3, 40, fast=True).dense

@@ -160,11 +160,39 @@ def _stepping(model: ByteModel, settings: CodingSettings, max_len: int,
     was_training = model.training
     model.eval()
     try:
-        with numerics(settings), _no_grad(adapt is not None):
+        with numerics(settings), _no_grad(adapt is not None), coding_threads(settings.device):
             adapter = _Adapter(model, settings, adapt) if adapt else None
             yield _BatchStepper(model, settings, max_len, adapter)
     finally:
         model.train(was_training)
+
+
+# intra-op threads of CPU coding (0: the process's own count, ``configure_cpu_threads``). One
+# thread wins next to a busy neighbour, where every parallel region of a small step waits for a
+# descheduled thread (a 16 x 320 int8 product: 7.8 ms on 2 threads, 62 us on one; `tiny` 3.5
+# against 12.8 KB/s), and loses on a quiet machine (the built-in model on 100 KB: 222 s on one
+# thread, 175 s on two): bench/RESULTS.md, *CPU decoding speed*. Results do not depend on the
+# count (MKL's conditional reproducibility; every other kernel reduces each row on one thread),
+# so streams decode whatever count either side ran. ``OMP_NUM_THREADS`` overrides.
+CPU_CODING_THREADS = 0
+
+
+@contextlib.contextmanager
+def coding_threads(device_type: str) -> Iterator[None]:
+    """``CPU_CODING_THREADS`` intra-op threads while coding on the CPU (or ``OMP_NUM_THREADS``
+    when set; never more than the process has), restored after."""
+    wanted = CPU_CODING_THREADS
+    with contextlib.suppress(ValueError):
+        wanted = max(1, int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0]))
+    if device_type != "cpu" or not wanted:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(min(saved, wanted))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _no_grad(adapting: bool):

@@ -175,6 +175,7 @@ class FlatDecoder(Decoder):
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.one_each = torch.ones(batch_size, 1, dtype=torch.bool, device=self.device)
         self.visible: int | None = None  # cache slots an eager step attends to (None: all)
+        self.dense = False  # an eager step where every row holds the same number of tokens: no mask
         use_graph = decoding_mode(self.device, fast, graph, compile)
         self.steps = GraphSteps({"step": self._static_step}, use_graph, compile)
         self.steps.capture(prepare=self.cache.reset)
@@ -183,7 +184,7 @@ class FlatDecoder(Decoder):
     def _static_step(self) -> torch.Tensor:
         model = self.model
         x = model.embed(self.tokens).unsqueeze(1)
-        hidden = model.transformer(x, self.cache, self.one_each, self.visible)
+        hidden = model.transformer(x, self.cache, self.one_each, self.visible, self.dense)
         return model.head(hidden[:, -1])
 
     def _visible(self, longest: int) -> int | None:
@@ -220,6 +221,8 @@ class FlatDecoder(Decoder):
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)
         self.visible = self._visible(int(self.lengths.max()) + 1)
+        # rows of equal length (every step of a compression group) attend without a mask
+        self.dense = self.visible is not None and int(self.lengths.min()) + 1 == self.visible
         return self.steps.run("step")
 
     def _reset(self, rows: torch.Tensor) -> None:

@@ -13,8 +13,12 @@ Why it is exact on any device:
   floor division, arithmetic shifts, clamps, table gathers, integer sums): the same result
   on any hardware and in any reduction order;
 * matrix products (the only thing CUDA has no int64 kernel for) multiply integer-valued
-  tensors. They run as float64 products (``matmul="float64"``, the default) or as int64
-  products (``matmul="int64"``, CPU only, the reference). Every input of a product is bounded
+  tensors. They run as float64 products (``matmul="float64"``, what CUDA runs) or as int64
+  products (``matmul="int64"``, CPU only, the reference); on the CPU the linear layers run as
+  int8 x int8 products with int32 sums (``matmul="int8"``, the CPU default: each 16-bit
+  mantissa split into two int8 halves, ``int8_linear``), exact as long as no sum leaves int32,
+  which the bounds below guarantee and a check of this machine's int8 kernel confirms
+  (``int8_products_exact``). Every input of a product is bounded
   (below), so every partial sum, in ANY summation order, is an integer of magnitude below
   2**53, which float64 represents exactly: the float64 result is the exact integer result.
   The bounds are checked when the model is built (``_check_exact``).
@@ -75,7 +79,8 @@ GATE_LIMIT = 1 << 31  # SwiGLU inputs saturate at +-2**15 (real), so their produ
 EXACT = 1 << 53  # float64 holds every integer below this exactly
 INT64_LIMIT = 1 << 63
 PRECISION = 24  # the range coder's frequency total is 2**24
-MATMULS = ("float64", "int64")
+MATMULS = ("float64", "int64", "int8")
+INT32_LIMIT = 1 << 31
 
 
 # ---- integer primitives (the same result on every device) ------------------------------
@@ -107,6 +112,60 @@ def narrow(x: torch.Tensor, bits: int = MANTISSA_BITS) -> tuple[torch.Tensor, to
     """Each row (last axis) as ``m * 2**s``: |m| <= 2**bits, ``s`` >= 0 per row ([..., 1])."""
     shift = (bit_length(x.abs().amax(-1, keepdim=True)) - bits).clamp_min(0)
     return shift_round(x, shift), shift
+
+
+def int8_linear(mantissa: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``mantissa @ weight`` exactly, in int64, for int64 ``mantissa`` [..., K] with |m| <= 2**15
+    and int8 ``weight`` [K, N], through int8 products with int32 sums (``torch._int_mm``,
+    CPU): m = 256 * high + low with low in [-128, 127] and high in [-128, 128]; a high of 128
+    (m >= 32,640) is coded as 127 plus an ``over`` row of ones, multiplied only when present.
+    Every sum is at most 128 * 127 * K in magnitude: exact in int32 for K < 2**17."""
+    flat = mantissa.reshape(-1, mantissa.shape[-1])
+    high = (flat + 128) >> 8
+    low = flat - (high << 8)
+    over = high > 127
+    rows = flat.shape[0]
+    halves = torch.cat((high.clamp_max(127), low)).to(torch.int8)
+    sums = torch._int_mm(halves, weight).to(torch.int64)
+    total = (sums[:rows] << 8) + sums[rows:]
+    if bool(over.any()):  # rare: a mantissa of 32,640 or more
+        total += torch._int_mm(over.to(torch.int8), weight).to(torch.int64) << 8
+    return total.view(*mantissa.shape[:-1], weight.shape[1])
+
+
+@functools.lru_cache(maxsize=None)
+def int8_products_exact() -> bool:
+    """Whether this machine's int8 product kernel (``torch._int_mm`` on the CPU) gives exact
+    int32 sums on the extreme inputs ``int8_linear`` can feed it. Some kernels (int8 ones
+    without VNNI that add pairs in saturating int16) are not exact there; integer numerics
+    then use float64 products, which give the same integers."""
+    if not hasattr(torch, "_int_mm"):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    width = 1040
+    extremes = torch.tensor([127, -128, 127, 127, -128, -128, 0, 1], dtype=torch.int64)
+    patterns = [extremes.repeat_interleave(width // 8).roll(shift) for shift in range(0, width, 130)]
+    activations = torch.stack(patterns + [torch.full((width,), value) for value in (127, -128)]
+                              + [torch.randint(-128, 128, (width,), generator=generator) for _ in range(6)])
+    weights = torch.stack([torch.full((width,), value) for value in (127, -127, 1)]
+                          + [torch.randint(-127, 128, (width,), generator=generator) for _ in range(13)], dim=1)
+    expected = activations @ weights  # int64, the reference
+    try:
+        for size in (width, 320, 64, 17):
+            got = torch._int_mm(activations[:, :size].to(torch.int8).contiguous(),
+                                weights[:size].to(torch.int8).contiguous())
+            if not torch.equal(got.to(torch.int64), activations[:, :size] @ weights[:size]):
+                return False
+        return torch.equal(torch._int_mm(activations.to(torch.int8), weights.to(torch.int8)).to(torch.int64),
+                           expected)
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def default_matmul(device: str | torch.device | None) -> str:
+    """int8 products on a CPU whose int8 kernel is exact, float64 products elsewhere."""
+    device_type = torch.device(device).type if device is not None else "cpu"
+    return "int8" if device_type == "cpu" and int8_products_exact() else "float64"
 
 
 def isqrt(n: torch.Tensor) -> torch.Tensor:
@@ -160,7 +219,8 @@ class IntegerArithmetic(nn.Module):
 
     def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """a @ b of integer-valued tensors whose partial sums stay below 2**53 (the callers'
-        bounds): exact in float64 in any order, or in int64 (CPU)."""
+        bounds): exact in float64 in any order, or in int64 (CPU). (With ``int8`` products,
+        only the linear layers change: ``IntegerLinear``.)"""
         if self.matmul_kind == "int64":
             return torch.matmul(a.to(torch.int64), b.to(torch.int64))
         return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
@@ -214,13 +274,19 @@ class IntegerLinear(nn.Module):
         _check_exact(f"a {width}-wide product", sum_bound)
         _check_exact("a requantized product", sum_bound * (1 << MULTIPLIER_BITS), INT64_LIMIT)
         self.register_buffer("weight_t", quantized.t().contiguous())  # [in, out], integer-valued
+        # the same integers for int8 products; not in the state dict (nor the fingerprint)
+        self.register_buffer("weight_int8", quantized.t().to(torch.int8).contiguous(), persistent=False)
+        self.int8_ok = 128 * WEIGHT_MAX * width < INT32_LIMIT
         self.register_buffer("multiplier", multiplier)
         self.register_buffer("shift", shift)
         self.dequantized = quantized * scale[:, None]  # CPU float64, for the value bound
 
     def forward(self, x: torch.Tensor, arithmetic: IntegerArithmetic) -> torch.Tensor:
         mantissa, shift = narrow(x)
-        total = arithmetic.product(mantissa, self.weight_t)
+        if arithmetic.matmul_kind == "int8" and self.int8_ok and x.device.type == "cpu":
+            total = int8_linear(mantissa, self.weight_int8)
+        else:
+            total = arithmetic.product(mantissa, self.weight_t)
         return shift_round(total * self.multiplier, self.shift - shift)
 
 
@@ -314,11 +380,12 @@ class IntegerAttention(nn.Module):
         queries = qk[:, :, :heads].view(batch, length, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
         scores = arithmetic.product(queries.reshape(batch, kv_heads, group * length, head_dim), keys.transpose(-1, -2))
         scores = shift_round(scores.view(batch, kv_heads, group, length, -1) * self.score_multiplier, self.score_shift)
-        allowed = (write.mask == 0).unsqueeze(1)  # [B, 1, 1, T, S]
-        lowest = torch.iinfo(torch.int64).min // 2
-        scores = torch.where(allowed, scores, lowest)
+        allowed = None if write.mask is None else (write.mask == 0).unsqueeze(1)  # [B, 1, 1, T, S]
+        if allowed is not None:  # None: every visible slot is allowed (a dense step)
+            scores = torch.where(allowed, scores, torch.iinfo(torch.int64).min // 2)
         weights = arithmetic.exp(scores.amax(-1, keepdim=True) - scores, ATTENTION_WEIGHT_BITS)
-        weights = torch.where(allowed, weights, 0)
+        if allowed is not None:
+            weights = torch.where(allowed, weights, 0)
         numerator = arithmetic.product(weights.view(batch, kv_heads, group * length, -1), values)
         numerator = numerator.view(batch, kv_heads, group, length, head_dim)
         denominator = weights.sum(-1, keepdim=True)  # >= 2**16: the largest weight is exp(0)
@@ -422,10 +489,12 @@ class IntegerFlatModel(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_float(cls, model: BytePredictor, device: str | torch.device | None = None,
-                   matmul: str = "float64") -> "IntegerFlatModel":
-        """Quantize on the CPU (float64), then move to ``device`` (default: the model's)."""
-        integer = cls(model, matmul)
-        return integer.to(device if device is not None else model.device)
+                   matmul: str | None = None) -> "IntegerFlatModel":
+        """Quantize on the CPU (float64), then move to ``device`` (default: the model's);
+        ``matmul`` None: ``default_matmul`` of that device (every kind gives the same integers)."""
+        target = device if device is not None else model.device
+        integer = cls(model, matmul or default_matmul(target))
+        return integer.to(target)
 
     @property
     def matmul(self) -> str:
@@ -455,9 +524,11 @@ class IntegerFlatModel(nn.Module):
             hasher.update(tensor.numpy().astype("<i8").tobytes())
         return hasher.digest()
 
-    def hidden(self, tokens: torch.Tensor, cache: KVCache, valid: torch.Tensor, visible: int | None) -> torch.Tensor:
-        """Final-norm hidden states [B, T, D] of ``tokens`` appended to ``cache``."""
-        write = cache.prepare(valid, visible)
+    def hidden(self, tokens: torch.Tensor, cache: KVCache, valid: torch.Tensor, visible: int | None,
+               dense: bool = False) -> torch.Tensor:
+        """Final-norm hidden states [B, T, D] of ``tokens`` appended to ``cache`` (``dense``:
+        ``KVCache.prepare``)."""
+        write = cache.prepare(valid, visible, dense=dense)
         x = self.embed[tokens]
         for index, layer in enumerate(self.layers):
             x = layer(x, self.arithmetic, write, index)
@@ -498,12 +569,13 @@ class IntegerDecoder(Decoder):
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.one_each = torch.ones(batch_size, 1, dtype=torch.bool, device=self.device)
         self.visible: int | None = None
+        self.dense = False  # an eager step with every row of the same length: no mask
         self.steps = GraphSteps({"step": self._static_step}, fast and self.device.type == "cuda")
         self.steps.capture(prepare=self.cache.reset)
         self.cache.reset()
 
     def _static_step(self) -> torch.Tensor:
-        hidden = self.model.hidden(self.tokens[:, None], self.cache, self.one_each, self.visible)
+        hidden = self.model.hidden(self.tokens[:, None], self.cache, self.one_each, self.visible, self.dense)
         return self.model.frequencies(hidden[:, -1])
 
     def _pieces(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> Iterator[torch.Tensor]:
@@ -530,12 +602,13 @@ class IntegerDecoder(Decoder):
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)
         self.visible = None if self.fast else int(self.lengths.max()) + 1
+        self.dense = self.visible is not None and int(self.lengths.min()) + 1 == self.visible
         return self.steps.run("step")
 
     def _reset(self, rows: torch.Tensor) -> None:
         self.cache.reset(rows)
 
 
-def integer_model(model, device: str | torch.device | None = None, matmul: str = "float64") -> IntegerFlatModel:
+def integer_model(model, device: str | torch.device | None = None, matmul: str | None = None) -> IntegerFlatModel:
     """``IntegerFlatModel.from_float`` (the one-line refusals of ``check_integer_support``)."""
     return IntegerFlatModel.from_float(model, device, matmul)

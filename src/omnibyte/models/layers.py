@@ -228,10 +228,16 @@ class KVCache:
         next write overwrites them."""
         self.lengths.sub_(counts)
 
-    def prepare(self, valid: torch.Tensor, visible: int | None = None, window: int = 0) -> "CacheWrite":
+    def prepare(self, valid: torch.Tensor, visible: int | None = None, window: int = 0,
+                dense: bool = False) -> "CacheWrite":
         """Where ``valid`` [B, T] new tokens go and what each of them may attend to (with
         ``window``, only the last ``window`` positions up to its own); advances ``lengths`` by
-        the valid tokens of every row. Valid tokens of a row must come first."""
+        the valid tokens of every row. Valid tokens of a row must come first.
+
+        ``dense``: the caller knows (on the host) that this is one token for every row and that
+        every row then holds exactly ``visible`` tokens, so every query sees every visible slot
+        and the write carries no mask (None): attention then skips the mask, which on the CPU
+        is most of a one-query step's cost and changes no result (adding zeros)."""
         if valid.shape[1] == 1:  # a decoding step: no running count needed
             positions, added = self.lengths.unsqueeze(1), valid[:, 0].long()
         else:
@@ -243,7 +249,10 @@ class KVCache:
         allowed = keys <= positions.unsqueeze(-1)  # [B, T, visible]
         if window:
             allowed &= keys > positions.unsqueeze(-1) - window
-        mask = torch.where(allowed, 0.0, float("-inf")).to(self.keys.dtype).unsqueeze(1)
+        if dense and valid.shape[1] == 1 and visible is not None and not 0 < window < visible:
+            mask = None
+        else:
+            mask = torch.where(allowed, 0.0, float("-inf")).to(self.keys.dtype).unsqueeze(1)
         write = CacheWrite(self, self.head_offsets + slots.unsqueeze(2), positions.clamp_max(self.capacity - 1),
                            mask, visible)
         self.lengths.add_(added)
@@ -257,12 +266,13 @@ class KVCache:
 class CacheWrite:
     """One cached call's plan, shared by every layer: each new token's row in a cache layer
     flattened to [B * H_kv * (capacity + 1), D], per head ([B, T, H_kv]), its RoPE position
-    [B, T], the additive attention mask [B, 1, T, visible]."""
+    [B, T], the additive attention mask [B, 1, T, visible] (None: every query sees every
+    visible slot, ``KVCache.prepare(dense=True)``)."""
 
     cache: KVCache
     slots: torch.Tensor
     positions: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     visible: int
     rotation: tuple[torch.Tensor, torch.Tensor] | None = None  # RoPE tables, gathered once per call
 
@@ -469,7 +479,7 @@ class TransformerStack(nn.Module):
     row from its cached tokens: ``valid`` [B, T] (default: all) marks the real new tokens of each
     row (first ones first), the rest are computed but neither stored nor attended to. ``visible``
     bounds the attended cache slots (the eager decoder passes the longest row; a captured graph
-    attends over the whole cache, so its shapes never change)."""
+    attends over the whole cache, so its shapes never change); ``dense``: see ``KVCache.prepare``."""
 
     def __init__(self, config: StackConfig):
         super().__init__()
@@ -486,12 +496,13 @@ class TransformerStack(nn.Module):
         cache: KVCache | None = None,
         valid: torch.Tensor | None = None,
         visible: int | None = None,
+        dense: bool = False,
     ) -> torch.Tensor:
         write = None
         if cache is not None:
             if valid is None:
                 valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            write = cache.prepare(valid, visible, self.config.window)
+            write = cache.prepare(valid, visible, self.config.window, dense)
             write.rotation = self.rope.tables(x.shape[1], write.positions)
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
