@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's omnibyte
-from common import H100_BF16_PEAK_FLOPS, describe_environment, print_table, write_json  # noqa: E402
+from common import H100_BF16_PEAK_FLOPS, describe_environment, print_table, time_steps, write_json  # noqa: E402
 
 # other head layouts of the same model size (`base` has 16 query heads of 64, 4 key/value heads)
 HEAD_DIM_32 = dict(num_query_heads=32, num_key_value_heads=8)  # `base` before omnibyte 0.3
@@ -215,22 +215,7 @@ def search_batch(job: dict[str, Any], model, corpus, fields: dict[str, Any], out
 def measure(trainer, job: dict[str, Any], batch: int) -> dict[str, Any]:
     import torch
 
-    def synchronize() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    started = time.perf_counter()
-    for _ in range(job["warmup"]):
-        trainer.train_step()
-    synchronize()
-    warmup_s = time.perf_counter() - started
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(job["steps"]):
-        trainer.train_step()
-    synchronize()
-    step_s = (time.perf_counter() - started) / job["steps"]
+    warmup_s, step_s = time_steps(trainer.train_step, job["warmup"], job["steps"])
     model, seq_len = trainer.model, job["seq_len"]
     bytes_per_s = batch * seq_len / step_s
     flops_per_byte = model.flops_per_byte(seq_len)

@@ -66,6 +66,7 @@ from common import (  # noqa: E402
     describe_environment,
     kill_tree,
     print_table,
+    time_steps,
     write_json,
 )
 
@@ -209,25 +210,12 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     out_dir = tempfile.mkdtemp(prefix="bench_scaling_")  # nothing is saved (save_every 0, no fit)
     trainer = Trainer(build_model(job), corpus, train_config(job, warmup_len), out_dir, progress=False)
 
-    def synchronize() -> None:
-        if on_gpu:
-            torch.cuda.synchronize()
+    def timed_length() -> None:  # the same model, optimizer and parallel wrappers; longer windows
+        if warmup_len != seq_len:
+            trainer.config = train_config(job, seq_len)
+            trainer.sampler = trainer.task.train_batches(corpus, seq_len, job["batch"], 0)
 
-    started = time.perf_counter()
-    for _ in range(job["warmup"]):
-        trainer.train_step()
-    if warmup_len != seq_len:  # the same model, optimizer and parallel wrappers; longer windows
-        trainer.config = train_config(job, seq_len)
-        trainer.sampler = trainer.task.train_batches(corpus, seq_len, job["batch"], 0)
-    synchronize()
-    warmup_s = time.perf_counter() - started
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(job["steps"]):
-        trainer.train_step()
-    synchronize()
-    step_s = (time.perf_counter() - started) / job["steps"]
+    warmup_s, step_s = time_steps(trainer.train_step, job["warmup"], job["steps"], before_timing=timed_length)
     world = trainer.world_size
     peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
     peaks = [peak] * world

@@ -58,6 +58,23 @@ def time_call(fn: Callable[[], Any], repeats: int = 1, warmup: int = 0,
     return (time.perf_counter() - started) / max(repeats, 1)
 
 
+def time_steps(step: Callable[[], Any], warmup: int, steps: int,
+               before_timing: Callable[[], None] | None = None) -> tuple[float, float]:
+    """Training-style timing: (seconds of ``warmup`` untimed calls of ``step``, then
+    ``before_timing``; seconds per call of ``steps`` timed ones). CUDA's peak memory statistics
+    are reset before the timed calls, so a peak read afterwards is theirs."""
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    if before_timing is not None:
+        before_timing()
+    synchronize()
+    warmup_s = time.perf_counter() - started
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    return warmup_s, time_call(step, repeats=steps)
+
+
 def reset_peak_memory(device: torch.device | str | None = None) -> None:
     if torch.device(device or "cpu").type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -38,6 +37,8 @@ COMMON = ["--seq-len", "32", "--batch-size", "2", "--eval-every", "0", "--log-ev
           "--warmup-steps", "1000000", "--lr", "5000", "--seed", "3", "--device", "cpu",
           "--set", "hidden_size=32", "--set", "num_query_heads=2", "--set", "num_key_value_heads=1"]
 SOURCE_ROOT = str(Path(omnibyte.__file__).resolve().parents[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from common import kill_tree  # noqa: E402 (SIGKILL of torchrun and its ranks, shared with the multi-GPU kit)
 
 
 def torchrun(ranks: int, args: list[str], wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
@@ -53,46 +54,6 @@ def torchrun(ranks: int, args: list[str], wait: bool = True) -> subprocess.Popen
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (torchrun's ranks run in sessions of their own, so killing
-    the launcher's process group would leave them training)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, frontier = [], [pid]
-    while frontier:
-        frontier = [child for parent in frontier for child in children.get(parent, [])]
-        found += frontier
-    return found
-
-
-def kill_job(job: subprocess.Popen) -> None:
-    """kill -9 of the launcher and every rank, then wait until they are gone."""
-    pids = [job.pid, *descendants(job.pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    job.wait()
-    deadline = time.time() + 30
-    while time.time() < deadline and any(alive(pid) for pid in pids[1:]):
-        time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for its parent)."""
-    try:
-        return (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split() or ["Z"])[0] != "Z"
-    except OSError:
-        return False
 
 
 def losses(run: Path) -> list[float]:
@@ -158,7 +119,7 @@ def test_killed_two_rank_run_resumes_on_one_and_on_four_ranks(data, reference, t
                 break
             time.sleep(0.01)
     finally:
-        kill_job(job)
+        kill_tree(job)
     step = checkpoint_folders(killed)[-1][0]
     assert 3 <= step < STEPS, f"the job was killed at step {step}"
     for ranks, extra in ((1, ["--grad-accum", "4", "--parallel", "none"]),
