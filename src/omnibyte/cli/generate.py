@@ -94,9 +94,10 @@ def add_parser(subparsers: Subparsers) -> None:
                              "sample (same seed, same bytes), faster on repetitive text; families "
                              "without support decode plainly")
     parser.add_argument("--compile", action="store_true",
-                        help="compile the decoder's step with torch.compile before decoding: faster long "
-                             "samples after a one-off compilation of seconds to a minute; the sample agrees "
-                             "with the plain one to float rounding")
+                        help="compile the decoder's step with torch.compile before decoding: faster steps "
+                             "for small models, after a compilation of seconds to a minute in every run, so "
+                             "it pays only for long samples; the sample agrees with the plain one to float "
+                             "rounding")
     parser.add_argument("-o", "--output", default=STDIO, metavar="FILE",
                         help="output file (- is stdout); several samples go to FILE-0, FILE-1, ...; "
                              "a FILE without an extension gets the detected kind's")
