@@ -307,3 +307,31 @@ def test_cli_train_eval_generate(tmp_path, capsys, arch):
     assert main(["train", str(data), "--out", str(out), "--resume", "--steps", "6", "--device", "cpu",
                  "--no-progress"]) == 0
     assert "resumed from step 4" in capsys.readouterr().out
+
+
+
+WIDE_PARENT = ("multiscale", "tiny-3", {"stages": [dict(patch_size=4, hidden_size=512, num_layers=1, num_query_heads=8,
+                                                         num_key_value_heads=8),
+                                                    dict(patch_size=4, hidden_size=512, num_layers=1, num_query_heads=8,
+                                                         num_key_value_heads=8),
+                                                    dict(patch_size=4, hidden_size=256, num_layers=1, num_query_heads=4,
+                                                         num_key_value_heads=4)]})
+
+
+@pytest.mark.parametrize("spec", MODELS + [WIDE_PARENT], ids=IDS + ["wide-parent"])
+def test_byte_embeddings_are_not_drowned_by_the_parent_context_at_init(spec):
+    """The byte stage's input is its byte embedding plus the parent's projected context. When
+    the embeddings start far smaller than that context (GPT-2's 0.02 against about
+    0.02 * sqrt(D_parent)), the byte identity is noise to the byte stage: a 54M model on the Linux
+    source sat at the unigram entropy (5.3 bits/byte) for 150 steps, where it reaches 3.5 with the
+    embeddings at N(0, 1) (bench/RESULTS.md, "multiscale init")."""
+    arch, preset, overrides = spec
+    model = tiny(arch, preset, overrides, dtype=torch.float32)
+    core = model.core
+    tokens = core.pad(random_tokens(2, model.max_seq_len))
+    with torch.no_grad():
+        parents, rows = core.parent_outputs(tokens)
+        context = core.parent_projs[-1](parents)
+        embedded = core.byte_embed(rows)
+    ratio = float(embedded.pow(2).mean().sqrt() / context.pow(2).mean().sqrt())
+    assert ratio > 1.0, f"byte embeddings at {ratio:.3f} of the context's RMS"

@@ -230,6 +230,9 @@ class PatchEmbedding(nn.Module):
         return summed.view(*patches.shape[:-1], self.weight.shape[1])
 
 
+BYTE_EMBED_STD = 1.0
+
+
 class MultiscaleCore(nn.Module):
     """Weights and computation of an N-stage model (used by the multiscale and patch families)."""
 
@@ -271,6 +274,11 @@ class MultiscaleCore(nn.Module):
                 embed.reset_parameters()
         for module in (self.byte_embed, self.unit_embeds, self.parent_projs, self.head):
             init_weights(module)
+        # The byte stage adds its byte embeddings to the parent's projected context (about
+        # 0.02 * sqrt(D_parent) per element). At GPT-2's 0.02 the bytes are drowned out and the
+        # model sits at the unigram entropy for hundreds of steps; at N(0, 1) (torchtitan's
+        # embedding init) it learns from the first steps (bench/RESULTS.md, "multiscale init").
+        normal_from_cpu_(self.byte_embed.weight, std=BYTE_EMBED_STD)
 
     def shard_units(self) -> list[nn.Module]:
         """Every layer of every stage's stack."""
