@@ -188,6 +188,22 @@ def test_roundtrip_at_chunk_boundaries(text_model, size):
         assert not header.raw_flags().any() and sum(map(len, header.streams)) < size / 2  # range-coded, not raw
 
 
+@pytest.mark.parametrize("layout", [dict(chunk_size=CHUNK, batch_size=3), dict(chunk_size=CHUNK, batch_size=1),
+                                    dict(chunk_size=200, batch_size=8), {}])
+def test_whole_chunk_encoding_makes_the_stepped_encoders_stream(text_model, monkeypatch, layout):
+    """The encoder scores each group in whole-chunk passes; the stream must be the very one an
+    encoder stepping byte by byte (as the decoder does) makes: ragged rows, raw chunks, an empty
+    member, a pass shorter than the chunk."""
+    members = [word_text(1000, seed=3), bytes(np.random.default_rng(0).integers(0, 256, 90, dtype=np.uint8)), b"",
+               word_text(CHUNK + 5, seed=4), b"x"]
+    monkeypatch.setitem(codec.ENCODE_PASS_ELEMENTS, "cpu", 4 * 5000)  # a few positions per pass
+    whole = codec.compress_members(members, text_model, numerics="integer", **layout)
+    monkeypatch.setattr(codec, "PARALLEL_INTEGER_ENCODING", False)
+    stepped = codec.compress_members(members, text_model, numerics="integer", **layout)
+    assert whole == stepped
+    assert codec.decompress_members(whole, text_model) == members
+
+
 def test_members_and_raw_chunks_round_trip(text_model):
     members = [word_text(100, seed=1), bytes(np.random.default_rng(0).integers(0, 256, 90, dtype=np.uint8)), b""]
     blob = codec.compress_members(members, text_model, chunk_size=CHUNK, batch_size=3, numerics="integer")

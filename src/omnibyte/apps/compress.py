@@ -381,6 +381,47 @@ def _run_group(
     return done
 
 
+# The encoder knows every byte, so with integer numerics (which give the same integers for a
+# position whether it is stepped alone or scored with its whole chunk: tests/test_compress_integer.py)
+# it scores each group in whole-chunk passes instead of one step per byte. Only the decoder,
+# which learns each byte as it decodes it, has to step. False: step like the decoder (the
+# reference path of the tests).
+PARALLEL_INTEGER_ENCODING = True
+# score elements ([rows, heads, piece, context] integers) one pass may make: bounds the memory
+ENCODE_PASS_ELEMENTS = {"cpu": 2**25, "cuda": 2**30}
+
+
+def _encode_all_positions(step: _BatchStepper, matrix: np.ndarray, lengths: np.ndarray, left: np.ndarray,
+                          frequency: np.ndarray, progress: Progress | None, done_bits: int) -> None:
+    """Fill ``left``/``frequency`` [steps, rows] with the intervals of the group's bytes
+    ``matrix`` [steps, rows] (rows ``lengths`` long, longest first), scoring whole pieces of
+    every row at once through ``Decoder.extend``."""
+    steps, rows = matrix.shape
+    tokens = np.full((rows, steps), BOS, dtype=np.int64)
+    tokens[:, 1:] = matrix[:-1].T
+    tokens = torch.from_numpy(tokens).to(step.device)
+    symbols = torch.from_numpy(matrix.T.astype(np.int64)).to(step.device)  # [rows, steps]
+    heads = step.model.stack_config.num_query_heads
+    budget = ENCODE_PASS_ELEMENTS.get(step.device.type, ENCODE_PASS_ELEMENTS["cpu"])
+    piece = max(1, min(steps, budget // (rows * heads * steps)))
+    step.restart()
+    bits = 0.0
+    for start in range(0, steps, piece):
+        counts = np.clip(lengths - start, 0, piece)
+        if not counts.any():
+            break
+        width = int(counts.max())
+        weights = step.decoder.extend(tokens[:, start : start + width], counts)  # [rows, width, 256]
+        valid = torch.arange(width, device=step.device)[None, :] < torch.from_numpy(counts).to(step.device)[:, None]
+        below, picked = _intervals(weights[valid], symbols[:, start : start + width][valid])
+        where = valid.cpu().numpy()
+        left[start : start + width].T[where] = below.cpu().numpy()  # t-major views of [rows, width]
+        frequency[start : start + width].T[where] = picked.cpu().numpy()
+        if progress is not None:
+            bits += float(np.sum(PRECISION - np.log2(picked.cpu().numpy().astype(np.float64))))
+            progress(int(counts.sum()), done_bits + int(bits))
+
+
 class _GroupUpdates:
     """The updates of one group under adaptation: after every ``block`` steps and after the
     group's last (of its longest row, raw or not), each on the bytes of that block; none after
@@ -733,8 +774,11 @@ def compress_members(
                 return symbols[t]
 
             updates = _GroupUpdates(stepper.adapter, matrix, lengths, index == len(groups) - 1)
-            _run_group(stepper, lengths, steps, encode_step, progress, lambda: done_bits + int(group_bits),
-                       updates if stepper.adapter else None)
+            if settings.integer and stepper.adapter is None and PARALLEL_INTEGER_ENCODING:
+                _encode_all_positions(stepper, matrix, lengths, left, frequency, progress, done_bits)
+            else:
+                _run_group(stepper, lengths, steps, encode_step, progress, lambda: done_bits + int(group_bits),
+                           updates if stepper.adapter else None)
             updates.finish()
             costs = np.sum(PRECISION - np.log2(frequency.astype(np.float64)), axis=0)  # bits per row
             coded = (lengths > 0) & (costs < 8 * lengths)

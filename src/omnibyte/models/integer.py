@@ -560,6 +560,8 @@ class IntegerDecoder(Decoder):
     CUDA, replay a CUDA graph (as ``FlatDecoder``); masked positions weigh exactly 0, so both
     paths give the same integers and a stream need not record which one ran."""
 
+    supports_speculation = True  # extend/rewind: the encoder scores whole chunks in one pass
+
     def __init__(self, model: IntegerFlatModel, batch_size: int, max_len: int | None = None, fast: bool = False):
         capacity = model.max_seq_len if max_len is None else min(max_len, model.max_seq_len)
         super().__init__(batch_size, capacity, model.device)
@@ -604,6 +606,9 @@ class IntegerDecoder(Decoder):
         self.visible = None if self.fast else int(self.lengths.max()) + 1
         self.dense = self.visible is not None and int(self.lengths.min()) + 1 == self.visible
         return self.steps.run("step")
+
+    def _rewind(self, counts: np.ndarray) -> None:
+        self.cache.rewind(torch.from_numpy(counts).to(self.device))
 
     def _reset(self, rows: torch.Tensor) -> None:
         self.cache.reset(rows)
