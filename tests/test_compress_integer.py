@@ -88,6 +88,26 @@ def test_step_by_step_prefill_and_full_forward_give_identical_frequencies(intege
     assert torch.equal(decoder.step(tokens[:, 40])[0], full[40])
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_extend_and_rewind_give_the_full_forwards_integers(integer, fast):
+    """``extend`` (every position of ragged rows at once) and ``rewind`` (drop the last tokens,
+    then append others) against the full forward of each row's final text."""
+    texts = [word_text(n, seed=n) for n in (40, 25)]
+    tokens = torch.zeros(2, 40, dtype=torch.long)
+    for row, text in enumerate(texts):
+        tokens[row, : len(text)] = tokens_of(text)[0]
+    decoder = integer.decoder(2, 64, fast=fast)
+    first = decoder.extend(tokens[:, :30], [30, 25])
+    for row, text in enumerate(texts):
+        full = integer(tokens_of(text))[0]
+        assert torch.equal(first[row, : min(30, len(text))], full[:30])
+    decoder.rewind([10, 5])  # rows back at 20 tokens
+    again = decoder.extend(tokens[:, 20:40], [20, 5])
+    for row, text in enumerate(texts):
+        full = integer(tokens_of(text))[0]
+        assert torch.equal(again[row, : len(text) - 20], full[20:])
+
+
 def test_batched_ragged_rows_equal_one_by_one(integer):
     texts = [word_text(n, seed=n) for n in (30, 57, 12)]
     width = max(len(t) for t in texts)
