@@ -20,7 +20,7 @@ from omnibyte.apps import container
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import BOS, build_model
-from omnibyte.models.integer import (IntegerFlatModel, bit_length, int8_linear, int8_products_exact, integer_model,
+from omnibyte.models.integer import (ACT_BITS, EXP_IN_BITS, EXP_TABLE_BITS, IntegerFlatModel, bit_length, int8_linear, int8_products_exact, integer_model,
                                      isqrt, narrow, shift_round)
 from omnibyte.models.serialization import save_model
 from helpers import one_thread, train_briefly, word_text  # noqa: F401 (one_thread is a fixture)
@@ -60,11 +60,31 @@ def test_shift_round_is_round_half_up_for_both_signs_and_tensor_shifts():
     assert torch.equal(shift_round(values, torch.full_like(values, -2)), values * 4)
 
 
+@pytest.mark.parametrize("bits", [16, 30])
+def test_the_exp_table_equals_its_two_table_definition(integer, bits):
+    """round(exp(-d) 2**bits) is one look-up in a table derived from the high/low exp tables;
+    every index (and past the range, where it is 0) against the two-table formula."""
+    arithmetic = integer.arithmetic
+    shift = ACT_BITS - EXP_IN_BITS  # distances in activation units
+    index = torch.arange(arithmetic.exp_high.shape[0] * 256 + 300)
+    distance = index << shift
+    high, low = index >> 8, index & 255
+    inside = high < arithmetic.exp_high.shape[0]
+    product = arithmetic.exp_high[high.clamp_max(arithmetic.exp_high.shape[0] - 1)] * arithmetic.exp_low[low]
+    expected = torch.where(inside, shift_round(product, 2 * EXP_TABLE_BITS - bits), 0)
+    assert torch.equal(arithmetic.exp(distance, bits), expected)
+    assert int(arithmetic.exp(torch.zeros(1, dtype=torch.long), bits)) == 1 << bits
+
+
 def test_bit_length_isqrt_and_narrow_are_exact():
     generator = torch.Generator().manual_seed(0)
     numbers = torch.randint(0, 2**62, (500,), generator=generator, dtype=torch.int64)
     assert bit_length(numbers).tolist() == [int(n).bit_length() for n in numbers.tolist()]
     roots = torch.randint(2**59, 2**62, (500,), generator=generator, dtype=torch.int64)
+    # and where a float64 root would round across an integer: perfect squares, their
+    # neighbours, the ends of the range
+    edges = [r * r + d for r in (2**30 - 1, 2**30, 2**30 + 12345, 2**31 - 1, 1518500249) for d in (-1, 0, 1)]
+    roots = torch.cat([roots, torch.tensor([2**59, 2**62 - 1, *[n for n in edges if 2**59 <= n < 2**62]])])
     assert isqrt(roots).tolist() == [math.isqrt(int(n)) for n in roots.tolist()]
     rows = torch.randint(-2**40, 2**40, (20, 33), generator=generator, dtype=torch.int64)
     rows[3] = 5  # small rows are not shifted

@@ -221,6 +221,14 @@ class IntegerArithmetic(nn.Module):
         high = [math.exp(-index * 256 * step) for index in range(EXP_RANGE * (1 << EXP_IN_BITS) // 256)]
         self.register_buffer("exp_high", _rounded(high, EXP_TABLE_BITS))
         self.register_buffer("exp_low", _rounded([math.exp(-index * step) for index in range(256)], EXP_TABLE_BITS))
+        # exp of every table index at each output width in use, from the two tables above (the
+        # same integers in one look-up instead of two, a product and a rounding: the attention
+        # weights are the largest tensors an integer pass makes); derived, so not in the
+        # fingerprint
+        index = torch.arange(self.exp_high.shape[0] * 256)
+        products = self.exp_high[index >> 8] * self.exp_low[index & 255]
+        for bits in (ATTENTION_WEIGHT_BITS, OUTPUT_WEIGHT_BITS):
+            self.register_buffer(f"exp_{bits}", shift_round(products, 2 * EXP_TABLE_BITS - bits), persistent=False)
         points = range(-SIGMOID_RANGE << SIGMOID_IN_BITS, (SIGMOID_RANGE << SIGMOID_IN_BITS) + 1)
         sigmoid = [1.0 / (1.0 + math.exp(-point / (1 << SIGMOID_IN_BITS))) for point in points]
         self.register_buffer("sigmoid", _rounded(sigmoid, SIGMOID_BITS))
@@ -243,10 +251,8 @@ class IntegerArithmetic(nn.Module):
         """round(exp(-d) * 2**bits) for d = ``distance`` * 2**-ACT_BITS >= 0 (int64), from two
         tables (exp of the high and the low bits of d at 1/4096 nat); exactly 2**bits at 0."""
         index = shift_round(distance, ACT_BITS - EXP_IN_BITS)
-        high, low = index >> 8, index & 255
-        inside = high < self.exp_high.shape[0]
-        value = self.exp_high[high.clamp_max(self.exp_high.shape[0] - 1)] * self.exp_low[low]
-        return torch.where(inside, shift_round(value, 2 * EXP_TABLE_BITS - bits), 0)
+        table = getattr(self, f"exp_{bits}")  # ATTENTION_WEIGHT_BITS or OUTPUT_WEIGHT_BITS
+        return torch.where(index < table.shape[0], table[index.clamp_max(table.shape[0] - 1)], 0)
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         """x * sigmoid(x) in the activation format: the sigmoid table linearly interpolated."""
