@@ -237,10 +237,15 @@ def test_whole_chunk_encoding_makes_the_stepped_encoders_stream(text_model, monk
     members = [word_text(1000, seed=3), bytes(np.random.default_rng(0).integers(0, 256, 90, dtype=np.uint8)), b"",
                word_text(CHUNK + 5, seed=4), b"x"]
     monkeypatch.setitem(codec.ENCODE_PASS_ELEMENTS, "cpu", 4 * 5000)  # a few positions per pass
-    whole = codec.compress_members(members, text_model, numerics="integer", **layout)
+    reported = {True: [], False: []}
+    whole = codec.compress_members(members, text_model, numerics="integer", **layout,
+                                   progress=lambda count, bits: reported[True].append((count, bits)))
     monkeypatch.setattr(codec, "PARALLEL_INTEGER_ENCODING", False)
-    stepped = codec.compress_members(members, text_model, numerics="integer", **layout)
+    stepped = codec.compress_members(members, text_model, numerics="integer", **layout,
+                                     progress=lambda count, bits: reported[False].append((count, bits)))
     assert whole == stepped
+    for calls in reported.values():  # every byte reported once (the bits are an estimate)
+        assert sum(count for count, _ in calls) == sum(map(len, members))
     assert codec.decompress_members(whole, text_model) == members
 
 

@@ -388,7 +388,8 @@ def _run_group(
 # reference path of the tests).
 PARALLEL_INTEGER_ENCODING = True
 # score elements ([rows, heads, piece, context] integers) one pass may make: bounds the memory
-ENCODE_PASS_ELEMENTS = {"cpu": 2**25, "cuda": 2**30}
+# (int64: 256 MiB on a CPU, 1 GiB on a GPU per tensor; a pass holds a few such tensors)
+ENCODE_PASS_ELEMENTS = {"cpu": 2**25, "cuda": 2**27}
 
 
 def _encode_all_positions(step: _BatchStepper, matrix: np.ndarray, lengths: np.ndarray, left: np.ndarray,
@@ -413,12 +414,13 @@ def _encode_all_positions(step: _BatchStepper, matrix: np.ndarray, lengths: np.n
         width = int(counts.max())
         weights = step.decoder.extend(tokens[:, start : start + width], counts)  # [rows, width, 256]
         valid = torch.arange(width, device=step.device)[None, :] < torch.from_numpy(counts).to(step.device)[:, None]
-        below, picked = _intervals(weights[valid], symbols[:, start : start + width][valid])
+        below, picked = (interval.cpu().numpy() for interval in
+                         _intervals(weights[valid], symbols[:, start : start + width][valid]))
         where = valid.cpu().numpy()
-        left[start : start + width].T[where] = below.cpu().numpy()  # t-major views of [rows, width]
-        frequency[start : start + width].T[where] = picked.cpu().numpy()
+        left[start : start + width].T[where] = below  # t-major views of [rows, width]
+        frequency[start : start + width].T[where] = picked
         if progress is not None:
-            bits += float(np.sum(PRECISION - np.log2(picked.cpu().numpy().astype(np.float64))))
+            bits += float(np.sum(PRECISION - np.log2(picked.astype(np.float64))))
             progress(int(counts.sum()), done_bits + int(bits))
 
 

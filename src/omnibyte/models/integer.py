@@ -248,8 +248,9 @@ class IntegerArithmetic(nn.Module):
         return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
 
     def exp(self, distance: torch.Tensor, bits: int) -> torch.Tensor:
-        """round(exp(-d) * 2**bits) for d = ``distance`` * 2**-ACT_BITS >= 0 (int64), from two
-        tables (exp of the high and the low bits of d at 1/4096 nat); exactly 2**bits at 0."""
+        """round(exp(-d) * 2**bits) for d = ``distance`` * 2**-ACT_BITS >= 0 (int64), ``bits`` one
+        of the two widths with a table: the rounded product of the two exp tables (of the high
+        and the low bits of d at 1/4096 nat), looked up at once; exactly 2**bits at 0."""
         index = shift_round(distance, ACT_BITS - EXP_IN_BITS)
         table = getattr(self, f"exp_{bits}")  # ATTENTION_WEIGHT_BITS or OUTPUT_WEIGHT_BITS
         return torch.where(index < table.shape[0], table[index.clamp_max(table.shape[0] - 1)], 0)
