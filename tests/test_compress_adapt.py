@@ -173,6 +173,12 @@ def test_damaged_and_truncated_adapt_streams_are_refused(adapted_blob):
         forged = container.pack(dataclasses.replace(header, fresh=container.FreshModel(document, 0)))
         with pytest.raises(OmnibyteError, match=message):
             codec.decompress(forged)
+    # a recipe whose initial weights are not the encoder's (as from another omnibyte or torch
+    # version): refused by the fingerprint, and the message says why a scratch stream can differ
+    reseeded = container.pack(dataclasses.replace(header, fresh=container.FreshModel(header.fresh.document,
+                                                                                     header.fresh.seed + 1)))
+    with pytest.raises(OmnibyteError, match="wrong model: .* built from scratch whose initial weights differ"):
+        codec.decompress(reseeded)
     # a version 3 stream cannot claim adaptation (flag bit 1 is unknown there)
     old = (FIXTURES / "v0.3" / "flat-members.omb").read_bytes()
     claiming = bytearray(old)

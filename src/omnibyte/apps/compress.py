@@ -845,7 +845,9 @@ def check_compatible(header: Container, model: "ByteModel | IntegerFlatModel", f
     fingerprint = fingerprint or model_fingerprint(model)
     if header.fingerprint != fingerprint[: container.FINGERPRINT_BYTES]:
         made_with = (f"the built-in model {header.builtin!r} of another omnibyte build or install"
-                     if header.builtin else "a different model")
+                     if header.builtin else
+                     "a model built from scratch whose initial weights differ here (another omnibyte or "
+                     "torch version initialises it differently)" if header.fresh else "a different model")
         raise OmnibyteError(f"wrong model: the stream was compressed with {made_with} "
                             f"(stream fingerprint {header.fingerprint.hex()[:12]}, model {fingerprint.hex()[:12]})")
     check_device(header, model.device.type)
