@@ -79,7 +79,7 @@ def test_members_and_batch_shapes_round_trip_under_adaptation():
 
 def test_adaptation_changes_the_model_and_lowers_the_size(text_model):
     """On a repetitive input the model never saw, adapting codes it in fewer bits than not."""
-    unseen = (b"Omnibyte adapts online: zebra quartz jukebox vexing wizard! " * 40)[:2400]
+    unseen = UNSEEN
     plain = codec.compress(unseen, text_model, chunk_size=600, batch_size=4)
     adapted = codec.compress(unseen, text_model, chunk_size=600, batch_size=4, adapt=schedule(3e-3, 32))
     assert codec.decompress(adapted, text_model) == unseen
@@ -90,6 +90,45 @@ def test_adaptation_changes_the_model_and_lowers_the_size(text_model):
                              batch_size=4, adapt=codec.adapt_settings(1e-2, 32, scratch=True))
     assert codec.decompress(scratch) == unseen
     assert 8 * len(scratch) / len(unseen) < 6.0
+
+
+UNSEEN = (b"Omnibyte adapts online: zebra quartz jukebox vexing wizard! " * 40)[:2400]
+
+
+def test_adapting_keeps_the_smaller_of_the_adapted_and_the_plain_stream(text_model):
+    """Adapting pays on a long repetitive input the model never saw, not on a short one it
+    knows (the adapt section alone costs 45 bytes): the smaller stream is kept either way."""
+    layout = dict(chunk_size=600, batch_size=4)
+    for data, adapts in [(UNSEEN, True), (word_text(300, seed=9), False)]:
+        plain = codec.compress(data, text_model, **layout)
+        adapted = codec.compress(data, text_model, **layout, adapt=schedule(3e-3, 32))
+        blob, kept_adapted = codec.compress_adapted_or_plain(data, text_model, schedule(3e-3, 32), **layout)
+        assert kept_adapted == adapts and blob == (adapted if adapts else plain)
+        assert len(blob) == min(len(plain), len(adapted))
+        assert (container.unpack(blob).adapt is not None) == adapts
+        assert codec.decompress(blob, text_model) == data
+    with pytest.raises(OmnibyteError, match="always adapts"):
+        codec.compress_adapted_or_plain(UNSEEN, codec.scratch_model("flat", "tiny"))
+
+
+def test_cli_adapt_keeps_the_smaller_stream_and_says_which(tmp_path, text_model, capsys):
+    model_dir = save_model(text_model, tmp_path / "model")
+    cases = [("unseen.txt", UNSEEN, ["--adapt-lr", "0.003", "--adapt-block", "32", "--chunk-size", "600",
+                                     "--batch-size", "4"], "adapted)"),
+             ("known.txt", word_text(300, seed=9), [], "kept without adapting: smaller than adapted)")]
+    for name, data, options, said in cases:
+        (tmp_path / name).write_bytes(data)
+        capsys.readouterr()
+        assert main(["compress", str(tmp_path / name), "--model", str(model_dir), "--adapt", *options,
+                     "--device", "cpu"]) == 0
+        assert capsys.readouterr().err.strip().endswith(said)
+        header = container.unpack((tmp_path / f"{name}.omb").read_bytes())
+        assert (header.adapt is not None) == (said == "adapted)")
+        assert main(["decompress", str(tmp_path / f"{name}.omb"), "-o", str(tmp_path / f"{name}.out"),
+                     "--model", str(model_dir), "-q"]) == 0
+        assert (tmp_path / f"{name}.out").read_bytes() == data
+    assert main(["compress", str(tmp_path / "known.txt"), "--model", str(model_dir), "--adapt-always", "-f"]) == 2
+    assert "--adapt-always sets up --adapt" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -283,8 +322,8 @@ def test_cli_adapt_with_a_trained_model(tmp_path, text_model):
     (tmp_path / "train_config.json").write_text(json.dumps({"seq_len": 256}))  # not the model's folder
     source = tmp_path / "a.txt"
     source.write_bytes(word_text(1200, seed=6))
-    assert main(["compress", str(source), "--model", str(model_dir), "--adapt", "--adapt-lr", "0.002",
-                 "--device", "cpu", "-q"]) == 0
+    assert main(["compress", str(source), "--model", str(model_dir), "--adapt", "--adapt-always", "--adapt-lr",
+                 "0.002", "--device", "cpu", "-q"]) == 0
     header = container.unpack((tmp_path / "a.txt.omb").read_bytes())
     assert header.adapt.lr == 0.002 and header.fresh is None and header.settings.chunk_size == 1024
     assert main(["decompress", str(tmp_path / "a.txt.omb"), "-o", str(tmp_path / "b.txt"),

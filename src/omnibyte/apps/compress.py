@@ -831,6 +831,27 @@ def compress(data: bytes, model: ByteModel | FreshModel | None = None, chunk_siz
     return compress_members([data], model, chunk_size, batch_size, **options)
 
 
+def compress_adapted_or_plain(data: bytes, model: ByteModel | None, adapt: AdaptSettings | bool = True,
+                              plain_progress: Progress | None = None, **options) -> tuple[bytes, bool]:
+    """``compress(data, model, adapt=adapt, **options)``, unless coding without adaptation is
+    smaller: adapting costs an adapt section (45 bytes) in the stream and needs many updates to
+    pay, so a trained model on a small input often codes it better as it is (bench/RESULTS.md,
+    *Held-out compression*). Both streams are made (the plain one first, reporting to
+    ``plain_progress``; the adapted one to ``options["progress"]``) and the smaller is returned,
+    with whether it adapts; the container says which, so decoding needs nothing more. A model
+    from scratch (``FreshModel``) cannot code without adapting and is refused here."""
+    if isinstance(model, FreshModel):
+        raise OmnibyteError("a model from scratch always adapts: call compress()")
+    progress = options.pop("progress", None)
+    plain_options = dict(options)
+    builtin = options.get("builtin") or (BUILTIN_NAME if model is None else None)
+    if resolve_numerics(options.get("numerics", "auto"), builtin, None) == "integer":
+        plain_options["dtype"] = "auto"  # without adapting, the built-in model codes in integers: no dtype
+    plain = compress(data, model, **plain_options, adapt=None, progress=plain_progress)
+    adapted = compress(data, model, **options, adapt=adapt, progress=progress)
+    return (adapted, True) if len(adapted) < len(plain) else (plain, False)
+
+
 # ---- decompress ---------------------------------------------------------------------
 
 def check_compatible(header: Container, model: "ByteModel | IntegerFlatModel", fingerprint: bytes | None = None) -> None:

@@ -17,7 +17,8 @@ import torch
 
 from omnibyte.apps import container
 from omnibyte.apps.compress import (DEFAULT_ADAPT_BLOCK, DEFAULT_ADAPT_LR, DEFAULT_ROWS, MAX_BATCH_SIZE, NUMERICS,
-                                    SUFFIX, adapt_settings, check_builtin_name, check_device, compress, decompress,
+                                    SUFFIX, adapt_settings, check_builtin_name, check_device, compress,
+                                    compress_adapted_or_plain, decompress,
                                     model_fingerprint, resolve_numerics,
                                     scratch_model)
 from omnibyte.cli.common import (
@@ -60,7 +61,11 @@ def add_parser(subparsers: Subparsers) -> None:
                                  f"{DEFAULT_ROWS['cuda']} on CUDA)")
     compress_parser.add_argument("--adapt", action="store_true",
                                  help="keep training the model on the bytes already coded (online adaptation; "
-                                      "decompress repeats the same updates)")
+                                      "decompress repeats the same updates). With a trained model the input is "
+                                      "also coded without adaptation, and the smaller stream is kept")
+    compress_parser.add_argument("--adapt-always", action="store_true",
+                                 help="with --adapt: keep the adapted stream even when coding without adaptation "
+                                      "is smaller (one pass instead of two)")
     compress_parser.add_argument("--adapt-lr", type=real_in(0.0, 1.0, include_low=False), default=None,
                                  metavar="LR", help="learning rate of the adaptation (Adam; default: "
                                  f"{DEFAULT_ADAPT_LR['trained']:g} for a trained model, "
@@ -207,13 +212,14 @@ def _load_coding_model(args: argparse.Namespace, device: str) -> tuple[ByteModel
     return model, model_fingerprint(model)
 
 
-def _summary(args: argparse.Namespace, name: str, original: int, compressed: int, seconds: float) -> None:
+def _summary(args: argparse.Namespace, name: str, original: int, compressed: int, seconds: float,
+             note: str = "") -> None:
     if args.quiet:
         return
     ratio = original / compressed if compressed else float("inf")
     bits = 8 * compressed / original if original else 0.0
     print(f"{name}: {original:,} -> {compressed:,} bytes ({ratio:.2f}x, {bits:.3f} bits/byte) "
-          f"in {seconds:.1f} s ({original / 1024 / max(seconds, 1e-9):.1f} KB/s)", file=sys.stderr)
+          f"in {seconds:.1f} s ({original / 1024 / max(seconds, 1e-9):.1f} KB/s{note})", file=sys.stderr)
 
 
 def _ratio_text(done: int, bits: int | None) -> str:
@@ -240,8 +246,8 @@ def scratch_options(args: argparse.Namespace):
 def adapt_options(args: argparse.Namespace, scratch: bool):
     """The adaptation schedule (None without --adapt); a model from scratch always adapts."""
     if not (args.adapt or scratch):
-        for option in ("adapt_lr", "adapt_block"):
-            if getattr(args, option) is not None:
+        for option in ("adapt_lr", "adapt_block", "adapt_always"):
+            if getattr(args, option) not in (None, False):
                 raise OmnibyteError(f"--{option.replace('_', '-')} sets up --adapt: add --adapt")
         return None
     return adapt_settings(args.adapt_lr, args.adapt_block, scratch=scratch)
@@ -300,16 +306,28 @@ def run_compress(args: argparse.Namespace) -> int:
     numerics = resolve_numerics(args.numerics, builtin, adapt)
     if numerics == "integer" and recipe is None:  # quantized once for every file
         model = integer_model(model)
+    both_ways = adapt is not None and recipe is None and not args.adapt_always
     for name, target in pairs:
         data = stdin if name == STDIO else read_input(name)
-        bar, update = _progress_bar(args, name, len(data), _ratio_text)
+        options = dict(chunk_size=args.chunk_size, batch_size=args.batch_size, dtype=dtype, train_seq_len=seq_len,
+                       device=device, builtin=builtin)
         start = time.perf_counter()
-        with bar:
-            blob = compress(data, model, args.chunk_size, args.batch_size, dtype=dtype, progress=update,
-                            fingerprint=fingerprint, adapt=adapt, train_seq_len=seq_len, device=device,
-                            numerics=numerics, builtin=builtin)
+        kept = ""
+        if both_ways:  # the plain stream first, then the adapted one; the smaller is kept
+            plain_bar, plain_update = _progress_bar(args, f"{name} (without adapting)", len(data), _ratio_text)
+            bar, update = _progress_bar(args, f"{name} (adapting)", len(data), _ratio_text)
+            with plain_bar, bar:
+                blob, adapted = compress_adapted_or_plain(data, model, adapt, plain_progress=plain_update,
+                                                          progress=update, fingerprint=fingerprint,
+                                                          numerics=args.numerics, **options)
+            kept = "; adapted" if adapted else "; kept without adapting: smaller than adapted"
+        else:
+            bar, update = _progress_bar(args, name, len(data), _ratio_text)
+            with bar:
+                blob = compress(data, model, progress=update, fingerprint=fingerprint, adapt=adapt,
+                                numerics=numerics, **options)
         write_output(target, blob, force=args.force, source=name)
-        _summary(args, name, len(data), len(blob), time.perf_counter() - start)
+        _summary(args, name, len(data), len(blob), time.perf_counter() - start, kept)
     return 0
 
 
