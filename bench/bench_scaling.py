@@ -340,7 +340,11 @@ def run_setting(name: str, args: argparse.Namespace, deadline: float) -> dict[st
             return row or {"setting": name, "preset": job["preset"], "batch": batch, "error": "skipped (budget)"}
         log = args.out / "logs" / f"{name}-n{args.nproc_per_node}-b{batch}.log" if args.out else \
             Path(tempfile.mkdtemp()) / "job.log"
-        row = spawn({**job, "batch": batch}, args.nproc_per_node, min(args.setting_timeout, left + 60), log)
+        # a job may run past the budget by a minute, never more: a long setting needs a budget to match
+        timeout = min(args.setting_timeout, left + 60)
+        row = spawn({**job, "batch": batch}, args.nproc_per_node, timeout, log)
+        if timeout < args.setting_timeout and "timed out" in row.get("error", ""):
+            row["error"] += f" (capped by --budget: {left:.0f} s left + 60)"
         row["log"] = str(log)
         if "error" not in row:
             row["first_oom"] = first_oom

@@ -80,6 +80,28 @@ def test_bench_scaling_bad_arguments_exit_2(tmp_path):
     assert done.returncode != 0 and "holds no rows" in done.stderr
 
 
+def test_bench_scaling_says_when_the_budget_cut_a_job_short(monkeypatch):
+    """A job's timeout is the smaller of --setting-timeout and the budget left + 60 s; a row
+    killed by the budget's cap must say so, not only "timed out" (issue 17's first 16M try)."""
+    import time
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_scaling
+
+    timeouts = []
+
+    def timing_out(job, ranks, timeout, log):
+        timeouts.append(timeout)
+        return {"setting": job["name"], "error": f"timed out after {timeout:.0f} s"}
+
+    monkeypatch.setattr(bench_scaling, "spawn", timing_out)
+    args = bench_scaling.parse_args(["--settings", "long-context-fsdp", "--setting-timeout", "175"])
+    row = bench_scaling.run_setting("long-context-fsdp", args, deadline=time.monotonic() + 60)
+    assert 115 < timeouts[0] < 121 and "capped by --budget" in row["error"]
+    row = bench_scaling.run_setting("long-context-fsdp", args, deadline=time.monotonic() + 1000)
+    assert timeouts[1] == 175 and "capped" not in row["error"]
+
+
 def test_multi_gpu_check_passes_every_stage_on_cpu(tmp_path):
     out = tmp_path / "check"
     done = run_script("multi_gpu_check.py", "--nproc-per-node", "2", "--resume-nproc", "1", "--out", str(out))
