@@ -88,3 +88,28 @@ def test_unavailable_devices_are_one_line(monkeypatch):
         with pytest.raises(OmnibyteError, match="MPS is not available"):
             devices.resolve_device("mps")
     assert devices.resolve_device("cpu").type == "cpu"
+
+
+GLIBC = __import__("platform").libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_the_allocator_keeps_freed_memory_unless_the_user_tuned_malloc(monkeypatch):
+    """On glibc the CLI raises malloc's mmap and trim thresholds (integer coding re-made its
+    large temporaries from fresh zero pages on every pass); a user's own malloc settings win."""
+    for name in [name for name in __import__("os").environ if name.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
+        monkeypatch.delenv(name, raising=False)
+    assert devices.configure_cpu_allocator() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert devices.configure_cpu_allocator() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert devices.configure_cpu_allocator() is False
+
+
+def test_the_cli_configures_the_allocator(monkeypatch, capsys):
+    from omnibyte import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "configure_cpu_allocator", lambda: calls.append(True) or True)
+    assert cli.main(["info"]) == 0 and calls == [True]

@@ -388,8 +388,11 @@ def _run_group(
 # reference path of the tests).
 PARALLEL_INTEGER_ENCODING = True
 # score elements ([rows, heads, piece, context] integers) one pass may make: bounds the memory
-# (int64: 256 MiB on a CPU, 1 GiB on a GPU per tensor; a pass holds a few such tensors)
-ENCODE_PASS_ELEMENTS = {"cpu": 2**25, "cuda": 2**27}
+# (int64: 8 MiB on a CPU, 1 GiB on a GPU per tensor; a pass holds a few such tensors). On the CPU,
+# larger passes are slower: the built-in model on a 21 KB file took 72 s at 2**25 (256 MiB
+# tensors, mmapped and zero-filled anew on every pass: 41 s in the kernel) and 25 s at 2**20,
+# with the same stream (bench/RESULTS.md, "CPU decoding speed")
+ENCODE_PASS_ELEMENTS = {"cpu": 2**20, "cuda": 2**27}
 
 
 def _encode_all_positions(step: _BatchStepper, matrix: np.ndarray, lengths: np.ndarray, left: np.ndarray,

@@ -12,7 +12,7 @@ import sys
 from typing import Iterator
 
 from omnibyte import __version__
-from omnibyte.devices import configure_cpu_threads
+from omnibyte.devices import configure_cpu_allocator, configure_cpu_threads
 from omnibyte.cli import (anomaly, answer, classify, common, compress, convert, datasets, demo, detect, export,
                           generate, info, media, patches, train)
 from omnibyte.cli import eval as eval_command  # the module name would shadow the builtin
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as done:  # --help, --version, or a one-line usage error
             return done.code if isinstance(done.code, int) else 0
         configure_cpu_threads()  # torch's default oversubscribes a busy CPU: 10x slower training
+        configure_cpu_allocator()  # integer coding's large temporaries: no page faults on every pass
         return common.run_handler(args.handler, args)
 
 

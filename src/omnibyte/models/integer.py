@@ -224,11 +224,13 @@ class IntegerArithmetic(nn.Module):
         # exp of every table index at each output width in use, from the two tables above (the
         # same integers in one look-up instead of two, a product and a rounding: the attention
         # weights are the largest tensors an integer pass makes); derived, so not in the
-        # fingerprint
+        # fingerprint. One 0 past the end stands for every index beyond the table (exp rounds to 0
+        # there), so a look-up is one clamp and one ``take``.
         index = torch.arange(self.exp_high.shape[0] * 256)
         products = self.exp_high[index >> 8] * self.exp_low[index & 255]
         for bits in (ATTENTION_WEIGHT_BITS, OUTPUT_WEIGHT_BITS):
-            self.register_buffer(f"exp_{bits}", shift_round(products, 2 * EXP_TABLE_BITS - bits), persistent=False)
+            table = torch.cat((shift_round(products, 2 * EXP_TABLE_BITS - bits), torch.zeros(1, dtype=torch.int64)))
+            self.register_buffer(f"exp_{bits}", table, persistent=False)
         points = range(-SIGMOID_RANGE << SIGMOID_IN_BITS, (SIGMOID_RANGE << SIGMOID_IN_BITS) + 1)
         sigmoid = [1.0 / (1.0 + math.exp(-point / (1 << SIGMOID_IN_BITS))) for point in points]
         self.register_buffer("sigmoid", _rounded(sigmoid, SIGMOID_BITS))
@@ -251,9 +253,8 @@ class IntegerArithmetic(nn.Module):
         """round(exp(-d) * 2**bits) for d = ``distance`` * 2**-ACT_BITS >= 0 (int64), ``bits`` one
         of the two widths with a table: the rounded product of the two exp tables (of the high
         and the low bits of d at 1/4096 nat), looked up at once; exactly 2**bits at 0."""
-        index = shift_round(distance, ACT_BITS - EXP_IN_BITS)
-        table = getattr(self, f"exp_{bits}")  # ATTENTION_WEIGHT_BITS or OUTPUT_WEIGHT_BITS
-        return torch.where(index < table.shape[0], table[index.clamp_max(table.shape[0] - 1)], 0)
+        table = getattr(self, f"exp_{bits}")  # ATTENTION_WEIGHT_BITS or OUTPUT_WEIGHT_BITS; its last entry 0
+        return torch.take(table, shift_round(distance, ACT_BITS - EXP_IN_BITS).clamp_max(table.shape[0] - 1))
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         """x * sigmoid(x) in the activation format: the sigmoid table linearly interpolated."""
