@@ -107,9 +107,10 @@ def test_the_allocator_keeps_freed_memory_unless_the_user_tuned_malloc(monkeypat
     assert devices.configure_cpu_allocator() is False
 
 
-def test_the_cli_configures_the_allocator(monkeypatch, capsys):
+def test_the_cli_configures_the_allocator_for_coding_only(monkeypatch, tmp_path, capsys):
     from omnibyte import cli
 
     calls = []
     monkeypatch.setattr(cli, "configure_cpu_allocator", lambda: calls.append(True) or True)
-    assert cli.main(["info"]) == 0 and calls == [True]
+    assert cli.main(["info"]) == 0 and calls == []
+    assert cli.main(["decompress", str(tmp_path / "missing.omb")]) == 2 and calls == [True]

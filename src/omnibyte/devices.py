@@ -135,8 +135,8 @@ def configure_cpu_threads() -> int:
 # are freed) with fresh mmaps and returns freed heap tops to the system, so a loop that makes and
 # frees large tensors zero-fills new pages on every pass. Integer coding does exactly that: a
 # 21 KB file spent 41 of its 72 s in the kernel (23M page faults), 0.1 s with these settings
-# (bench/RESULTS.md, "CPU decoding speed"). The CLI keeps blocks up to 32 MiB in the heap and
-# never trims it, so a process's memory stays at its peak until it exits.
+# (bench/RESULTS.md, "CPU decoding speed"). `omnibyte compress`/`decompress` keep blocks up to
+# 32 MiB in the heap and never trim it, so their memory stays at its peak until they exit.
 MALLOC_MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
 MALLOC_TRIM_THRESHOLD = 1 << 30
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
@@ -145,7 +145,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 def configure_cpu_allocator() -> bool:
     """Keep freed memory for reuse (glibc's ``mallopt``); True when set. Left alone where the user
     tuned malloc (``MALLOC_*_`` or ``GLIBC_TUNABLES``) and where the C library is not glibc.
-    Called by the CLI at start; a program that uses the API may call it too."""
+    Called by the CLI for compress and decompress; a program that uses the API may call it too."""
     import ctypes
     import ctypes.util
 

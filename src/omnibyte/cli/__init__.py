@@ -52,6 +52,9 @@ def _standard_streams() -> Iterator[None]:
         sys.stdin, sys.stdout = saved
 
 
+CODING_COMMANDS = ("compress", "decompress")  # where glibc's defaults cost most of the time
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``omnibyte ARGS``; returns the exit code (0, 1 for a failed stdout/stdin, 2 for bad input)."""
     with _standard_streams():
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as done:  # --help, --version, or a one-line usage error
             return done.code if isinstance(done.code, int) else 0
         configure_cpu_threads()  # torch's default oversubscribes a busy CPU: 10x slower training
-        configure_cpu_allocator()  # integer coding's large temporaries: no page faults on every pass
+        if args.command in CODING_COMMANDS:
+            configure_cpu_allocator()  # integer coding's large temporaries: no page faults on every pass
         return common.run_handler(args.handler, args)
 
 
