@@ -33,7 +33,7 @@ from omnibyte.models.base import ByteModel
 from omnibyte.models.registry import seeded
 from omnibyte.models.serialization import CONFIG_FILE, DEFAULT_TASK, load_model, model_from_config, read_config
 from omnibyte.tasks import TASKS, Task, task_from_dict
-from omnibyte.train.parallel import CHECKPOINTING_MODES, PARALLEL_MODES, build_on_meta
+from omnibyte.train.parallel import CHECKPOINTING_MODES, PARALLEL_MODES, build_on_meta, shutdown
 from omnibyte.train.trainer import TrainConfig, Trainer
 
 # options that map one-to-one onto TrainConfig fields: (field, type, metavar, help). Their
@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         result = trainer.fit(resume=args.resume)
     except KeyboardInterrupt as stopped:  # the trainer saved a checkpoint and said so; --resume continues
         return 128 + getattr(stopped, "signal_number", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+    shutdown()  # every rank is here: the last collective of the run is behind it
     print(result.summary())
     if task.objective != "bits_per_byte" and result.val_metrics:  # the summary speaks of bits/byte
         print("last validation: " + ", ".join(f"{key} {value:.4f}" for key, value in result.val_metrics.items()))
