@@ -1,5 +1,9 @@
 """CPU threads: one per physical core the process may use, OMP_NUM_THREADS and CPU quotas
-respected, never more than the user already chose; unknown devices are one line."""
+respected, never more than the user already chose; unknown devices are one line; glibc's
+allocator kept from returning memory for compression."""
+import os
+import platform
+
 import pytest
 import torch
 
@@ -90,14 +94,14 @@ def test_unavailable_devices_are_one_line(monkeypatch):
     assert devices.resolve_device("cpu").type == "cpu"
 
 
-GLIBC = __import__("platform").libc_ver()[0] == "glibc"
+GLIBC = platform.libc_ver()[0] == "glibc"
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
 def test_the_allocator_keeps_freed_memory_unless_the_user_tuned_malloc(monkeypatch):
     """On glibc the CLI raises malloc's mmap and trim thresholds (integer coding re-made its
     large temporaries from fresh zero pages on every pass); a user's own malloc settings win."""
-    for name in [name for name in __import__("os").environ if name.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
+    for name in [name for name in os.environ if name.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
         monkeypatch.delenv(name, raising=False)
     assert devices.configure_cpu_allocator() is True
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
