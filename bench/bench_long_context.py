@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_environment, print_table, synchronize, write_json  # noqa: E402
+from common import describe_environment, kernel_time_by_kind, print_table, synchronize, write_json  # noqa: E402
 
 from omnibyte.devices import autocast, check_training_fits  # noqa: E402
 from omnibyte.errors import OmnibyteError  # noqa: E402
@@ -167,22 +167,7 @@ def profile(args: argparse.Namespace) -> None:
             model.loss(ids, ids).backward()
         synchronize()
     wall = time.perf_counter() - started
-    kinds: dict[str, float] = {}
-    launches = 0
-    for event in prof.key_averages():
-        device_us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
-        # kernels only: not the aten/autograd ops that launch them, nor the profiler's own
-        # "Command Buffer Full" stalls
-        if device_us <= 0 or event.key.startswith(("aten::", "autograd::", "cuda", "Command Buffer")):
-            continue
-        launches += event.count
-        name = event.key.lower()
-        kind = ("attention (flash/efficient)" if any(k in name for k in ("flash", "fmha", "attention", "sdpa"))
-                else "matmul (gemm)" if any(k in name for k in ("gemm", "cutlass", "sm90", "xmma", "cublas", "nvjet"))
-                else "embedding_bag" if "embedding" in name
-                else "loss (softmax, nll)" if any(k in name for k in ("softmax", "nll", "cross"))
-                else "norm, rope, swiglu, adds, casts (element-wise)")
-        kinds[kind] = kinds.get(kind, 0.0) + device_us / 1e6
+    kinds, launches = kernel_time_by_kind(prof)
     busy = sum(kinds.values())
     rows = [{"part": name, "seconds": value} for name, value in stage_seconds.items()]
     rows += [{"part": f"step kernels: {kind}", "seconds": value, "share": value / busy}

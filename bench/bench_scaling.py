@@ -63,9 +63,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's omnibyte
 from common import (  # noqa: E402
     H100_BF16_PEAK_FLOPS,
+    busy_seconds,
     describe_environment,
+    kernel_time_by_kind,
     kill_tree,
     print_table,
+    synchronize,
     time_steps,
     write_json,
 )
@@ -139,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a one-GPU scaling.json: adds the scaling efficiency of each setting")
     parser.add_argument("--from-json", type=Path, default=None, metavar="JSON",
                         help="run nothing: read the rows of this scaling.json (with --compare-to)")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="after the timed steps, this many under torch.profiler: OUT/profiles/ per rank")
     parser.add_argument("--out", type=Path, default=None, help="folder for scaling.json and logs/")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a job: one setting, one batch
     args = parser.parse_args(argv)
@@ -217,6 +222,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 
     warmup_s, step_s = time_steps(trainer.train_step, job["warmup"], job["steps"], before_timing=timed_length)
     world = trainer.world_size
+    if job.get("profile_steps") and job.get("profile_dir"):
+        profile_steps(trainer.train_step, job, world)
     peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
     peaks = [peak] * world
     if world > 1 and dist.is_initialized():
@@ -235,6 +242,39 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             "loss_chunk": job["loss_chunk"], "activation_checkpointing": job["activation_checkpointing"],
             "config_overrides": job["config_overrides"],
             "environment": describe_environment(trainer.device)}  # the launcher keeps one, drops the rest
+
+
+def profile_steps(step: Any, job: dict[str, Any], world: int) -> None:
+    """``job["profile_steps"]`` more steps under the profiler; this rank's summary (wall time,
+    kernel time by kind, the time some kernel ran and the time a non-NCCL kernel ran, all per step)
+    and its top kernels go to ``profile_dir``. Where the step is slower on N ranks than on one,
+    this says whether the kernels themselves got slower or the GPU waited."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    import torch
+
+    rank = int(os.environ.get("RANK", "0"))
+    count = job["profile_steps"]
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * torch.cuda.is_available()
+    synchronize()
+    started = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        for _ in range(count):
+            step()
+        synchronize()
+    wall = (time.perf_counter() - started) / count
+    kinds, launches = kernel_time_by_kind(prof)
+    summary = {"setting": job["name"], "world_size": world, "rank": rank, "batch": job["batch"],
+               "seq_len": job["seq_len"], "profiled_steps": count, "wall_s_per_step": wall,
+               "kernel_s_per_step": {kind: seconds / count for kind, seconds in kinds.items()},
+               "kernel_launches_per_step": launches / count,
+               "gpu_busy_s_per_step": busy_seconds(prof) / count,
+               "compute_busy_s_per_step": busy_seconds(prof, lambda name: "nccl" not in name.lower()) / count}
+    folder = Path(job["profile_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{job['name']}-n{world}-b{job['batch']}-rank{rank}"
+    write_json(folder / f"{stem}.json", summary)
+    sort_key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    (folder / f"{stem}.txt").write_text(prof.key_averages().table(sort_by=sort_key, row_limit=30))
 
 
 def run_worker(job: dict[str, Any]) -> int:
@@ -319,7 +359,8 @@ def setting_job(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "steps": args.long_steps if long else args.steps, "warmup": args.warmup,
             "attention_backend": "auto" if long else flat_backend,
             "loss_chunk": args.loss_chunk if on_gpu and not long else 0,
-            "activation_checkpointing": args.activation_checkpointing, "peak_tflops": args.peak_tflops}
+            "activation_checkpointing": args.activation_checkpointing, "peak_tflops": args.peak_tflops,
+            "profile_steps": args.profile_steps, "profile_dir": str(args.out / "profiles") if args.out else None}
 
 
 def batches_of(name: str, args: argparse.Namespace) -> list[int]:

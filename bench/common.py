@@ -166,3 +166,54 @@ def kill_tree(process, wait_s: float = 30.0) -> None:
     deadline = time.time() + wait_s
     while time.time() < deadline and any(process_alive(pid) for pid in pids[1:]):
         time.sleep(0.05)
+
+
+def kernel_kind(name: str) -> str:
+    """A GPU kernel's kind from its name (cuBLAS/cuDNN/NCCL/inductor naming)."""
+    name = name.lower()
+    if "nccl" in name:
+        return "communication (nccl)"
+    if any(key in name for key in ("flash", "fmha", "attention", "sdpa")):
+        return "attention (flash/efficient)"
+    if any(key in name for key in ("gemm", "cutlass", "sm90", "xmma", "cublas", "nvjet")):
+        return "matmul (gemm)"
+    if "embedding" in name:
+        return "embedding_bag"
+    if any(key in name for key in ("softmax", "nll", "cross")):
+        return "loss (softmax, nll)"
+    return "norm, rope, swiglu, adds, casts (element-wise)"
+
+
+def kernel_time_by_kind(prof: Any) -> tuple[dict[str, float], int]:
+    """Seconds of GPU kernel time by ``kernel_kind`` in a finished ``torch.profiler`` run, and the
+    number of kernel launches. Kernels only: not the aten/autograd ops that launch them, nor the
+    profiler's own "Command Buffer Full" stalls."""
+    kinds: dict[str, float] = {}
+    launches = 0
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
+        if device_us <= 0 or event.key.startswith(("aten::", "autograd::", "cuda", "Command Buffer")):
+            continue
+        launches += event.count
+        kind = kernel_kind(event.key)
+        kinds[kind] = kinds.get(kind, 0.0) + device_us / 1e6
+    return kinds, launches
+
+
+def busy_seconds(prof: Any, include: Callable[[str], bool] = lambda name: True) -> float:
+    """Seconds in which at least one GPU kernel accepted by ``include`` ran (the union of their
+    intervals over all streams): kernels that overlap, as NCCL's do with compute, count once."""
+    intervals = sorted((event.time_range.start, event.time_range.end) for event in prof.events()
+                       if str(getattr(event, "device_type", "")).endswith("CUDA") and include(event.name)
+                       and not event.name.startswith(("aten::", "autograd::", "Command Buffer")))
+    total, current_start, current_end = 0.0, None, None
+    for start, end in intervals:
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total / 1e6

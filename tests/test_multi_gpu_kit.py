@@ -42,7 +42,7 @@ def test_bench_scaling_smoke_on_two_gloo_ranks(tmp_path):
     # base-ddp at batch 0 fails on every rank: only its row is lost
     done = run_script("bench_scaling.py", "--smoke", "--nproc-per-node", "2", "--out", str(two),
                       "--settings", "base-fsdp,base-ddp,long-context-fsdp", "--batch", "base-ddp=0",
-                      "--compare-to", str(one / "scaling.json"))
+                      "--compare-to", str(one / "scaling.json"), "--profile-steps", "1")
     assert "training throughput on 2 rank(s)" in done.stdout
     payload = json.loads((two / "scaling.json").read_text())
     reference = {row["setting"]: row for row in json.loads((one / "scaling.json").read_text())["rows"]}
@@ -65,6 +65,14 @@ def test_bench_scaling_smoke_on_two_gloo_ranks(tmp_path):
         assert math.isclose(row["efficiency"], per_gpu / reference[row["setting"]]["bytes_per_s_per_gpu"],
                             rel_tol=1e-9)
         assert reference[row["setting"]]["world_size"] == 1 and reference[row["setting"]]["parallel"] == "fsdp"
+    # --profile-steps: every rank of every finished job writes where its profiled step went
+    for setting in ("base-fsdp", "long-context-fsdp"):
+        for rank in (0, 1):
+            summary = json.loads((two / "profiles" / f"{setting}-n2-b2-rank{rank}.json").read_text())
+            assert summary["rank"] == rank and summary["world_size"] == 2 and summary["profiled_steps"] == 1
+            assert summary["wall_s_per_step"] > 0
+            assert 0 <= summary["compute_busy_s_per_step"] <= summary["gpu_busy_s_per_step"]
+            assert "Name" in (two / "profiles" / f"{setting}-n2-b2-rank{rank}.txt").read_text()
     # the comparison again later, from the JSON files alone: the same efficiencies, a file of its own
     run_script("bench_scaling.py", "--from-json", str(two / "scaling.json"), "--compare-to",
                str(one / "scaling.json"), "--out", str(two))
@@ -100,6 +108,24 @@ def test_bench_scaling_says_when_the_budget_cut_a_job_short(monkeypatch):
     assert 115 < timeouts[0] < 121 and "capped by --budget" in row["error"]
     row = bench_scaling.run_setting("long-context-fsdp", args, deadline=time.monotonic() + 1000)
     assert timeouts[1] == 175 and "capped" not in row["error"]
+
+
+def test_profile_busy_time_counts_overlapping_kernels_once():
+    """The union of kernel intervals: an NCCL kernel that overlaps compute adds only its exposed
+    part to the busy time, and none to the compute-busy time."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import busy_seconds
+
+    def kernel(name, start, end, device_type="DeviceType.CUDA"):
+        return SimpleNamespace(name=name, device_type=device_type, time_range=SimpleNamespace(start=start, end=end))
+
+    events = [kernel("sm90_gemm", 0, 100), kernel("ncclDevKernel_AllGather", 50, 180), kernel("elementwise", 90, 120),
+              kernel("elementwise", 300, 310), kernel("aten::mm", 0, 1000, "DeviceType.CPU")]
+    prof = SimpleNamespace(events=lambda: events)
+    assert busy_seconds(prof) * 1e6 == 180 + 10
+    assert busy_seconds(prof, lambda name: "nccl" not in name.lower()) * 1e6 == 120 + 10
 
 
 def test_multi_gpu_check_passes_every_stage_on_cpu(tmp_path):
