@@ -184,28 +184,31 @@ def kernel_kind(name: str) -> str:
     return "norm, rope, swiglu, adds, casts (element-wise)"
 
 
+def gpu_kernels(prof: Any) -> list[Any]:
+    """The events of a finished ``torch.profiler`` run that ran on the GPU (kernels, copies):
+    not the CPU-side ops that launched them, which key_averages() also charges with GPU time
+    (a Triton kernel's launcher has the kernel's name; ``nccl:*`` and ``record_param_comms``
+    carry their collective's time), nor the profiler's own "Command Buffer Full" stalls."""
+    return [event for event in prof.events()
+            if str(getattr(event, "device_type", "")).endswith("CUDA") and not event.name.startswith("Command Buffer")]
+
+
 def kernel_time_by_kind(prof: Any) -> tuple[dict[str, float], int]:
     """Seconds of GPU kernel time by ``kernel_kind`` in a finished ``torch.profiler`` run, and the
-    number of kernel launches. Kernels only: not the aten/autograd ops that launch them, nor the
-    profiler's own "Command Buffer Full" stalls."""
+    number of kernel launches."""
     kinds: dict[str, float] = {}
-    launches = 0
-    for event in prof.key_averages():
-        device_us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
-        if device_us <= 0 or event.key.startswith(("aten::", "autograd::", "cuda", "Command Buffer")):
-            continue
-        launches += event.count
-        kind = kernel_kind(event.key)
-        kinds[kind] = kinds.get(kind, 0.0) + device_us / 1e6
-    return kinds, launches
+    kernels = gpu_kernels(prof)
+    for event in kernels:
+        kind = kernel_kind(event.name)
+        kinds[kind] = kinds.get(kind, 0.0) + (event.time_range.end - event.time_range.start) / 1e6
+    return kinds, len(kernels)
 
 
 def busy_seconds(prof: Any, include: Callable[[str], bool] = lambda name: True) -> float:
     """Seconds in which at least one GPU kernel accepted by ``include`` ran (the union of their
     intervals over all streams): kernels that overlap, as NCCL's do with compute, count once."""
-    intervals = sorted((event.time_range.start, event.time_range.end) for event in prof.events()
-                       if str(getattr(event, "device_type", "")).endswith("CUDA") and include(event.name)
-                       and not event.name.startswith(("aten::", "autograd::", "Command Buffer")))
+    intervals = sorted((event.time_range.start, event.time_range.end) for event in gpu_kernels(prof)
+                       if include(event.name))
     total, current_start, current_end = 0.0, None, None
     for start, end in intervals:
         if current_end is None or start > current_end:

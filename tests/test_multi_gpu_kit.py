@@ -110,20 +110,25 @@ def test_bench_scaling_says_when_the_budget_cut_a_job_short(monkeypatch):
     assert timeouts[1] == 175 and "capped" not in row["error"]
 
 
-def test_profile_busy_time_counts_overlapping_kernels_once():
-    """The union of kernel intervals: an NCCL kernel that overlaps compute adds only its exposed
-    part to the busy time, and none to the compute-busy time."""
+def test_profile_counts_each_gpu_kernel_once():
+    """Kernel time by kind counts GPU events only (not the CPU ops that launched them, which the
+    profiler also charges); busy time is the union of kernel intervals: an NCCL kernel that
+    overlaps compute adds only its exposed part, and none to the compute-busy time."""
     from types import SimpleNamespace
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from common import busy_seconds
+    from common import busy_seconds, kernel_time_by_kind
 
     def kernel(name, start, end, device_type="DeviceType.CUDA"):
         return SimpleNamespace(name=name, device_type=device_type, time_range=SimpleNamespace(start=start, end=end))
 
     events = [kernel("sm90_gemm", 0, 100), kernel("ncclDevKernel_AllGather", 50, 180), kernel("elementwise", 90, 120),
-              kernel("elementwise", 300, 310), kernel("aten::mm", 0, 1000, "DeviceType.CPU")]
+              kernel("elementwise", 300, 310), kernel("aten::mm", 0, 1000, "DeviceType.CPU"),
+              kernel("nccl:_all_gather_base", 50, 180, "DeviceType.CPU"), kernel("elementwise", 90, 120, "DeviceType.CPU")]
     prof = SimpleNamespace(events=lambda: events)
+    kinds, launches = kernel_time_by_kind(prof)
+    assert launches == 4 and {kind: round(seconds * 1e6) for kind, seconds in kinds.items()} == {
+        "matmul (gemm)": 100, "communication (nccl)": 130, "norm, rope, swiglu, adds, casts (element-wise)": 40}
     assert busy_seconds(prof) * 1e6 == 180 + 10
     assert busy_seconds(prof, lambda name: "nccl" not in name.lower()) * 1e6 == 120 + 10
 
