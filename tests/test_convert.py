@@ -265,3 +265,10 @@ def test_cpu_report_counts_bytes_and_states_by_program_length():
     assert math.isclose(report["byte_accuracy"], (260 + 259 + 130) / 780)
     assert report["exact_state_rate"] == 1 / 3
     assert byte_accuracy(b"abc", b"abd") == 2 / 3 and byte_accuracy(b"", b"") == 1.0
+    # r0 is the only byte the program changed (0 -> 5): the second output got it wrong, the
+    # third lost 130 bytes of memory that it should have copied unchanged
+    parts = report["byte_accuracy_by_part"]
+    assert parts["changed"] == {"bytes": 3, "byte_accuracy": 2 / 3}
+    assert parts["unchanged"] == {"bytes": 3 * 259, "byte_accuracy": (259 + 259 + 129) / (3 * 259)}
+    assert parts["registers"] == {"bytes": 12, "byte_accuracy": 11 / 12}
+    assert parts["memory"] == {"bytes": 3 * 256, "byte_accuracy": (256 + 256 + 126) / (3 * 256)}

@@ -17,7 +17,10 @@ Evaluation (``evaluate_conversion``) reports, on records with known targets:
 * ABC targets: ``parse_rate`` (abc2midi writes a MIDI file mido reads) and ``clean_rate``
   (abc2midi reports no error), with the same for the references, or None without abc2midi;
 * CPU states: ``byte_accuracy`` (output byte i equals target byte i; missing bytes are wrong)
-  and ``exact_rate``, overall and by program length (``by_length``).
+  and ``exact_rate``, overall and by program length (``by_length``); ``byte_accuracy_by_part``
+  splits the bytes into registers and memory, and into those the program left as they were
+  (a copy of the initial state) and those it changed (a computation), which tells a model
+  that cannot copy from one that cannot compute.
 """
 from __future__ import annotations
 
@@ -179,12 +182,34 @@ def cpu_report(records: Sequence[PairRecord], outputs: Sequence[bytes]) -> dict[
                       for record, output in zip(records, outputs))
     return {
         "byte_accuracy": right_bytes / max(total_bytes, 1),
+        "byte_accuracy_by_part": cpu_accuracy_by_part(records, outputs),
         "exact_state_rate": share([exact for _, exact in scores]),
         "by_length": {length: {"records": len(group),
                                "byte_accuracy": sum(accuracy for accuracy, _ in group) / len(group),
                                "exact_state_rate": share([exact for _, exact in group])}
                       for length, group in sorted(by_length.items())},
     }
+
+
+def cpu_accuracy_by_part(records: Sequence[PairRecord], outputs: Sequence[bytes]) -> dict[str, dict[str, Any]]:
+    """Per-byte accuracy of the final state's registers and memory, and of the bytes the program
+    left unchanged and those it changed: for each part, its byte count and the share right."""
+    right: dict[str, int] = defaultdict(int)
+    count: dict[str, int] = defaultdict(int)
+    for record, output in zip(records, outputs):
+        initial = np.frombuffer(record.source[: cpusim.STATE_BYTES], dtype=np.uint8)
+        target = np.frombuffer(record.target, dtype=np.uint8)
+        got = np.full(len(target), -1, dtype=np.int16)  # missing bytes match nothing
+        got[: min(len(output), len(target))] = np.frombuffer(output[: len(target)], dtype=np.uint8)
+        correct = got == target
+        is_register = np.arange(len(target)) < cpusim.NUM_REGISTERS
+        changed = target != initial[: len(target)]
+        for part, mask in (("registers", is_register), ("memory", ~is_register),
+                           ("unchanged", ~changed), ("changed", changed)):
+            count[part] += int(mask.sum())
+            right[part] += int(correct[mask].sum())
+    return {part: {"bytes": count[part], "byte_accuracy": right[part] / count[part] if count[part] else None}
+            for part in ("registers", "memory", "unchanged", "changed")}
 
 
 def abc_report(records: Sequence[PairRecord], outputs: Sequence[bytes], abc2midi: str | None) -> dict[str, Any]:

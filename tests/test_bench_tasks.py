@@ -1,0 +1,36 @@
+"""``bench/bench_tasks.py``'s pre-training options on the CPU: Nottingham only (1 KB tunes), a
+handful of files, seconds of training. Needs ../shared/data's Nottingham ABC; skips without."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "bench_tasks.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_pretraining_alone_with_its_own_minutes(tmp_path):
+    if not (DATA / "nottingham" / "ABC_cleaned").is_dir():
+        pytest.skip("../shared/data/nottingham is missing")
+    done = run_bench("--data", str(DATA), "--tasks", "nottingham", "--limit-files", "8", "--minutes", "0.05",
+                     "--pretrain", "--no-scratch", "--pretrain-minutes", "0.03", "--batch-size", "4",
+                     "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "out" / "bench_tasks.json").read_text())["rows"]
+    assert row["start"] == "pre-trained" and row["minutes"] == 0.05 and row["pretrain"]["minutes"] == 0.03
+    assert row["pretrain"]["steps"] >= 1 and 0.0 <= row["accuracy"] <= 1.0
+    assert not (tmp_path / "work" / "nottingham").exists()  # no model from scratch was trained
+
+
+def test_pretraining_options_need_pretrain(tmp_path):
+    done = run_bench("--out", str(tmp_path), "--no-scratch")
+    assert done.returncode == 2 and "go with --pretrain" in done.stderr
