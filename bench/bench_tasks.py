@@ -14,9 +14,9 @@ writes a compact copy of exactly that (about 41 MB) for a machine without ``../s
 
 Every model is a fixed-patch (bGPT) model whose patch stage spans a whole file (16-byte
 patches, 8 for ABC; the BMP/WAV header is the first patches); files are read whole (BMP 3,127
-and WAV 8,045 tokens with BOS), ABC tunes cut at 1,024. The number of optimizer steps is
-calibrated from a short timed run so that the cosine schedule ends with the time budget; the
-trainer's time limit caps it too. The best model by validation loss (a few % of the training
+and WAV 8,045 tokens with BOS), ABC tunes cut at 1,024. The trainer fits the number of
+optimizer steps to the time budget as it trains (``fit_steps_to_time``, ``--steps auto``), so
+the cosine schedule ends with it. (Until s18 a short timed run before training set it once.) The best model by validation loss (a few % of the training
 files) is scored on the test split. ``--pretrain`` adds, per task, generative pre-training
 (next-byte on the same training files, ``--minutes``) followed by fine-tuning from it
 (``--minutes``): bGPT's pre-training-vs-scratch comparison.
@@ -35,7 +35,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -67,7 +67,6 @@ TASKS: dict[str, dict[str, Any]] = {
                        batch_size=32, lr=1e-3, minutes=0.75, target=None),
 }
 VALIDATION_FRACTION = 0.04
-CALIBRATION_STEPS = 10
 
 
 def new_model(spec: dict[str, Any]) -> torch.nn.Module:
@@ -75,50 +74,28 @@ def new_model(spec: dict[str, Any]) -> torch.nn.Module:
     return build_model("patch", "small", stages=spec["stages"])
 
 
-def train_config(spec: dict[str, Any], steps: int, minutes: float, device: str) -> TrainConfig:
-    return TrainConfig(seq_len=spec["seq_len"], batch_size=spec["batch_size"], steps=steps, lr=spec["lr"],
-                       warmup_steps=max(steps // 20, 1), eval_every=max(steps // 6, 1), eval_windows=1024,
-                       save_every=10**9, log_every=50, device=device, time_limit=minutes * 60)
+def train_config(spec: dict[str, Any], minutes: float, device: str) -> TrainConfig:
+    """Steps fitted to ``minutes`` by the trainer (``--steps auto``): 1,000 is only its first guess."""
+    return TrainConfig(seq_len=spec["seq_len"], batch_size=spec["batch_size"], steps=1000, lr=spec["lr"],
+                       warmup_steps=-1, eval_every=166, eval_windows=1024, save_every=10**9, log_every=50,
+                       device=device, time_limit=minutes * 60, fit_steps_to_time=True)
 
 
-def steps_in(minutes: float, make_trainer: Callable[[int], Trainer]) -> int:
-    """Optimizer steps that fit ``minutes``, from a timed throwaway run (after 3 warm-up steps)."""
-    trainer = make_trainer(10**6)
-    for _ in range(3):
-        trainer.train_step()
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()
-    started = time.perf_counter()
-    for _ in range(CALIBRATION_STEPS):
-        trainer.train_step()
-    sync()
-    rate = CALIBRATION_STEPS / (time.perf_counter() - started)
-    del trainer
-    return max(int(rate * minutes * 60 * 0.93), 1)  # a margin for validation and saving
+def validate_six_times(trainer: Trainer) -> None:
+    """Trainer callback: six validations over the steps planned for the time budget."""
+    trainer.config.eval_every = max(trainer.config.steps // 6, 1)
 
 
 def train(spec: dict[str, Any], model: torch.nn.Module, task: Task, train_corpus: ByteCorpus,
           val_corpus: ByteCorpus | None, out: Path, minutes: float, device: str) -> dict[str, Any]:
-    """Train for at most ``minutes``; the run's best (or last) model is saved in ``out``."""
-    initial = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-
-    def make_trainer(steps: int, directory: Path = out / "calibration") -> Trainer:
-        model.load_state_dict(initial)
-        return Trainer(model, train_corpus, train_config(spec, steps, minutes, device), directory,
-                       val_corpus, task=task, progress=False)
-
-    head = {name: tensor.detach().clone() for name, tensor in task.head.state_dict().items()} \
-        if isinstance(task, ClassifyTask) else None
-    steps = steps_in(minutes, make_trainer)
-    model.load_state_dict(initial)
-    if head is not None:
-        task.head.load_state_dict(head)  # calibration trained it: start fresh
+    """Train for ``minutes`` (the schedule ends with them); the run's best (or last) model is saved in ``out``."""
     started = time.perf_counter()
-    trainer = Trainer(model, train_corpus, train_config(spec, steps, minutes, device), out, val_corpus,
-                      task=task, progress=False)
+    trainer = Trainer(model, train_corpus, train_config(spec, minutes, device), out, val_corpus, task=task,
+                      progress=False)
+    trainer.callbacks.append(validate_six_times)
     result = trainer.fit()
-    return {"steps": result.step, "planned_steps": steps, "train_seconds": round(time.perf_counter() - started, 1),
-            "best_step": result.model_step}
+    return {"steps": result.step, "planned_steps": trainer.config.steps,
+            "train_seconds": round(time.perf_counter() - started, 1), "best_step": result.model_step}
 
 
 def split_train(documents: list[Document]) -> tuple[ByteCorpus, ByteCorpus]:

@@ -163,6 +163,8 @@ CLI_CASES: list[tuple[list[str], str]] = [
     ([*TRAIN, "--steps", "-1"], "--steps"),
     ([*TRAIN, "--steps", "ten"], "expected an integer, got 'ten'"),
     ([*TRAIN, "--steps", "1.5"], "--steps"),
+    ([*TRAIN, "--steps", "auto"], "--steps auto needs --time-limit"),
+    ([*TRAIN, "--steps", "Auto"], "expected an integer, got 'Auto'"),
     ([*TRAIN, "--batch-size", "0"], "--batch-size"),
     ([*TRAIN, "--batch-size", "-1"], "--batch-size"),
     ([*TRAIN, "--seq-len", "0"], "--seq-len"),

@@ -234,7 +234,7 @@ def test_every_option_of_every_command_has_help_text():
 def test_help_shows_defaults(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--steps N optimizer steps in all" in text and "(default: 1000)" in text and "(default: 0.05)" in text
+    assert "--steps N|auto optimizer steps in all" in text and "(default: 1000)" in text and "(default: 0.05)" in text
     assert main(["generate", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 256)" in text and "(default: None)" not in text and "(default: False)" not in text

@@ -216,3 +216,16 @@ def test_a_finished_run_tears_down_the_process_group_it_started(data, tmp_path):
     assert main(["train", str(data), "--out", str(tmp_path / "run"), "--steps", "2", "--parallel", "fsdp",
                  *COMMON]) == 0
     assert not dist.is_initialized()
+
+
+def test_steps_fitted_to_time_agree_on_two_ranks(data, tmp_path):
+    """``--steps auto`` under torchrun: every rank takes rank 0's plan (broadcast at the same
+    steps), so the ranks end together, at the planned step, without hanging in a collective."""
+    out = tmp_path / "fitted"
+    torchrun(2, [str(data), "--out", str(out), "--steps", "auto", "--time-limit", "8", "--parallel", "ddp",
+                 "--seq-len", "32", "--batch-size", "2", "--eval-every", "0", "--save-every", "0", "--no-progress"])
+    planned = json.loads((out / "train_config.json").read_text())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert planned["fit_steps_to_time"] and planned["steps"] > 26  # planned, past the first guess's floor
+    assert records[-1]["step"] <= planned["steps"]
+    assert latest_weights(out).step == records[-1]["step"]

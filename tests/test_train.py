@@ -271,3 +271,59 @@ def test_resuming_a_run_that_stopped_early(tmp_path):
     assert "already stopped early" in again.summary() and "raise --patience or --steps" in again.summary()
     more = fit(4)  # more patience: it trains on, and stops later
     assert not more.already_finished and more.step > first.step
+
+
+class FakeClock:
+    """``time.time`` for the trainer's loop: every call moves it on by ``tick`` seconds, by
+    ``slow_tick`` for the calls in ``slow`` (a range of call numbers: a slow stretch)."""
+
+    def __init__(self, tick: float, slow_tick: float = 0.0, slow: range = range(0)):
+        self.now, self.tick, self.slow_tick, self.slow, self.calls = 1000.0, tick, slow_tick, slow, 0
+
+    def time(self) -> float:
+        self.calls += 1
+        self.now += self.slow_tick if self.calls in self.slow else self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("slow", [range(0), range(40, 100)])
+def test_steps_fitted_to_the_time_limit_end_the_schedule_in_time(tmp_path, monkeypatch, slow):
+    """``fit_steps_to_time`` (``--steps auto``): the run ends by its schedule, with the learning
+    rate at its floor, in the last tenth of the time limit, even after a slow start; the plan is
+    saved, so that a resumed run keeps it instead of planning again."""
+    import omnibyte.train.trainer as trainer_module
+
+    clock = FakeClock(0.002, slow_tick=0.02, slow=slow)  # slow: 1.2 s while the first plan measures
+    monkeypatch.setattr(trainer_module.time, "time", clock.time)
+    config = small_config(steps=10, fit_steps_to_time=True, time_limit=3.0, eval_every=0, save_every=0, log_every=1)
+    torch.manual_seed(0)
+    result = Trainer(build_model("flat", "tiny"), fox_corpus(), config, tmp_path, progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert result.step == config.steps == records[-1]["step"] > 10  # planned, not the first guess
+    assert records[-1]["lr"] == pytest.approx(config.lr * config.min_lr_ratio, rel=1e-3)
+    assert 0.9 * 3.0 <= clock.now - 1000.0 <= 3.0 + 0.5
+    assert json.loads((tmp_path / "train_config.json").read_text())["steps"] == result.step
+    resumed = Trainer(build_model("flat", "tiny"), fox_corpus(), TrainConfig.from_dict(
+        json.loads((tmp_path / "train_config.json").read_text())), tmp_path, progress=False).fit(resume=True)
+    assert resumed.already_finished and resumed.step == result.step
+
+
+def test_time_fitted_steps_plan_again_after_a_slow_stretch():
+    from omnibyte.train.schedule import TimeFittedSteps
+
+    planner, now, step = TimeFittedSteps(100.0, 0, 0.0), 0.0, 0
+    planned = 10**9
+    while step < planned and now <= 100.0:
+        step += 1
+        now += 1.0 if step <= 25 else 0.25  # a single plan from the slow start would end at 43 s
+        if planner.due(step):
+            proposal = planner.observe(step, now)
+            if proposal is not None:
+                planner.accept(step, proposal)
+                planned = proposal
+    assert step == planned and 85.0 <= now <= 100.0
+
+
+def test_fitted_steps_need_a_time_limit():
+    with pytest.raises(OmnibyteError, match="fit_steps_to_time needs a time_limit"):
+        TrainConfig(fit_steps_to_time=True)

@@ -41,7 +41,9 @@ from omnibyte.train.trainer import TrainConfig, Trainer
 TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("seq_len", positive_int, "BYTES", "bytes per training sequence (at most the model's context)"),
     ("batch_size", positive_int, "N", BATCH_SIZE_HELP + ", per device and micro-step"),
-    ("steps", positive_int, "N", "optimizer steps in all (a resumed run trains up to this step)"),
+    ("steps", lambda text: "auto" if text == "auto" else positive_int(text), "N|auto",
+     "optimizer steps in all (a resumed run trains up to this step); auto, with --time-limit: as many as "
+     "fit, measured while training, so that the learning rate reaches its floor when the time is up"),
     ("grad_accum", positive_int, "N", "micro-steps whose gradients add up to one optimizer step"),
     ("lr", positive_real, "LR", "peak learning rate (after warmup, then cosine decay)"),
     ("warmup_steps", int_in(-1), "N", "linear warmup steps; -1: 5%% of --steps, at most 1000"),
@@ -119,8 +121,15 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise OmnibyteError(f"cannot read {saved}: {error}") from None
     for name in [*(option[0] for option in TRAIN_OPTIONS), *OTHER_CONFIG_OPTIONS]:
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
+        value = getattr(args, name)
+        if name == "steps" and value is not None:
+            values["fit_steps_to_time"] = value == "auto"
+            if value == "auto":  # planned while training; the saved plan (resuming) or the default until then
+                continue
+        if value is not None:
+            values[name] = value
+    if values.get("fit_steps_to_time") and not values.get("time_limit"):
+        raise OmnibyteError("--steps auto needs --time-limit SECONDS: the time the schedule is fitted to")
     try:
         return TrainConfig.from_dict(values)
     except (TypeError, ValueError) as error:

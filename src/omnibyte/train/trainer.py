@@ -50,7 +50,7 @@ from omnibyte.models.validation import ConfigError, Limit
 from omnibyte.tasks import NextByteTask, Task
 from omnibyte.train import checkpoint, parallel, sharded_checkpoint
 from omnibyte.train.metrics import MetricsLog, plot_loss_curve
-from omnibyte.train.schedule import learning_rate
+from omnibyte.train.schedule import TimeFittedSteps, learning_rate
 
 LN2 = math.log(2)
 BEST_DIR = "best"  # a copy of the best model, as the run directory has always had
@@ -114,6 +114,9 @@ class TrainConfig(BaseConfig):
     compile: bool = False
     device: str = "auto"
     time_limit: float = 0.0  # seconds of training before stopping cleanly (0: none)
+    # with time_limit: measure the step rate and set ``steps`` so that the schedule ends when the
+    # time is up (TimeFittedSteps); a resumed run keeps the steps planned (saved in train_config.json)
+    fit_steps_to_time: bool = False
     tensorboard: bool = False
     parallel: str = "auto"  # none, ddp, fsdp; auto: ddp under torchrun, none in one process
     activation_checkpointing: str = "none"  # none, block, selective
@@ -124,6 +127,8 @@ class TrainConfig(BaseConfig):
         super().validate()
         if not DEVICE_NAME.match(self.device):
             raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.fit_steps_to_time and not self.time_limit:
+            raise ConfigError("fit_steps_to_time", "needs a time_limit > 0 to fit the steps to")
 
     @property
     def warmup(self) -> int:
@@ -580,8 +585,15 @@ class Trainer:
         started = window_start = time.time()
         window_steps, loss_sum = 0, 0.0
         last_loss = last_report = last_eval_step = None
+        # a resumed run keeps the steps its first process planned
+        fitting = TimeFittedSteps(config.time_limit, self.step, started) \
+            if config.fit_steps_to_time and self.step == 0 else None
+        if fitting is not None:  # the given steps are only a first guess: never end before the first plan
+            config.steps = max(config.steps, TimeFittedSteps.FIRST_PLAN + 1)
         while self.step < config.steps:
             loss = self.train_step()
+            if fitting is not None and fitting.due(self.step):
+                self._fit_steps_to_time(fitting, bar)
             loss_sum, window_steps = loss_sum + loss, window_steps + 1
             last_loss = loss / LN2
             if not math.isfinite(loss):
@@ -609,6 +621,21 @@ class Trainer:
             if self.stopped_early or self._agree_to_stop(time_up):
                 break
         return last_loss, last_report, last_eval_step
+
+    def _fit_steps_to_time(self, fitting: TimeFittedSteps, bar: tqdm) -> None:
+        """A new plan of the steps (rank 0's, on every rank), written to train_config.json so that
+        a resumed run keeps it."""
+        planned = fitting.observe(self.step, time.time())
+        if self.world_size > 1:
+            planned = parallel.broadcast_object(planned, self.world)
+        if planned is None:
+            return
+        fitting.accept(self.step, planned)
+        self.config.steps = planned
+        bar.total = planned
+        bar.refresh()
+        if self.is_main:
+            atomic_write_bytes(self.out_dir / "train_config.json", (self.config.to_json() + "\n").encode())
 
     def _agree_to_stop(self, time_up: bool) -> bool:
         """True when this step is the last: a signal arrived or time is up. Under torchrun
