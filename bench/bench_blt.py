@@ -273,22 +273,16 @@ def peer(args, device) -> list[dict]:
 def quality(args) -> list[dict]:
     import bench_quality  # noqa: PLC0415 - same split, schedule and scoring as the other families
 
-    overrides = dict(patching=dict(scheme="space", max_patch_size=16))
+    arch, preset, overrides, _, _, lr = bench_quality.CONTENDERS["blt"]
     if args.entropy_model:
         overrides = dict(patching=dict(scheme="entropy", threshold=args.threshold, max_patch_size=16),
                          entropy_model=str(args.entropy_model))
-    bench_quality.CONTENDERS["blt"] = ("blt", "small", overrides, args.context, args.batch_size, 1e-3)
+    bench_quality.CONTENDERS["blt"] = (arch, preset, overrides, args.context, args.batch_size, lr)
     splits = bench_quality.gcide_splits(str(args.data))
-    row = bench_quality.train_and_test("blt", splits, args.quality_minutes, Path(args.out) / "quality", 10)
-    from omnibyte.evaluate import count_patches
-    from omnibyte.models.serialization import load_model
+    return [bench_quality.train_and_test("blt", splits, args.quality_minutes, Path(args.out) / "quality")]
 
-    model = load_model(Path(args.out) / "quality" / "blt", "cuda" if torch.cuda.is_available() else "cpu")
-    test = splits[2]
-    data = b"".join(test.document(i).data for i in range(test.num_documents))[:1_000_000]
-    row["bytes_per_patch"] = len(data) / max(count_patches(model, data, args.context), 1)
-    return [row]
 
+# ---- command line -------------------------------------------------------------------------------
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
