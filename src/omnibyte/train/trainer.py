@@ -585,11 +585,12 @@ class Trainer:
         started = window_start = time.time()
         window_steps, loss_sum = 0, 0.0
         last_loss = last_report = last_eval_step = None
-        # a resumed run keeps the steps its first process planned
+        # a resumed run keeps the steps its first process planned (one stopped before its first
+        # plan makes one, over this process's time limit)
         fitting = TimeFittedSteps(config.time_limit, self.step, started) \
-            if config.fit_steps_to_time and self.step == 0 else None
+            if config.fit_steps_to_time and self.step < TimeFittedSteps.FIRST_PLAN else None
         if fitting is not None:  # the given steps are only a first guess: never end before the first plan
-            config.steps = max(config.steps, TimeFittedSteps.FIRST_PLAN + 1)
+            config.steps = max(config.steps, self.step + TimeFittedSteps.FIRST_PLAN + 1)
         while self.step < config.steps:
             loss = self.train_step()
             if fitting is not None and fitting.due(self.step):
