@@ -36,6 +36,7 @@ class TimeFittedSteps:
         self.seconds, self.started, self.start_step = seconds, now, start_step
         self.mark: tuple[int, float] | None = None
         self.next_plan: float = start_step + self.FIRST_PLAN
+        self.plans = 0  # plans accepted so far
 
     def due(self, step: int) -> bool:
         return step == self.start_step + self.MEASURE_FROM or step >= self.next_plan
@@ -52,5 +53,6 @@ class TimeFittedSteps:
 
     def accept(self, step: int, planned: int) -> None:
         """The plan in force (rank 0's): the next one comes after a quarter of what is left."""
+        self.plans += 1
         remaining = planned - step
         self.next_plan = step + remaining // 4 if remaining >= self.LAST_PLAN else math.inf

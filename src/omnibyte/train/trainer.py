@@ -632,6 +632,9 @@ class Trainer:
         if planned is None:
             return
         fitting.accept(self.step, planned)
+        if self.is_main and fitting.plans == 1:
+            tqdm.write(f"steps auto: {planned:,} steps fit --time-limit {self.config.time_limit:g} s "
+                       f"(measured at step {self.step}; planned again as training goes)")
         self.config.steps = planned
         bar.total = planned
         bar.refresh()
