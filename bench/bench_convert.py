@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_environment, print_table, write_json  # noqa: E402
 

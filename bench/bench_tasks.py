@@ -16,10 +16,11 @@ Every model is a fixed-patch (bGPT) model whose patch stage spans a whole file (
 patches, 8 for ABC; the BMP/WAV header is the first patches); files are read whole (BMP 3,127
 and WAV 8,045 tokens with BOS), ABC tunes cut at 1,024. The trainer fits the number of
 optimizer steps to the time budget as it trains (``fit_steps_to_time``, ``--steps auto``), so
-the cosine schedule ends with it. (Until s18 a short timed run before training set it once.) The best model by validation loss (a few % of the training
-files) is scored on the test split. ``--pretrain`` adds, per task, generative pre-training
-(next-byte on the same training files, ``--minutes``) followed by fine-tuning from it
-(``--minutes``): bGPT's pre-training-vs-scratch comparison.
+the cosine schedule ends with it (until s18 a short timed run before training set it once).
+The best model by validation loss (a few % of the training files) is scored on the test split.
+``--pretrain`` adds, per task, generative pre-training (next-byte on the same training files,
+``--pretrain-minutes``, default ``--minutes``) followed by fine-tuning from it (``--minutes``):
+bGPT's pre-training-vs-scratch comparison; ``--no-scratch`` leaves out the model from scratch.
 
     python bench/bench_tasks.py --data runs/task_data --out OUT              # ~7.5 min on an H200
     python bench/bench_tasks.py --data runs/task_data --out OUT --tasks fsdd --pretrain   # ~6 min
