@@ -206,13 +206,9 @@ def test_evaluation_of_the_trained_model(trained_run, one_thread):
     report, conversions = evaluate_conversion(model, task, test_records, batch_size=4, max_new_bytes=12)
     references = [read_target(greedy_reference(model, record.source, 12), "bytes") for record in test_records]
     assert [(conversion.output, conversion.finished) for conversion in conversions] == references
-    exact = [conversion.finished and conversion.output == CONSTANT_TARGET for conversion in conversions]
-    assert report["records"] == 10 and report["exact_rate"] == sum(exact) / 10
-    assert report["finished_rate"] == sum(conversion.finished for conversion in conversions) / 10
-    # learnt: on this machine all 10 every time; two CI runs (s12, s13) had one record wrong,
-    # not reproduced in isolation, so one miss is allowed here and the line above says which
-    assert report["exact_rate"] >= 0.9, [conversion.output for conversion in conversions]
-    assert report["target_bits_per_byte"] < 0.5 and report["target_accuracy"] >= 0.95
+    assert report["records"] == 10 and report["finished_rate"] == report["exact_rate"] == 1.0
+    assert report["target_bits_per_byte"] < 0.5 and report["target_accuracy"] == 1.0
+    assert [conversion.output for conversion in conversions] == [CONSTANT_TARGET] * 10
 
 
 def test_a_model_for_another_task_is_not_a_converter(tmp_path):

@@ -220,6 +220,20 @@ def test_document_split_is_deterministic_disjoint_and_complete():
     assert sorted(reordered.split(0.2)[1].names) == sorted(valid.names)
 
 
+def test_document_split_does_not_depend_on_where_the_data_folder_is(tmp_path):
+    """The same files in two places split the same way (names are hashed below their common
+    folder): a run moved, or a test's temporary folder, must not change its validation set."""
+    splits = []
+    for place in (tmp_path / "here", tmp_path / "somewhere" / "else"):
+        for index in range(40):
+            folder = place / "data" / f"part{index % 3}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"file{index}.txt").write_bytes(b"x" * (10 + index))
+        valid = ByteCorpus.from_paths([place / "data"]).split(0.2, by="documents")[1]
+        splits.append(sorted(Path(name).relative_to(place).as_posix() for name in valid.names))
+    assert splits[0] == splits[1] and 1 <= len(splits[0]) < 20
+
+
 def test_document_split_keeps_one_document_each_side():
     train, valid = make_corpus([10, 10]).split(0.01, by="documents")
     assert (train.num_documents, valid.num_documents) == (1, 1)

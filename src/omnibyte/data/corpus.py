@@ -5,6 +5,7 @@ arrays and the ``int64`` offset at which each one starts in the concatenated str
 """
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -177,7 +178,9 @@ class ByteCorpus:
         return ByteCorpus(pieces, self.skipped)
 
     def _split_documents(self, validation_fraction: float) -> tuple[ByteCorpus, ByteCorpus]:
-        scores = [stable_unit_hash(name) for name in self._names]
+        # hashed below the folder all documents share: the same files split the same way
+        # wherever that folder is (a run's split used to change with the data's location)
+        scores = [stable_unit_hash(name) for name in names_below_common_folder(self._names)]
         in_validation = [score < validation_fraction for score in scores]
         if validation_fraction > 0 and self.num_documents >= 2:
             if not any(in_validation):
@@ -187,6 +190,14 @@ class ByteCorpus:
         train = [self.document(i) for i, valid in enumerate(in_validation) if not valid]
         validation = [self.document(i) for i, valid in enumerate(in_validation) if valid]
         return ByteCorpus(train, self.skipped), ByteCorpus(validation, self.skipped)
+
+
+def names_below_common_folder(names: Sequence[str]) -> list[str]:
+    """``names`` without the folder path that all of them start with ("/data/a/x", "/data/b/y"
+    -> "a/x", "b/y"); a lone name keeps only its file name."""
+    prefix = os.path.commonprefix(list(names))
+    cut = max(prefix.rfind("/"), prefix.rfind(os.sep)) + 1
+    return [name[cut:] for name in names]
 
 
 def stable_unit_hash(name: str) -> float:
