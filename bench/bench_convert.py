@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_environment, print_table, write_json  # noqa: E402
+from common import describe_environment, print_table, validate_times, write_json  # noqa: E402
 
 from omnibyte import cpusim  # noqa: E402
 from omnibyte.apps.convert import evaluate_conversion  # noqa: E402
@@ -55,11 +55,6 @@ def split_validation(records: list[PairRecord]) -> tuple[Any, Any]:
     return records_corpus(records).split(VALIDATION_FRACTION, by="documents")
 
 
-def validate_four_times(trainer: Trainer) -> None:
-    """Trainer callback: four validations over the steps planned for the time budget."""
-    trainer.config.eval_every = max(trainer.config.steps // 4, 1)
-
-
 def train(name: str, records: list[PairRecord], args: argparse.Namespace, seq_len: int, batch_size: int,
           lr: float) -> tuple[Any, ConvertTask, dict[str, Any]]:
     """A flat model trained for ``args.minutes`` on ``records``; returns it, its task and facts."""
@@ -73,7 +68,7 @@ def train(name: str, records: list[PairRecord], args: argparse.Namespace, seq_le
                          eval_every=250, eval_windows=64, save_every=0, log_every=50, seed=0,
                          device=args.device, time_limit=seconds, fit_steps_to_time=True)
     trainer = Trainer(model, train_corpus, config, args.runs / name, val_corpus, task=task, progress=False)
-    trainer.callbacks.append(validate_four_times)
+    trainer.callbacks.append(validate_times(4))
     started = time.time()
     result = trainer.fit()
     facts = {"params": model.num_parameters(), "seq_len": seq_len, "batch_size": batch_size, "lr": lr,

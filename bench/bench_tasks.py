@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_environment, print_table, write_json  # noqa: E402
+from common import describe_environment, print_table, validate_times, write_json  # noqa: E402
 
 from omnibyte.apps.classify import evaluate_classifier, load_classifier  # noqa: E402
 from omnibyte.data import ByteCorpus, Document  # noqa: E402
@@ -82,18 +82,13 @@ def train_config(spec: dict[str, Any], minutes: float, device: str) -> TrainConf
                        device=device, time_limit=minutes * 60, fit_steps_to_time=True)
 
 
-def validate_six_times(trainer: Trainer) -> None:
-    """Trainer callback: six validations over the steps planned for the time budget."""
-    trainer.config.eval_every = max(trainer.config.steps // 6, 1)
-
-
 def train(spec: dict[str, Any], model: torch.nn.Module, task: Task, train_corpus: ByteCorpus,
           val_corpus: ByteCorpus | None, out: Path, minutes: float, device: str) -> dict[str, Any]:
     """Train for ``minutes`` (the schedule ends with them); the run's best (or last) model is saved in ``out``."""
     started = time.perf_counter()
     trainer = Trainer(model, train_corpus, train_config(spec, minutes, device), out, val_corpus, task=task,
                       progress=False)
-    trainer.callbacks.append(validate_six_times)
+    trainer.callbacks.append(validate_times(6))
     result = trainer.fit()
     return {"steps": result.step, "planned_steps": trainer.config.steps,
             "train_seconds": round(time.perf_counter() - started, 1), "best_step": result.model_step}

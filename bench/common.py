@@ -220,3 +220,12 @@ def busy_seconds(prof: Any, include: Callable[[str], bool] = lambda name: True) 
     if current_end is not None:
         total += current_end - current_start
     return total / 1e6
+
+
+def validate_times(count: int) -> Callable[[Any], None]:
+    """A trainer callback that spreads ``count`` validations over the steps planned so far (for
+    runs whose steps the trainer fits to a time budget, ``fit_steps_to_time``)."""
+    def spread(trainer: Any) -> None:
+        trainer.config.eval_every = max(trainer.config.steps // count, 1)
+
+    return spread
