@@ -1,0 +1,134 @@
+"""Where a batch-1 decoding step's time goes (issue 13): the GPU, or the host between steps.
+
+For each preset and decoding path it measures, with bf16 weights after a short prompt:
+* ``graph_replay_ms``: replaying the captured step back to back (no Python between kernels);
+  the GPU's own time per step;
+* ``step_call_ms``: ``decoder.step(tokens)`` back to back, the host's per-step work included;
+* ``host_issue_ms``: the host's time to issue one step call (timed without waiting for the GPU);
+* ``generate_ms``: ``model.generate`` per byte (sampling and the byte's trip to the host);
+* from ``torch.profiler`` over replayed steps: kernels per step and GPU kernel time per step,
+  by kind, plus the top kernels (``--out`` folder, ``profile_<preset>_<path>.txt``).
+
+    python bench/bench_decode_profile.py --presets small,base --out runs/decode_profile
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import describe_environment, gpu_kernels, kernel_time_by_kind, print_table, write_json  # noqa: E402
+
+from omnibyte.models import BOS, build_model  # noqa: E402
+
+PATHS = {"fast": dict(fast=True), "compiled": dict(fast=True, compile=True)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(fn, count: int, device: torch.device) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(count):
+        fn()
+    synchronize(device)
+    return 1e3 * (time.perf_counter() - started) / count
+
+
+def profile_replays(replay, count: int, out: Path, name: str) -> dict:
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(count):
+            replay()
+        torch.cuda.synchronize()
+    kinds, launches = kernel_time_by_kind(prof)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=90)
+    (out / f"profile_{name}.txt").write_text(table)
+    durations = sorted(((event.time_range.end - event.time_range.start), event.name) for event in gpu_kernels(prof))
+    return {"kernels_per_step": launches / count,
+            "kernel_us_per_step": 1e6 * sum(kinds.values()) / count,
+            **{f"us_{kind.split(' ')[0]}": 1e6 * seconds / count for kind, seconds in kinds.items()},
+            "median_kernel_us": durations[len(durations) // 2][0] if durations else None}
+
+
+def measure(preset: str, path: str, args, device: torch.device, out: Path) -> dict:
+    torch.manual_seed(0)
+    model = build_model("flat", preset).to(device=device, dtype=torch.bfloat16).eval()
+    capacity = args.prompt_bytes + 1 + args.new_bytes
+    started = time.perf_counter()
+    decoder = model.decoder(1, capacity, **PATHS[path])
+    build_s = time.perf_counter() - started
+    prompt = torch.randint(0, 256, (1, args.prompt_bytes + 1), device=device)
+    prompt[:, 0] = BOS
+    tokens = torch.randint(0, 256, (1,), device=device)
+    row = {"preset": preset, "path": path, "build_s": build_s}
+
+    def fresh() -> None:
+        decoder.reset()
+        decoder.prefill(prompt)
+
+    fresh()
+    graph = decoder.steps.graphs.get("step")
+    steps = args.new_bytes - 8
+    if graph is not None:
+        graph.replay()  # warm
+        row["graph_replay_ms"] = timed_ms(graph.replay, steps, device)
+        row["graph_bytes_per_s"] = 1e3 / row["graph_replay_ms"]
+    fresh()
+    row["step_call_ms"] = timed_ms(lambda: decoder.step(tokens), steps, device)
+    fresh()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(min(steps, 64)):
+        decoder.step(tokens)
+    row["host_issue_ms"] = 1e3 * (time.perf_counter() - started) / min(steps, 64)
+    synchronize(device)
+    text = bytes(prompt[0, 1:].tolist())
+    options = PATHS[path]
+    model.generate(text, 16, seed=0, **options)
+    started = time.perf_counter()
+    model.generate(text, args.new_bytes, seed=0, **options)
+    row["generate_ms"] = 1e3 * (time.perf_counter() - started) / args.new_bytes
+    row["generate_bytes_per_s"] = 1e3 / row["generate_ms"]
+    if graph is not None and device.type == "cuda":
+        fresh()
+        row.update(profile_replays(graph.replay, 20, out, f"{preset}_{path}"))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="small,base")
+    parser.add_argument("--paths", default="fast,compiled")
+    parser.add_argument("--prompt-bytes", type=int, default=16)
+    parser.add_argument("--new-bytes", type=int, default=1024)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    rows = []
+    for preset in args.presets.split(","):
+        for path in args.paths.split(","):
+            try:
+                rows.append(measure(preset, path, args, device, args.out))
+            except Exception as error:  # noqa: BLE001 - report it, measure the rest
+                rows.append({"preset": preset, "path": path, "error": f"{type(error).__name__}: {error}"})
+            print(rows[-1], flush=True)
+    columns = ["preset", "path", "build_s", "graph_replay_ms", "step_call_ms", "host_issue_ms", "generate_ms",
+               "generate_bytes_per_s", "kernels_per_step", "kernel_us_per_step", "median_kernel_us"]
+    print_table(rows, columns, title="batch-1 decoding: where a step's time goes")
+    write_json(args.out / "decode_profile.json", {"environment": describe_environment(device),
+                                                  "command": " ".join(sys.argv), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
