@@ -47,3 +47,15 @@ def test_uniforms_are_in_the_open_interval_and_depend_on_seed_and_step():
     assert not torch.equal(uniforms[:, 0], uniforms[:, 1])
     torch.testing.assert_close(uniforms[:, 2:], row_uniforms(torch.tensor([0, 1]), torch.tensor([2]), 256))
     assert abs(float(uniforms.mean()) - 0.5) < 0.05
+
+
+def test_noise_at_per_row_steps_equals_the_noise_of_each_step():
+    seeds = torch.tensor([3, 99, 12345])
+    noise = GumbelNoise(seeds, block=16)
+    # inside one block (gathered from its table) and straddling two (hashed directly)
+    for steps in (np.array([[0, 1, 2], [5, 6, 7], [13, 14, 15]]), np.array([[14, 15, 16], [2, 3, 4], [30, 31, 32]])):
+        got = noise.at(steps)
+        assert got.shape == (3, 3, 256)
+        for row in range(3):
+            for column in range(3):
+                assert torch.equal(got[row, column], GumbelNoise(seeds, block=7)(int(steps[row, column]))[row])

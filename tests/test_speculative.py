@@ -166,3 +166,33 @@ def test_families_without_support_fall_back_to_plain_decoding():
     prompts = [b"abcabcabc", b"xy"]
     assert model.generate(prompts, 20, seed=1, speculative=True, stats=stats) == model.generate(prompts, 20, seed=1)
     assert stats.drafted == 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_speculative_on_a_fast_decoder_equals_plain(trained, temperature):
+    """A fast decoder verifies through its static verify piece (padded to ``VERIFY_WIDTH``),
+    a CUDA graph on CUDA; on the CPU the same piece runs eagerly."""
+    prompts = [FOX * 2, b"", bytes(range(200, 230))]
+    stats = SpeculationStats()
+    fast = trained.generate(prompts, 60, temperature=temperature, seed=3, fast=True, speculative=True, stats=stats)
+    assert fast == trained.generate(prompts, 60, temperature=temperature, seed=3)
+    assert stats.accepted > 0 and stats.calls < 60
+
+
+def test_fast_verify_piece_equals_the_eager_extend(trained):
+    from omnibyte.models.flat import VERIFY_WIDTH
+
+    prompt, lengths = random_tokens(2, 12), [12, 5]
+    extra = random_tokens(2, VERIFY_WIDTH)
+    eager, fast = trained.decoder(2, 64), trained.decoder(2, 64, fast=True)
+    for decoder in (eager, fast):
+        decoder.prefill(prompt, lengths)
+    for counts in ([VERIFY_WIDTH, 3], [0, 4]):
+        width = max(counts)
+        expected, got = eager.extend(extra[:, :width], counts), fast.extend(extra[:, :width], counts)
+        for row, count in enumerate(counts):
+            torch.testing.assert_close(got[row, :count], expected[row, :count], atol=1e-5, rtol=1e-5)
+        eager.rewind([1, 1] if min(counts) else [1, 0])
+        fast.rewind([1, 1] if min(counts) else [1, 0])
+    assert list(fast.lengths) == list(eager.lengths)
+    torch.testing.assert_close(fast.step(extra[:, 0]), eager.step(extra[:, 0]), atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -52,10 +53,19 @@ class GumbelNoise:
             self.table = -torch.log(-torch.log(row_uniforms(self.seeds, steps, self.width)))
         return self.table[:, step - self.first]
 
-    def at(self, steps: torch.Tensor) -> torch.Tensor:
-        """Noise [B, S, width] of each row's own ``steps`` [B, S]: the same values ``self(step)``
-        gives, for rows that have advanced by different amounts (speculative decoding)."""
-        return -torch.log(-torch.log(row_uniforms(self.seeds, steps, self.width)))
+    def at(self, steps: np.ndarray) -> torch.Tensor:
+        """Noise [B, S, width] of each row's own ``steps`` [B, S] (host): the same values
+        ``self(step)`` gives, for rows that have advanced by different amounts (speculative
+        decoding). Steps inside one block are gathered from its table (one kernel instead of the
+        hash's few dozen, which a verify call of a fast decoder would wait for)."""
+        steps = np.asarray(steps, dtype=np.int64)
+        first = int(steps.min()) - int(steps.min()) % self.block
+        if int(steps.max()) >= first + self.block:  # straddles two blocks: hash them directly
+            uniforms = row_uniforms(self.seeds, torch.from_numpy(steps).to(self.seeds.device), self.width)
+            return -torch.log(-torch.log(uniforms))
+        self(first)  # the table of this block
+        rows = torch.arange(steps.shape[0], device=self.seeds.device).unsqueeze(1)
+        return self.table[rows, torch.from_numpy(steps - first).to(self.seeds.device)]
 
 
 def check_sampling_options(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:

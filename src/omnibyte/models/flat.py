@@ -11,6 +11,7 @@ import torch.nn as nn
 from omnibyte.models.base import INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel, Decoder
 from omnibyte.models.graphs import GraphSteps, cache_slots, decoding_mode
 from omnibyte.models.validation import Limit, ModelSize
+from omnibyte.models.speculative import MAX_DRAFT
 from omnibyte.models.layers import (
     STACK_LIMITS,
     StackConfig,
@@ -136,6 +137,10 @@ class BytePredictor(ByteModel):
 # prompts are written into the cache this many tokens at a time (FlatDecoder._pieces says why)
 PREFILL_CHUNK = 1024
 
+# a fast decoder's verify call (speculative decoding: the pending byte and its draft) has this
+# static width
+VERIFY_WIDTH = MAX_DRAFT + 1
+
 # a fast decoder's cache is a multiple of this many positions: aligned masks let SDPA's fused
 # kernels take them without copying
 CACHE_ALIGNMENT = 64
@@ -151,9 +156,10 @@ class FlatDecoder(Decoder):
     A captured graph reads the weights by address: in-place updates (training,
     ``load_state_dict``) are seen, replacing the tensors (``model.to(...)``) is not.
 
-    Speculative decoding: ``extend`` (the verify call) runs eagerly on both paths, a fast
-    decoder attending over its whole cache as its prefill does; only plain steps replay the
-    CUDA graph."""
+    Speculative decoding: ``extend`` (the verify call) runs eagerly on an eager decoder. A fast
+    decoder runs a verify call of up to ``VERIFY_WIDTH`` tokens per row as one more static piece,
+    padded to that width (captured as a CUDA graph on its first use), so a verify call costs
+    about what a plain step does; wider calls run eagerly."""
 
     supports_speculation = True
 
@@ -229,7 +235,28 @@ class FlatDecoder(Decoder):
         self.cache.reset(rows)
 
     def _extend(self, tokens: torch.Tensor, valid: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
-        return torch.cat([self.model.head(hidden) for _, hidden in self._pieces(tokens, valid, counts)], dim=1)
+        width = tokens.shape[1]
+        if not self.fast or width > VERIFY_WIDTH:
+            return torch.cat([self.model.head(hidden) for _, hidden in self._pieces(tokens, valid, counts)], dim=1)
+        if "verify" not in self.steps.pieces:
+            self._add_verify_piece()
+        self.verify_tokens.zero_()
+        self.verify_tokens[:, :width] = tokens
+        self.verify_valid.zero_()
+        self.verify_valid[:, :width] = valid
+        return self.steps.run("verify")[:, :width]
+
+    def _add_verify_piece(self) -> None:
+        """The static verify piece, compiled and captured when a run first asks for it; the
+        warm-up calls write past every row's length, which the restored lengths then ignore."""
+        self.verify_tokens = torch.zeros(self.batch_size, VERIFY_WIDTH, dtype=torch.long, device=self.device)
+        self.verify_valid = torch.zeros(self.batch_size, VERIFY_WIDTH, dtype=torch.bool, device=self.device)
+        lengths = self.cache.lengths.clone()
+        self.steps.add("verify", self._static_verify, prepare=lambda: self.cache.lengths.copy_(lengths))
+
+    def _static_verify(self) -> torch.Tensor:
+        model = self.model
+        return model.head(model.transformer(model.embed(self.verify_tokens), self.cache, self.verify_valid))
 
     def _rewind(self, counts: np.ndarray) -> None:
         self.cache.rewind(torch.from_numpy(counts).to(self.device))

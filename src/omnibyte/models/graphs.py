@@ -107,7 +107,7 @@ class GraphSteps:
         """Compile (with ``compile``) and capture (with ``graph``) every piece; ``prepare``
         rewinds the decoder before each warm-up, compilation and capture call."""
         if self.compile:
-            self._compile_pieces(prepare)
+            self._compile_pieces(prepare, list(self.pieces))
         if not self.use_graph:
             return
         try:
@@ -119,10 +119,29 @@ class GraphSteps:
             warnings.warn(f"CUDA graph capture failed, decoding eagerly ({self.error})",
                           GraphCaptureWarning, stacklevel=3)
 
-    def _compile_pieces(self, prepare: Callable[[], None]) -> None:
-        """Replace each piece by its compiled form, compiled here by one call after ``prepare``
-        (so a failure can fall back before the decoder holds any state)."""
-        for name, piece in list(self.pieces.items()):
+    @torch.no_grad()
+    def add(self, name: Any, piece: Callable[[], Any], prepare: Callable[[], None]) -> None:
+        """Add a piece to a decoder that is already decoding (one only some runs need, such as
+        speculative decoding's verify call): compiled and captured like the others, ``prepare``
+        restoring the decoder's state before each warm-up and the capture. If its capture fails,
+        this piece alone runs eagerly (a warning says why)."""
+        self.pieces[name] = piece
+        if self.compile:
+            self._compile_pieces(prepare, [name])
+        if self.use_graph:
+            try:
+                self.graphs[name], self.outputs[name] = capture_graph(self.pieces[name], prepare=prepare)
+            except Exception as error:  # noqa: BLE001 - any capture failure: run this piece eagerly
+                self.error = f"{type(error).__name__}: {error}"
+                warnings.warn(f"CUDA graph capture of decoder piece {name!r} failed, running it eagerly "
+                              f"({self.error})", GraphCaptureWarning, stacklevel=3)
+        prepare()  # compiling and warming up ran the piece: leave the decoder as it was
+
+    def _compile_pieces(self, prepare: Callable[[], None], names: list[Any]) -> None:
+        """Replace the named pieces by their compiled forms, each compiled here by one call after
+        ``prepare`` (so a failure can fall back before the decoder holds any state)."""
+        for name in names:
+            piece = self.pieces[name]
             # static shapes: a step compiled for dynamic cache lengths ran ~100x slower on the
             # CPU, and ``cache_slots`` keeps the number of distinct shapes small
             compiled = torch.compile(piece, dynamic=False)

@@ -150,7 +150,7 @@ def speculative_steps(
             counts = np.where(active, 1 + draft_lengths, 0)
             logits = decoder.extend(torch.from_numpy(tokens).to(device), counts)  # [B, 1 + width, 256]
         # the byte at position j of this call is step produced + j of its row
-        steps = torch.from_numpy(produced[:, None] + np.arange(logits.shape[1])[None, :]).to(device)
+        steps = produced[:, None] + np.arange(logits.shape[1])[None, :]
         flat_noise = noise.at(steps).reshape(-1, logits.shape[-1])
         sampled = sample(logits.reshape(-1, logits.shape[-1]), flat_noise).view(rows, -1).to("cpu").numpy()
         accepted = accepted_lengths(drafts, draft_lengths, sampled)
