@@ -12,9 +12,9 @@ fastest of ``--repeats`` runs.
 
 CPU (a few minutes on 2 cores):
     python bench/bench_speculative.py --preset tiny --out bench/results/speculative_cpu_tiny.json
-H200 (about 5 minutes; ``--fast``: plain steps replay the CUDA graph, as ``omnibyte generate``
-does on CUDA, while the verify call runs eagerly; in bf16 ``same_bytes`` may rarely be False
-where the two kernels round a near-tie differently):
+H200 (about 5 minutes; ``--fast``: plain steps and verify calls replay CUDA graphs, as
+``omnibyte generate`` does on CUDA; in bf16 ``same_bytes`` may rarely be False where the two
+kernels round a near-tie differently):
     python bench/bench_speculative.py --preset small --device cuda --dtype bf16 --fast --batches 1,8 \\
         --gen-bytes 1000 --train-steps 200 --repeats 2 --out bench/results/speculative_h200.json
 """
@@ -47,14 +47,21 @@ def sub(a, b):
 """
 
 
-def texts(prompt_bytes: int, batch: int) -> dict[str, list[bytes]]:
-    """``batch`` prompts of ``prompt_bytes`` bytes of each kind (rows start at different offsets)."""
+def texts(prompt_bytes: int, batch: int, prompt_file: str | None = None) -> dict[str, list[bytes]]:
+    """``batch`` prompts of ``prompt_bytes`` bytes of each kind (rows start at different offsets);
+    with ``prompt_file`` (held-out text the model did not train on) also a "file" kind, its rows
+    taken from evenly spaced offsets of the file."""
     repetitive = (SENTENCE * 4 + CODE) * (prompt_bytes // 100 + 4)
     rng = np.random.default_rng(0)
-    return {
+    kinds = {
         "repetitive": [repetitive[row * 7 : row * 7 + prompt_bytes] for row in range(batch)],
         "random": [rng.integers(0, 256, prompt_bytes, dtype=np.uint8).tobytes() for _ in range(batch)],
     }
+    if prompt_file:
+        data = Path(prompt_file).read_bytes()
+        spacing = max((len(data) - prompt_bytes) // batch, 1)
+        kinds["file"] = [data[row * spacing : row * spacing + prompt_bytes] for row in range(batch)]
+    return kinds
 
 
 def train_briefly(model: ByteModel, data: bytes, steps: int, window: int = 128) -> None:
@@ -105,6 +112,8 @@ def main() -> None:
     parser.add_argument("--prompt-bytes", type=int, default=256)
     parser.add_argument("--gen-bytes", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the fastest counts")
+    parser.add_argument("--prompt-file", default=None,
+                        help="held-out text: adds prompts of kind 'file' taken from it")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args()
 
@@ -118,7 +127,7 @@ def main() -> None:
 
     rows = []
     for batch in [int(value) for value in args.batches.split(",")]:
-        for kind, prompts in texts(args.prompt_bytes, batch).items():
+        for kind, prompts in texts(args.prompt_bytes, batch, args.prompt_file).items():
             for temperature in [float(value) for value in args.temperatures.split(",")]:
                 plain, plain_seconds, _ = timed_generate(model, prompts, args, temperature, False)
                 fast, spec_seconds, stats = timed_generate(model, prompts, args, temperature, True)
