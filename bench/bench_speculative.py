@@ -85,9 +85,10 @@ def train_briefly(model: ByteModel, data: bytes, steps: int, window: int = 128) 
 
 def timed_generate(model: ByteModel, prompts: list[bytes], args: argparse.Namespace, temperature: float,
                    speculative: bool) -> tuple[list[bytes], float, SpeculationStats]:
-    options = dict(temperature=temperature, seed=1, fast=args.fast)
     """The samples, the best time of ``--repeats`` runs (a shared machine is noisy) and the stats."""
-    model.generate(prompts, 8, speculative=speculative, **options)  # warm-up (graph capture, allocator)
+    options = dict(temperature=temperature, seed=1, fast=args.fast, compile=args.compile)
+    # warm-up: graph capture, compilation (the same cache shape as the timed runs), the allocator
+    model.generate(prompts, args.gen_bytes, speculative=speculative, **options)
     best = float("inf")
     for _ in range(args.repeats):
         stats = SpeculationStats()
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--fast", action="store_true", help="fast decoders (CUDA graphs on CUDA)")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --fast: torch.compile the decoder's pieces (the plain step and the verify call)")
     parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     parser.add_argument("--temperatures", default="0,1", help="comma-separated temperatures")
     parser.add_argument("--prompt-bytes", type=int, default=256)
@@ -142,7 +145,7 @@ def main() -> None:
     columns = ["text", "batch", "temperature", "plain_bytes_per_s", "spec_bytes_per_s", "speedup",
                "acceptance", "row_bytes_per_call", "same_bytes"]
     print_table(rows, columns, title=f"speculative decoding, {args.model or args.preset}, {args.dtype}, "
-                                     f"{args.device}{' fast' if args.fast else ''}, prompt {args.prompt_bytes} B, "
+                                     f"{args.device}{' fast' if args.fast else ''}{' compiled' if args.compile else ''}, prompt {args.prompt_bytes} B, "
                                      f"{args.gen_bytes} new bytes")
     write_json(args.out, dict(environment=describe_environment(args.device), options=vars(args), rows=rows))
 
