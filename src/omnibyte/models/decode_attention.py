@@ -111,7 +111,9 @@ def _decode_attention_op(q: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     kv_heads, seq_len = keys.shape[1], keys.shape[2]
     group = heads // kv_heads
     rows = max(16, _next_power_of_two(group * tokens))  # tl.dot wants at least 16 rows
-    split_kernel, combine_kernel = kernels(not q.is_cuda)
+    if not (q.is_cuda or interpreting()):
+        raise RuntimeError("decode_attention runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1")
+    split_kernel, combine_kernel = kernels(interpreting())
     # partial results of every (row, kv head, split, query row); only the ones a split takes
     # part in are written, and only those are read
     maxima = torch.empty(batch * kv_heads * splits * rows, device=q.device, dtype=torch.float32)
