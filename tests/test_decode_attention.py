@@ -1,6 +1,7 @@
 """decode_attention (models/decode_attention.py): what can be checked without running Triton,
 and the kernel itself under Triton's interpreter, in a process of its own
 (tests/decode_attention_interpreted.py says why)."""
+import json
 import os
 import subprocess
 import sys
@@ -11,16 +12,31 @@ import torch
 
 from omnibyte.models import decode_attention
 
-INTERPRETED_CHECKS = Path(__file__).with_name("decode_attention_interpreted.py")
+REPOSITORY = Path(__file__).resolve().parents[1]
+INTERPRETED_CHECKS = REPOSITORY / "tests" / "decode_attention_interpreted.py"
+BENCH = REPOSITORY / "bench" / "bench_decode_attention.py"
+needs_triton = pytest.mark.skipif(not decode_attention.triton_available(), reason="Triton is not installed")
 
 
-@pytest.mark.skipif(not decode_attention.triton_available(), reason="Triton is not installed")
+@pytest.mark.slow
+@needs_triton
 def test_kernel_under_the_triton_interpreter():
     environment = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(INTERPRETED_CHECKS)],
-                            capture_output=True, text=True, env=environment, cwd=INTERPRETED_CHECKS.parent.parent)
+                            capture_output=True, text=True, env=environment, cwd=REPOSITORY)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.slow
+@needs_triton
+def test_bench_smoke_run_on_the_interpreter(tmp_path):
+    """The GPU benchmark's code path, on tiny shapes: both backends agree with the reference."""
+    result = subprocess.run([sys.executable, str(BENCH), "--device", "cpu", "--interpret", "--presets", "small",
+                             "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPOSITORY)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads((tmp_path / "decode_attention.json").read_text())["rows"]
+    assert len(rows) == 2 and all(row["matches"] and row["triton_max_diff"] < 2e-3 for row in rows)
 
 
 def test_fake_implementation_gives_the_shape_without_running():

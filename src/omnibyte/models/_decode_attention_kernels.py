@@ -5,7 +5,7 @@ for the GPU or as Triton interpreter functions (CPU tensors, for the tests), so 
 hold both. Scores are kept in base 2 (the scale carries log2(e)) so the softmax uses exp2.
 
 Both kernels split a row's filled keys the same way, from the row's longest position read on
-the device: ``blocks = cdiv(last + 1, BLOCK_N)`` key blocks, ``cdiv(blocks, SPLITS)`` per
+the device: ``blocks = cdiv(last + 1, BLOCK_N)`` key blocks, ``cdiv(blocks, splits)`` per
 split. Query row ``r`` (head ``g`` of the kv group, token ``t``: ``r = t * GROUP + g``) takes
 part in split ``s`` iff the split's first key is at or before the row's own position, so the
 combine kernel knows which partial results were written without reading anything else.
@@ -24,9 +24,9 @@ def _split_kernel(
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_pb, stride_pt,
-    kv_heads, seq_len, qk_scale,
+    kv_heads, seq_len, qk_scale, splits,
     GROUP: tl.constexpr, T: tl.constexpr, T_PAD: tl.constexpr, ROWS: tl.constexpr,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
     """One (row b, kv head) x one split: online softmax of its query rows over the split's keys;
     writes the partial max (base 2), sum and unnormalised output of every row."""
@@ -38,7 +38,7 @@ def _split_kernel(
     tokens = tl.arange(0, T_PAD)
     token_positions = tl.load(P + b * stride_pb + tokens * stride_pt, mask=tokens < T, other=0)
     last = tl.max(tl.minimum(tl.maximum(token_positions, 0), seq_len - 1), axis=0)
-    per_split = tl.cdiv(tl.cdiv(last + 1, BLOCK_N), SPLITS) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(last + 1, BLOCK_N), splits) * BLOCK_N
     start = split * per_split
     end = tl.minimum(start + per_split, last + 1)  # start >= end: nothing to do, the loop is empty
 
@@ -87,7 +87,7 @@ def _split_kernel(
         block_start += BLOCK_N
 
     written = real & (start <= positions)
-    slot = (pid.to(tl.int64) * SPLITS + split) * ROWS + rows
+    slot = (pid.to(tl.int64) * splits + split) * ROWS + rows
     tl.store(M_out + slot, m_i, mask=written)
     tl.store(L_out + slot, l_i, mask=written)
     tl.store(Acc_out + slot[:, None] * D + dims[None, :], acc, mask=written[:, None])
@@ -97,9 +97,9 @@ def _combine_kernel(
     P, M_in, L_in, Acc_in, Out,
     stride_ob, stride_oh, stride_ot, stride_od,
     stride_pb, stride_pt,
-    kv_heads, seq_len,
+    kv_heads, seq_len, splits,
     GROUP: tl.constexpr, T: tl.constexpr, T_PAD: tl.constexpr, ROWS: tl.constexpr,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
     """One query row of one (row b, kv head): merges the splits it took part in."""
     pid = tl.program_id(0)
@@ -110,14 +110,14 @@ def _combine_kernel(
     tokens = tl.arange(0, T_PAD)
     token_positions = tl.load(P + b * stride_pb + tokens * stride_pt, mask=tokens < T, other=0)
     last = tl.max(tl.minimum(tl.maximum(token_positions, 0), seq_len - 1), axis=0)
-    per_split = tl.cdiv(tl.cdiv(last + 1, BLOCK_N), SPLITS) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(last + 1, BLOCK_N), splits) * BLOCK_N
 
     token, group_head = row // GROUP, row % GROUP
     position = tl.load(P + b * stride_pb + token * stride_pt)
     position = tl.minimum(tl.maximum(position, 0), seq_len - 1)
-    splits = tl.arange(0, SPLITS_PAD)
-    written = (splits < SPLITS) & (splits * per_split <= position)  # split 0 always is
-    slot = (pid.to(tl.int64) * SPLITS + splits) * ROWS + row
+    split = tl.arange(0, SPLITS_PAD)
+    written = (split < splits) & (split * per_split <= position)  # split 0 always is
+    slot = (pid.to(tl.int64) * splits + split) * ROWS + row
     m = tl.load(M_in + slot, mask=written, other=float("-inf"))
     l = tl.load(L_in + slot, mask=written, other=0.0)
     dims = tl.arange(0, D)

@@ -121,16 +121,16 @@ def _decode_attention_op(q: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     partial = torch.empty(batch * kv_heads * splits * rows * head_dim, device=q.device, dtype=torch.float32)
     out = torch.empty(batch, heads, tokens, head_dim, device=q.device, dtype=q.dtype)
     shared = dict(GROUP=group, T=tokens, T_PAD=_next_power_of_two(tokens), ROWS=rows, D=head_dim,
-                  BLOCK_N=BLOCK_N, SPLITS=splits)
+                  BLOCK_N=BLOCK_N)
     split_kernel[(batch * kv_heads, splits)](
         q, keys, values, positions, maxima, sums, partial,
         *q.stride(), *keys.stride(), *values.stride(), *positions.stride(),
-        kv_heads, seq_len, scale * math.log2(math.e),
+        kv_heads, seq_len, scale * math.log2(math.e), splits,
         IEEE=q.dtype == torch.float32, **shared,
     )
     combine_kernel[(batch * kv_heads, group * tokens)](
         positions, maxima, sums, partial, out, *out.stride(), *positions.stride(),
-        kv_heads, seq_len, SPLITS_PAD=_next_power_of_two(splits), **shared,
+        kv_heads, seq_len, splits, SPLITS_PAD=_next_power_of_two(splits), **shared,
     )
     return out
 
