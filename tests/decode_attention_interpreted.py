@@ -96,3 +96,21 @@ def test_fast_decoder_gives_the_same_logits_on_the_kernel_as_on_sdpa(monkeypatch
         on_kernel = decode_ragged(model, tokens)
     assert len(calls) == 10 * model.config.num_layers  # the prefill and every step, in every layer
     torch.testing.assert_close(on_kernel, on_sdpa, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_graph_keeps_the_kernel_as_one_op():
+    """torch.compile traces the op through its fake implementation, without entering Triton."""
+    q, keys, values, positions = ragged_inputs(1, 8, 2, torch.float32)
+    graphs = []
+
+    def backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    compiled = torch.compile(lambda *inputs: decode_attention.decode_attention(*inputs) * 2, backend=backend,
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(q, keys, values, positions),
+                               2 * decode_attention.decode_attention_reference(q, keys, values, positions),
+                               atol=1e-5, rtol=1e-5)
+    targets = [str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"]
+    assert targets == ["omnibyte.decode_attention", "<built-in function mul>"]

@@ -25,6 +25,7 @@ import functools
 import importlib.util
 import math
 import os
+import warnings
 
 import torch
 
@@ -36,6 +37,10 @@ MAX_TOKENS = 16  # new tokens per row (a decoding step, a speculative verify)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _backend = os.environ.get("OMNIBYTE_DECODE_ATTENTION", "triton")
+if _backend not in BACKENDS:
+    warnings.warn(f"OMNIBYTE_DECODE_ATTENTION={_backend!r} is not one of {', '.join(BACKENDS)}; using triton",
+                  RuntimeWarning, stacklevel=1)
+    _backend = "triton"
 
 
 def set_backend(name: str) -> None:
