@@ -80,8 +80,8 @@ def measure(layer: Attention, preset: str, batch: int, tokens: int, slots: int, 
             device: torch.device, dtype: torch.dtype) -> dict:
     q, keys, values, write, filled = cached_call(layer, batch, tokens, slots, fill, device, dtype)
     expected = decode_attention.decode_attention_reference(q, keys, values, write.positions).float()
-    row = dict(preset=preset, dtype=str(dtype).removeprefix("torch."), heads=layer.num_heads, kv_heads=layer.num_kv_heads, head_dim=q.shape[-1],
-               batch=batch, tokens=tokens, slots=slots, fill=fill, filled_fraction=filled / (batch * slots),
+    row = dict(preset=preset, dtype=str(dtype).removeprefix("torch."), heads=layer.num_heads,
+               kv_heads=layer.num_kv_heads, head_dim=q.shape[-1], batch=batch, tokens=tokens, slots=slots, fill=fill, filled_fraction=filled / (batch * slots),
                splits=decode_attention.default_splits(slots, batch, layer.num_kv_heads))
     with torch.no_grad():
         for backend in BACKENDS:

@@ -21,7 +21,6 @@ tensors, which is how the tests check it.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
 import os
@@ -55,9 +54,12 @@ def backend() -> str:
     return _backend
 
 
-@functools.lru_cache(maxsize=1)
+# looked up once (without importing Triton): torch.compile traces through ``usable``
+TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return TRITON_FOUND
 
 
 def interpreting() -> bool:

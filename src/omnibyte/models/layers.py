@@ -354,8 +354,9 @@ class Attention(nn.Module):
     with a ``CacheWrite`` the new keys/values are stored at each row's own positions and the
     queries attend over the cache under the write's mask (or, for a few new tokens without a
     window, through ``decode_attention``'s split-K kernel, which reads only the filled slots).
-    Both paths, eager or replayed as a CUDA graph, run this one method. With ``differential_attention`` the heads are combined by
-    ``DifferentialHeads`` (same projections and cache; ``layer_index`` sets its lambda_init)."""
+    Both paths, eager or replayed as a CUDA graph, run this one method. With
+    ``differential_attention`` the heads are combined by ``DifferentialHeads`` (same
+    projections and cache; ``layer_index`` sets its lambda_init)."""
 
     def __init__(self, config: StackConfig, layer_index: int = 0):
         super().__init__()
