@@ -134,6 +134,7 @@ def _decode_attention_op(q: torch.Tensor, keys: torch.Tensor, values: torch.Tens
         *q.stride(), *keys.stride(), *values.stride(), *positions.stride(),
         kv_heads, seq_len, scale * math.log2(math.e), splits,
         IEEE=q.dtype == torch.float32, **shared,
+        num_warps=4 if rows * head_dim <= 32 * 128 else 8,  # the accumulator lives in registers
     )
     combine_kernel[(batch * kv_heads, group * tokens)](
         positions, maxima, sums, partial, out, *out.stride(), *positions.stride(),
