@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from omnibyte.models import decode_attention
 from omnibyte.models.validation import ConfigError, Limit, ModelSize, check_finite, check_range
 
 
@@ -351,9 +352,11 @@ class Attention(nn.Module):
     q, k and v come from one fused projection, and the q and k heads are normalised and rotated
     together as one tensor. Without a cache it is plain causal attention (training, scoring);
     with a ``CacheWrite`` the new keys/values are stored at each row's own positions and the
-    queries attend over the cache under the write's mask. Both paths, eager or replayed as a
-    CUDA graph, run this one method. With ``differential_attention`` the heads are combined by
-    ``DifferentialHeads`` (same projections and cache; ``layer_index`` sets its lambda_init)."""
+    queries attend over the cache under the write's mask (or, for a few new tokens without a
+    window, through ``decode_attention``'s split-K kernel, which reads only the filled slots).
+    Both paths, eager or replayed as a CUDA graph, run this one method. With
+    ``differential_attention`` the heads are combined by ``DifferentialHeads`` (same
+    projections and cache; ``layer_index`` sets its lambda_init)."""
 
     def __init__(self, config: StackConfig, layer_index: int = 0):
         super().__init__()
@@ -417,6 +420,8 @@ class Attention(nn.Module):
             mask = sliding_window_mask(length, window, q.device) if 0 < window < length else None
             return self._attend(q.transpose(1, 2), keys, values, is_causal=mask is None, mask=mask,
                                 grouped=heads != kv_heads)
+        if self._decode_kernel_applies(q, keys, values, write):
+            return decode_attention.decode_attention(q, keys, values, write.positions)
         static = length == 1 and write.visible == write.cache.capacity
         with _cached_attention_backends(static):
             if length == 1:
@@ -426,6 +431,21 @@ class Attention(nn.Module):
                 out = self._attend(folded, keys, values, mask=write.mask, grouped=False)
                 return out.reshape(batch, heads, 1, values.shape[-1])
             return self._attend(q.transpose(1, 2), keys, values, mask=write.mask, grouped=heads != kv_heads)
+
+    def _decode_kernel_applies(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                               write: CacheWrite) -> bool:
+        """A cached call that ``decode_attention`` computes exactly: each query sees every slot up
+        to its position (no sliding window within the visible slots), plain heads, no dropout
+        and no gradient (the kernel has no backward)."""
+        window = self.config.window
+        return (
+            decode_attention.backend() == "triton"
+            and (window == 0 or window >= write.visible)
+            and self.differential is None
+            and not self.training
+            and not (torch.is_grad_enabled() and q.requires_grad)
+            and decode_attention.usable(q, keys, values)
+        )
 
     def _attend(self, q, k, v, is_causal: bool = False, mask=None, grouped: bool | None = None) -> torch.Tensor:
         grouped = self.num_kv_heads != self.num_heads if grouped is None else grouped
