@@ -90,8 +90,12 @@ def measure(layer: Attention, preset: str, batch: int, tokens: int, slots: int, 
             row[f"{backend}_max_diff"] = (out.float() - expected).abs().max().item()
             row[f"{backend}_us"] = gpu_us(lambda: layer._attend_heads(q, keys, values, write), device)
     row["speedup"] = row["sdpa_us"] / row["triton_us"]
-    # the kernel's output is rounded to the cache dtype once, as SDPA's is: about as far off
-    row["matches"] = row["triton_max_diff"] <= 2 * row["sdpa_max_diff"] + 1e-3
+    # both outputs (and the reference) are rounded to the cache dtype once, so two units in the
+    # last place of the largest output is as close as a rounded result can be promised to be;
+    # SDPA's own error sets the bar where it is larger
+    last_place = torch.finfo(dtype).eps * expected.abs().max().item()
+    row["tolerance"] = max(2 * row["sdpa_max_diff"], 2 * last_place)
+    row["matches"] = row["triton_max_diff"] <= row["tolerance"]
     return row
 
 
@@ -122,7 +126,7 @@ def main() -> None:
                   flush=True)
     decode_attention.set_backend("triton")
     columns = ["preset", "heads", "kv_heads", "batch", "tokens", "slots", "fill", "splits", "sdpa_us", "triton_us",
-               "speedup", "sdpa_max_diff", "triton_max_diff", "matches"]
+               "speedup", "sdpa_max_diff", "triton_max_diff", "tolerance", "matches"]
     print_table(rows, columns, title=f"cached attention of one layer, {dtype}: SDPA with a mask vs decode_attention")
     write_json(args.out / "decode_attention.json", {"environment": describe_environment(device), "rows": rows})
     if not all(row["matches"] for row in rows):

@@ -106,12 +106,21 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     ``default_splits``. The caller checks ``usable`` first."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     splits = default_splits(keys.shape[2], q.shape[0], keys.shape[1]) if splits is None else int(splits)
-    return torch.ops.omnibyte.decode_attention(q, keys, values, positions, scale, splits)
+    if torch.compiler.is_compiling():  # one opaque node of the compiled graph
+        return torch.ops.omnibyte.decode_attention(q, keys, values, positions, scale, splits)
+    # called directly otherwise: a custom op's first call imports torch._dynamo, seconds of a
+    # short `omnibyte generate` run's start-up
+    return _run_kernels(q, keys, values, positions, scale, splits)
 
 
 @torch.library.custom_op("omnibyte::decode_attention", mutates_args=())
 def _decode_attention_op(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                          scale: float, splits: int) -> torch.Tensor:
+    return _run_kernels(q, keys, values, positions, scale, splits)
+
+
+def _run_kernels(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+                 scale: float, splits: int) -> torch.Tensor:
     from omnibyte.models._decode_attention_kernels import kernels
 
     batch, tokens, heads, head_dim = q.shape
