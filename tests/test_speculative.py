@@ -196,3 +196,59 @@ def test_fast_verify_piece_equals_the_eager_extend(trained):
         fast.rewind([1, 1] if min(counts) else [1, 0])
     assert list(fast.lengths) == list(eager.lengths)
     torch.testing.assert_close(fast.step(extra[:, 0]), eager.step(extra[:, 0]), atol=1e-5, rtol=1e-5)
+
+
+class TickingClock:
+    """A clock that advances one second per reading: every round of drafts and every block of
+    plain steps "takes" one second, so the block, which emits many more bytes, is faster."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_plain_blocks_while_drafts_are_rejected_give_the_same_bytes(fast, monkeypatch):
+    """An untrained model at temperature 1 rejects nearly every draft: speculation tries blocks
+    of plain steps, finds them faster (the clock says so) and keeps to them, with one round of
+    drafts between blocks; the bytes stay the same."""
+    from omnibyte.models import speculative
+    from omnibyte.models.speculative import PLAIN_BLOCK
+
+    monkeypatch.setattr(speculative, "CLOCK", TickingClock())
+    model = tiny()
+    prompts = [FOX * 2, FOX[5:] * 2]
+    stats = SpeculationStats()
+    speculative = model.generate(prompts, 120, temperature=1.0, seed=9, speculative=True, stats=stats, fast=fast)
+    assert speculative == model.generate(prompts, 120, temperature=1.0, seed=9)
+    assert stats.plain_steps >= 4 * PLAIN_BLOCK  # it did fall back, and stayed with it
+    assert stats.drafted > 0 and stats.emitted == 240
+
+
+def test_streamed_plain_blocks_yield_the_sample(trained):
+    pieces = list(trained.stream(bytes(range(100, 160)), 90, temperature=1.5, seed=2, speculative=True))
+    assert b"".join(pieces) == trained.generate(bytes(range(100, 160)), 90, temperature=1.5, seed=2)
+
+
+def test_pace_goes_back_to_drafts_when_they_pay():
+    from omnibyte.models.speculative import Pace
+
+    pace = Pace()
+    assert not pace.plain_next()  # drafts first
+    for _ in range(3):  # drafts are rejected: after a few such rounds, plain steps are tried
+        pace.round_done(seconds=1.0, emitted=1, accepted=0.0)
+    assert pace.plain_next()
+    pace.plain_block_done(seconds=1.0, emitted=16)
+    assert not pace.plain_next()  # one round of drafts after every block
+    pace.round_done(seconds=1.0, emitted=1, accepted=0.0)
+    assert pace.plain_next()  # plain steps are faster
+    blocks = 0
+    while pace.plain_next():  # the text turns predictable: a round now emits 9 bytes in a tenth
+        pace.plain_block_done(seconds=1.0, emitted=16)  # of a second, faster than a block
+        pace.round_done(seconds=0.1, emitted=9, accepted=8.0)
+        blocks += 1
+        assert blocks < 2  # one good round after a block is enough
+    assert pace.round_seconds_per_byte < pace.step_seconds_per_byte

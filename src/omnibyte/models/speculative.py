@@ -23,6 +23,7 @@ with differently shaped kernels than a one-token step, so logits agree to roundi
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -45,6 +46,16 @@ class VerifyingDecoder(Protocol):
 
 MAX_NGRAM = 4  # longest suffix looked up in the context
 MAX_DRAFT = 8  # bytes proposed per round
+# Rounds of drafts pay only while they emit bytes faster than plain steps would: a verify round
+# costs about two plain steps on a GPU (the graph replay, then the host's work between rounds:
+# bench/RESULTS.md, issue 13 s19), little more than one on a CPU. ``Pace`` measures both rates
+# as it goes. Plain steps are first tried when rounds accept fewer than MIN_ACCEPTED_PER_ROUND
+# drafted bytes on average; from then on the faster way is taken, PLAIN_BLOCK steps at a time
+# (no host round trip between them), with one round of drafts after each block to follow the text.
+MIN_ACCEPTED_PER_ROUND = 1.0
+PLAIN_BLOCK = 16
+MEMORY = 0.75  # weight of the past in the running means: a few bad rounds do not switch
+CLOCK = time.perf_counter
 
 
 def draft_from_context(text: bytes, max_ngram: int = MAX_NGRAM, max_draft: int = MAX_DRAFT) -> bytes:
@@ -77,6 +88,7 @@ class SpeculationStats:
     drafted: int = 0
     accepted: int = 0
     emitted: int = 0
+    plain_steps: int = 0  # steps of plain blocks, taken while drafts were not being accepted
 
     @property
     def acceptance_rate(self) -> float:
@@ -122,7 +134,9 @@ def speculative_steps(
     """Yield each round's new bytes of every row (rows advance by different amounts, a finished
     row yields ``b""``) until every row holds ``max_new_bytes``. ``decoder`` has been prefilled
     with the prompts and returned ``first_logits`` [B, 256]; ``sample(logits [N, 256], noise
-    [N, 256])`` is the plain sampler. A round in which no row has a draft is a plain ``step``."""
+    [N, 256])`` is the plain sampler. A round in which no row has a draft is a plain ``step``.
+    Where plain steps emit bytes faster than rounds of drafts (``Pace``), every row decodes
+    blocks of ``PLAIN_BLOCK`` plain steps, with one round of drafts between blocks."""
     stats = stats if stats is not None else SpeculationStats()
     rows = len(prompts)
     if max_new_bytes == 0:
@@ -136,8 +150,23 @@ def speculative_steps(
         texts[row].append(int(pending[row]))
     stats.emitted += rows
     yield [bytes([int(byte)]) for byte in pending]
+    pace = Pace()
     while (produced < max_new_bytes).any():
+        started = CLOCK()
         active = produced < max_new_bytes
+        block = min(PLAIN_BLOCK, int((max_new_bytes - produced).min()) - 1)
+        if pace.plain_next() and active.all() and block >= 2:
+            news = plain_block(decoder, pending, produced, block, sample, noise)
+            for row in range(rows):
+                texts[row] += news[row].tobytes()
+            pending = news[:, -1].astype(pending.dtype)
+            produced += block
+            stats.calls += block
+            stats.plain_steps += block
+            stats.emitted += rows * block
+            pace.plain_block_done(CLOCK() - started, rows * block)
+            yield [news[row].tobytes() for row in range(rows)]
+            continue
         # at most remaining - 1 drafts: accepted drafts + the correction fit in what is left
         room = np.where(active, np.minimum(max_draft, max_new_bytes - produced - 1), 0)
         drafts, draft_lengths = draft_rows(texts, room, max_ngram)
@@ -170,4 +199,57 @@ def speculative_steps(
             news.append(new)
         produced += np.where(active, accepted + 1, 0)
         stats.emitted += int(np.where(active, accepted + 1, 0).sum())
+        if width:
+            pace.round_done(CLOCK() - started, int(np.where(active, accepted + 1, 0).sum()),
+                            float(accepted[active].mean()))
         yield news
+
+
+class Pace:
+    """Whether the next stretch is better decoded by a round of drafts or a block of plain steps,
+    from the seconds per emitted byte each has taken lately (running means). Only the speed
+    depends on it: both ways emit the very bytes plain decoding samples."""
+
+    def __init__(self) -> None:
+        self.round_seconds_per_byte: float | None = None
+        self.step_seconds_per_byte: float | None = None
+        self.accepted_per_round = 2 * MIN_ACCEPTED_PER_ROUND  # draft first; a few bad rounds try plain
+        self.probe = False  # after a plain block, one round of drafts
+
+    @staticmethod
+    def _mean(old: float | None, new: float) -> float:
+        return new if old is None else MEMORY * old + (1 - MEMORY) * new
+
+    def plain_next(self) -> bool:
+        if self.probe:
+            return False
+        if self.step_seconds_per_byte is None or self.round_seconds_per_byte is None:
+            return self.accepted_per_round < MIN_ACCEPTED_PER_ROUND  # time to measure plain steps
+        return self.step_seconds_per_byte < self.round_seconds_per_byte
+
+    def round_done(self, seconds: float, emitted: int, accepted: float) -> None:
+        per_byte = seconds / max(emitted, 1)
+        if self.probe and self.step_seconds_per_byte is not None and per_byte < self.step_seconds_per_byte:
+            self.round_seconds_per_byte = per_byte  # the probe beat plain steps: draft again at once
+        else:
+            self.round_seconds_per_byte = self._mean(self.round_seconds_per_byte, per_byte)
+        self.accepted_per_round = self._mean(self.accepted_per_round, accepted)
+        self.probe = False
+
+    def plain_block_done(self, seconds: float, emitted: int) -> None:
+        self.step_seconds_per_byte = self._mean(self.step_seconds_per_byte, seconds / emitted)
+        self.probe = True
+
+
+def plain_block(decoder: VerifyingDecoder, pending: np.ndarray, produced: np.ndarray, count: int,
+                sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: GumbelNoise) -> np.ndarray:
+    """``count`` plain steps of every row from its ``pending`` byte, sampled on the device with
+    the noise of each row's own steps (``produced`` [B] bytes decided so far): the bytes [B,
+    count] (uint8), read back once at the end."""
+    block_noise = noise.at(produced[:, None] + np.arange(count)[None, :])  # [B, count, 256]
+    tokens = torch.from_numpy(pending.astype(np.int64)).to(decoder.device)
+    sampled = []
+    for offset in range(count):
+        tokens = sample(decoder.step(tokens), block_noise[:, offset])
+        sampled.append(tokens)
+    return torch.stack(sampled, dim=1).to("cpu", torch.uint8).numpy()
