@@ -28,6 +28,29 @@ def test_kernel_under_the_triton_interpreter():
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
 
 
+# generation through the kernel, then: the kernel ran (it counts its calls) and torch._dynamo was
+# never imported (a custom op's first call imports it: seconds of a short run's start-up)
+GENERATE_WITHOUT_DYNAMO = """
+import sys
+from omnibyte.models import build_model, decode_attention
+calls = []
+run = decode_attention._run_kernels
+decode_attention._run_kernels = lambda *args: calls.append(1) or run(*args)
+build_model("flat", "tiny").generate(b"abc", 5, seed=0, fast=True)
+assert calls, "the kernel did not run"
+assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"
+"""
+
+
+@pytest.mark.slow
+@needs_triton
+def test_generating_through_the_kernel_does_not_import_dynamo():
+    environment = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", GENERATE_WITHOUT_DYNAMO], capture_output=True, text=True,
+                            env=environment, cwd=REPOSITORY)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.slow
 @needs_triton
 def test_bench_smoke_run_on_the_interpreter(tmp_path):
