@@ -10,8 +10,8 @@ import torch.nn as nn
 
 from omnibyte.models.base import INPUT_VOCAB, NUM_BYTES, BaseConfig, ByteModel, Decoder
 from omnibyte.models.graphs import GraphSteps, cache_slots, decoding_mode
-from omnibyte.models.validation import Limit, ModelSize
 from omnibyte.models.speculative import MAX_DRAFT
+from omnibyte.models.validation import Limit, ModelSize
 from omnibyte.models.layers import (
     STACK_LIMITS,
     StackConfig,

@@ -88,7 +88,7 @@ class SpeculationStats:
     drafted: int = 0
     accepted: int = 0
     emitted: int = 0
-    plain_steps: int = 0  # steps of plain blocks, taken while drafts were not being accepted
+    plain_steps: int = 0  # steps of plain blocks, taken where they were faster than drafts (``Pace``)
 
     @property
     def acceptance_rate(self) -> float:
