@@ -18,6 +18,18 @@ import triton
 import triton.language as tl
 
 
+@triton.jit  # the interpreter runs a jitted helper as plain Python too
+def _row_split(P, b, stride_pb, stride_pt, seq_len, splits,
+               T: tl.constexpr, T_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row ``b``'s last filled slot (its new tokens' largest position) and the keys each split of
+    it takes: both kernels split the same way from these."""
+    tokens = tl.arange(0, T_PAD)
+    token_positions = tl.load(P + b * stride_pb + tokens * stride_pt, mask=tokens < T, other=0)
+    last = tl.max(tl.minimum(tl.maximum(token_positions, 0), seq_len - 1), axis=0)
+    per_split = tl.cdiv(tl.cdiv(last + 1, BLOCK_N), splits) * BLOCK_N
+    return last, per_split
+
+
 def _split_kernel(
     Q, K, V, P, M_out, L_out, Acc_out,
     stride_qb, stride_qt, stride_qh, stride_qd,
@@ -34,11 +46,7 @@ def _split_kernel(
     split = tl.program_id(1)
     b = (pid // kv_heads).to(tl.int64)
     head = (pid % kv_heads).to(tl.int64)
-
-    tokens = tl.arange(0, T_PAD)
-    token_positions = tl.load(P + b * stride_pb + tokens * stride_pt, mask=tokens < T, other=0)
-    last = tl.max(tl.minimum(tl.maximum(token_positions, 0), seq_len - 1), axis=0)
-    per_split = tl.cdiv(tl.cdiv(last + 1, BLOCK_N), splits) * BLOCK_N
+    last, per_split = _row_split(P, b, stride_pb, stride_pt, seq_len, splits, T, T_PAD, BLOCK_N)
     start = split * per_split
     end = tl.minimum(start + per_split, last + 1)  # start >= end: nothing to do, the loop is empty
 
@@ -106,11 +114,7 @@ def _combine_kernel(
     row = tl.program_id(1)
     b = (pid // kv_heads).to(tl.int64)
     head = (pid % kv_heads).to(tl.int64)
-
-    tokens = tl.arange(0, T_PAD)
-    token_positions = tl.load(P + b * stride_pb + tokens * stride_pt, mask=tokens < T, other=0)
-    last = tl.max(tl.minimum(tl.maximum(token_positions, 0), seq_len - 1), axis=0)
-    per_split = tl.cdiv(tl.cdiv(last + 1, BLOCK_N), splits) * BLOCK_N
+    last, per_split = _row_split(P, b, stride_pb, stride_pt, seq_len, splits, T, T_PAD, BLOCK_N)
 
     token, group_head = row // GROUP, row % GROUP
     position = tl.load(P + b * stride_pb + token * stride_pt)
