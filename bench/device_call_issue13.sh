@@ -1,7 +1,7 @@
 #!/bin/bash
 # The s19 issue-13 device call (bench/RESULTS.md, "Decode-attention kernel and graph-captured
-# speculative verify"), as run on nvidia-h200-x2: carry .whl (the wheels), runs/text (gcide.txt.gz)
-# and this script; run `timeout -s TERM 355 bash bench/device_call_issue13.sh`; everything comes
+# speculative verify"), as run on nvidia-h200-x2: carry .whl (the wheels) and runs/text
+# (gcide.txt.gz); run `timeout -s TERM 355 bash bench/device_call_issue13.sh`; everything comes
 # back as $OUT/results.tgz (a call returns only a few files).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
