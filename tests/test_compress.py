@@ -153,6 +153,28 @@ def test_compressed_size_matches_model_cross_entropy(text_model):
     assert len(data) / len(blob) > 3
 
 
+@pytest.mark.parametrize("on_device", [False, True])
+def test_progress_reports_the_coded_bits(text_model, monkeypatch, on_device):
+    """The stepped encoder keeps its intervals (and the bits it reports) on the device on a GPU
+    (forced here on the CPU) and in host arrays on the CPU: the same stream either way, and the
+    bits reported after the last byte are its size to within the range coder's words."""
+    data = text(1500, seed=6)
+    plain = codec.compress(data, text_model, chunk_size=256, batch_size=3)
+    monkeypatch.setattr(codec._StepIntervals, "BITS_EVERY", 1)
+    monkeypatch.setattr(codec._StepIntervals, "KEEP_ON_DEVICE", on_device)
+    reported = []
+    blob = codec.compress(data, text_model, chunk_size=256, batch_size=3,
+                          progress=lambda count, bits: reported.append((count, bits)))
+    assert blob == plain
+    header = container.unpack(blob)
+    assert sum(count for count, _ in reported) == len(data)
+    bits = [value for _, value in reported]
+    assert bits == sorted(bits)
+    payload_bits = 8 * sum(len(stream) for stream in header.streams)
+    assert payload_bits - 64 * len(header.streams) <= bits[-1] <= payload_bits + 8
+    assert codec.decompress(blob, text_model) == data
+
+
 def test_quantized_frequencies_are_exact_and_leave_no_byte_at_zero():
     logits = torch.randn(64, 256) * torch.tensor([0.1, 5.0, 50.0, 500.0]).repeat(16).unsqueeze(1)
     weights = codec.quantized_frequencies(logits)

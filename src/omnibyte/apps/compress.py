@@ -427,6 +427,54 @@ def _encode_all_positions(step: _BatchStepper, matrix: np.ndarray, lengths: np.n
             progress(int(counts.sum()), done_bits + int(bits))
 
 
+class _StepIntervals:
+    """The coded intervals of a group's bytes, step by step (``code_step``).
+
+    On a GPU they stay on the device until the group ends: the host never waits for a step
+    (one copy per group instead of one per step), so it queues the next step while this one
+    runs; with ``track_bits`` (a progress bar) the bits are summed there too and read every
+    ``BITS_EVERY`` steps (each read waits for the GPU). On the CPU, where nothing runs ahead,
+    each step's intervals go straight into the host arrays (numpy is cheaper there than more
+    tensor operations: 14.3 against 12.7 KB/s for `tiny` on the 2-core VM)."""
+
+    BITS_EVERY = 256
+    KEEP_ON_DEVICE: bool | None = None  # None: on any device but the CPU (tests force True there)
+
+    def __init__(self, left: np.ndarray, frequency: np.ndarray, symbols: torch.Tensor, done_bits: int,
+                 track_bits: bool):
+        self.left, self.frequency = left, frequency  # host arrays [steps, rows], filled by ``finish``
+        self.symbols, self.done_bits, self.track_bits = symbols, done_bits, track_bits  # symbols on the device
+        on_device = self.KEEP_ON_DEVICE
+        self.on_device = symbols.device.type != "cpu" if on_device is None else on_device
+        if self.on_device:
+            self.device_left = torch.from_numpy(left.copy()).to(symbols.device)
+            self.device_frequency = torch.from_numpy(frequency.copy()).to(symbols.device)
+            self.device_bits = torch.zeros((), dtype=torch.float64, device=symbols.device)
+        self.steps_done, self.coded_bits = 0, 0.0
+
+    def code_step(self, t: int, active: int, weights: torch.Tensor) -> torch.Tensor:
+        below, picked = _intervals(weights, self.symbols[t, :active])
+        if self.on_device:
+            self.device_left[t, :active], self.device_frequency[t, :active] = below, picked
+            if self.track_bits:
+                self.device_bits += (PRECISION - torch.log2(picked.double())).sum()
+        else:
+            self.left[t, :active], self.frequency[t, :active] = below.numpy(), picked.numpy()
+            if self.track_bits:
+                self.coded_bits += float(np.sum(PRECISION - np.log2(picked.numpy())))
+        self.steps_done = t + 1
+        return self.symbols[t]
+
+    def bits(self) -> int:
+        if self.on_device and self.track_bits and (self.steps_done - 1) % self.BITS_EVERY == 0:
+            self.coded_bits = self.device_bits.item()
+        return self.done_bits + int(self.coded_bits)
+
+    def finish(self) -> None:
+        if self.on_device:
+            self.left[:], self.frequency[:] = self.device_left.cpu().numpy(), self.device_frequency.cpu().numpy()
+
+
 class _GroupUpdates:
     """The updates of one group under adaptation: after every ``block`` steps and after the
     group's last (of its longest row, raw or not), each on the bytes of that block; none after
@@ -768,22 +816,14 @@ def compress_members(
             symbols = torch.from_numpy(matrix.astype(np.int64)).to(stepper.device)  # [t, row]
             left = np.zeros((steps, rows), dtype=np.int64)
             frequency = np.full((steps, rows), 2**PRECISION, dtype=np.int64)  # costs 0 bits past the end
-            group_bits = 0.0
-
-            def encode_step(t: int, active: int, weights: torch.Tensor) -> torch.Tensor:
-                nonlocal group_bits
-                interval = torch.stack(_intervals(weights, symbols[t, :active])).cpu().numpy()
-                left[t, :active], frequency[t, :active] = interval
-                if progress is not None:
-                    group_bits += float(np.sum(PRECISION - np.log2(interval[1])))
-                return symbols[t]
-
             updates = _GroupUpdates(stepper.adapter, matrix, lengths, index == len(groups) - 1)
             if settings.integer and stepper.adapter is None and PARALLEL_INTEGER_ENCODING:
                 _encode_all_positions(stepper, matrix, lengths, left, frequency, progress, done_bits)
             else:
-                _run_group(stepper, lengths, steps, encode_step, progress, lambda: done_bits + int(group_bits),
+                intervals = _StepIntervals(left, frequency, symbols, done_bits, track_bits=progress is not None)
+                _run_group(stepper, lengths, steps, intervals.code_step, progress, intervals.bits,
                            updates if stepper.adapter else None)
+                intervals.finish()
             updates.finish()
             costs = np.sum(PRECISION - np.log2(frequency.astype(np.float64)), axis=0)  # bits per row
             coded = (lengths > 0) & (costs < 8 * lengths)
