@@ -18,13 +18,12 @@ import dataclasses
 import itertools
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_environment, print_table, write_json  # noqa: E402
+from common import describe_environment, print_table, time_call, write_json  # noqa: E402
 
 from omnibyte.models import decode_attention  # noqa: E402
 from omnibyte.models.flat import FLAT_PRESETS, ModelConfig  # noqa: E402
@@ -69,11 +68,7 @@ def gpu_us(fn, device: torch.device) -> float:
         import triton.testing  # noqa: PLC0415
 
         return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=10)
-    fn()
-    started = time.perf_counter()
-    for _ in range(2):
-        fn()
-    return 1e6 * (time.perf_counter() - started) / 2
+    return 1e6 * time_call(fn, repeats=2, warmup=1, device=device)
 
 
 def measure(layer: Attention, preset: str, batch: int, tokens: int, slots: int, fill: str,

@@ -21,25 +21,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_environment, gpu_kernels, kernel_time_by_kind, print_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    describe_environment, gpu_kernels, kernel_time_by_kind, print_table, synchronize, time_call, write_json,
+)
 
 from omnibyte.models import BOS, build_model  # noqa: E402
 
 PATHS = {"fast": dict(fast=True), "compiled": dict(fast=True, compile=True)}
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_ms(fn, count: int, device: torch.device) -> float:
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(count):
-        fn()
-    synchronize(device)
-    return 1e3 * (time.perf_counter() - started) / count
+    return 1e3 * time_call(fn, repeats=count, device=device)
 
 
 def profile_replays(replay, count: int, out: Path, name: str) -> dict:

@@ -434,8 +434,8 @@ class _StepIntervals:
     (one copy per group instead of one per step), so it queues the next step while this one
     runs; with ``track_bits`` (a progress bar) the bits are summed there too and read every
     ``BITS_EVERY`` steps (each read waits for the GPU). On the CPU, where nothing runs ahead,
-    each step's intervals go straight into the host arrays (numpy is cheaper there than more
-    tensor operations: 14.3 against 12.7 KB/s for `tiny` on the 2-core VM)."""
+    each step's intervals go straight into the host arrays: there numpy costs less than the
+    tensor operations (bench/RESULTS.md, issue 13 s19, compression)."""
 
     BITS_EVERY = 256
     KEEP_ON_DEVICE: bool | None = None  # None: on any device but the CPU (tests force True there)
@@ -447,8 +447,9 @@ class _StepIntervals:
         on_device = self.KEEP_ON_DEVICE
         self.on_device = symbols.device.type != "cpu" if on_device is None else on_device
         if self.on_device:
-            self.device_left = torch.from_numpy(left.copy()).to(symbols.device)
-            self.device_frequency = torch.from_numpy(frequency.copy()).to(symbols.device)
+            # copies on a GPU; on the CPU (tests) the same memory, which ``finish`` leaves as it is
+            self.device_left = torch.from_numpy(left).to(symbols.device)
+            self.device_frequency = torch.from_numpy(frequency).to(symbols.device)
             self.device_bits = torch.zeros((), dtype=torch.float64, device=symbols.device)
         self.steps_done, self.coded_bits = 0, 0.0
 

@@ -48,8 +48,8 @@ MAX_NGRAM = 4  # longest suffix looked up in the context
 MAX_DRAFT = 8  # bytes proposed per round
 # Rounds of drafts pay only while they emit bytes faster than plain steps would: a verify round
 # costs about two plain steps on a GPU (the graph replay, then the host's work between rounds:
-# bench/RESULTS.md, issue 13 s19), little more than one on a CPU. ``Pace`` measures both rates
-# as it goes. Plain steps are first tried when rounds accept fewer than MIN_ACCEPTED_PER_ROUND
+# bench/RESULTS.md, issue 13 s19), and it depends on the device and the model, so ``Pace``
+# measures both rates as it goes. Plain steps are first tried when rounds accept fewer than MIN_ACCEPTED_PER_ROUND
 # drafted bytes on average; from then on the faster way is taken, PLAIN_BLOCK steps at a time
 # (no host round trip between them), with one round of drafts after each block to follow the text.
 MIN_ACCEPTED_PER_ROUND = 1.0
