@@ -49,17 +49,20 @@ from omnibyte.data.fashion_mnist import fashion_mnist_documents  # noqa: E402
 from omnibyte.data.fsdd import fsdd_documents  # noqa: E402
 from omnibyte.data.nottingham import nottingham_documents  # noqa: E402
 from omnibyte.devices import resolve_device  # noqa: E402
+from omnibyte.media import mirror_bmp  # noqa: E402
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.models.multiscale.patch import bgpt_stages  # noqa: E402
 from omnibyte.models.serialization import load_model  # noqa: E402
 from omnibyte.tasks import ClassifyTask, NextByteTask, Task  # noqa: E402
 from omnibyte.train.trainer import TrainConfig, Trainer  # noqa: E402
 
-# task -> loader(data root, split), seq_len, model stages, batch size, lr, default minutes, target
+# task -> loader(data root, split), seq_len, model stages, batch size, lr, default minutes, target,
+# and optionally augment: file bytes -> one more training file (mirrored clothes; never for digits,
+# spoken or written, whose class a mirror image could change)
 TASKS: dict[str, dict[str, Any]] = {
     "fashion-mnist": dict(load=lambda root, split: fashion_mnist_documents(root / "fashion-mnist", split),
                           seq_len=3136, stages=bgpt_stages(16, 3136, 384, 6, 6, 6, 0, 128, 1, 4, 4),
-                          batch_size=64, lr=1e-3, minutes=3.5, target=0.92),
+                          batch_size=64, lr=1e-3, minutes=3.5, target=0.92, augment=mirror_bmp),
     "fsdd": dict(load=lambda root, split: fsdd_documents(root / "fsdd" / "recordings", split),
                  seq_len=8192, stages=bgpt_stages(16, 8192, 384, 6, 6, 6, 0, 128, 1, 4, 4),
                  batch_size=32, lr=1e-3, minutes=2.5, target=0.97),
@@ -94,14 +97,21 @@ def train(spec: dict[str, Any], model: torch.nn.Module, task: Task, train_corpus
             "train_seconds": round(time.perf_counter() - started, 1), "best_step": result.model_step}
 
 
-def split_train(documents: list[Document]) -> tuple[ByteCorpus, ByteCorpus]:
-    return ByteCorpus(documents).split(VALIDATION_FRACTION, by="documents")
+def split_train(documents: list[Document], spec: dict[str, Any]) -> tuple[ByteCorpus, ByteCorpus]:
+    """(train, validation); with the task's ``augment``, the training part (only) also holds an
+    augmented copy of each of its files, so validation never sees a copy of a training file."""
+    train, validation = ByteCorpus(documents).split(VALIDATION_FRACTION, by="documents")
+    if spec.get("augment") is None:
+        return train, validation
+    originals = [train.document(index) for index in range(train.num_documents)]
+    extra = [Document(f"{doc.name}[augmented]", spec["augment"](bytes(doc.data)), doc.label) for doc in originals]
+    return ByteCorpus(originals + extra), validation
 
 
 def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], test_docs: list[Document],
                  out: Path, minutes: float, device: str, init_from: Path | None = None) -> dict[str, Any]:
     """Train a classifier (from scratch, or from the model in ``init_from``) and score it on test."""
-    train_corpus, val_corpus = split_train(train_docs)
+    train_corpus, val_corpus = split_train(train_docs, spec)
     model = load_model(init_from) if init_from is not None else new_model(spec)
     torch.manual_seed(0)
     task = ClassifyTask.for_data(ByteCorpus(train_docs), model)  # the classes of all training files
@@ -110,7 +120,8 @@ def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], te
     report = evaluate_classifier(best, classifier, test_docs, batch_size=spec["batch_size"])
     majority = Counter(document.label for document in test_docs).most_common(1)[0][1] / len(test_docs)
     return {"task": name, "start": "pre-trained" if init_from else "scratch", "train_files": train_corpus.num_documents,
-            "test_files": report.files, "accuracy": report.accuracy, "majority_baseline": majority,
+            "augmented": spec.get("augment") is not None, "test_files": report.files, "accuracy": report.accuracy,
+            "majority_baseline": majority,
             "target": spec["target"], "met": None if spec["target"] is None else report.accuracy >= spec["target"],
             "minutes": minutes, **stats, "per_class": report.per_class(), "confusion": report.confusion.tolist(),
             "labels": report.labels, "parameters": sum(p.numel() for p in best.parameters())}
@@ -118,7 +129,7 @@ def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], te
 
 def pretrain(spec: dict[str, Any], train_docs: list[Document], out: Path, minutes: float, device: str) -> dict:
     """Next-byte pre-training on the task's own training files (no labels)."""
-    train_corpus, val_corpus = split_train([Document(d.name, d.data) for d in train_docs])
+    train_corpus, val_corpus = split_train([Document(d.name, d.data) for d in train_docs], spec)
     stats = train(spec, new_model(spec), NextByteTask(), train_corpus, val_corpus, out, minutes, device)
     return stats
 
@@ -145,6 +156,8 @@ def main() -> None:
     parser.add_argument("--limit-files", type=int, default=None, metavar="N",
                         help="smoke test: N train and N test files of each task only")
     parser.add_argument("--batch-size", type=int, default=None, help="override every task's batch size")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="train on the training files only (before s20: no mirrored Fashion-MNIST copies)")
     args = parser.parse_args()
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
     unknown = [name for name in names if name not in TASKS]
@@ -159,7 +172,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for name in names:
-        spec = {**TASKS[name], **({"batch_size": args.batch_size} if args.batch_size else {})}
+        spec = {**TASKS[name], **({"batch_size": args.batch_size} if args.batch_size else {}),
+                **({"augment": None} if args.no_augment else {})}
         minutes = args.minutes if args.minutes is not None else spec["minutes"]
         loading = time.perf_counter()
         train_docs, test_docs = spec["load"](args.data, "train"), spec["load"](args.data, "test")

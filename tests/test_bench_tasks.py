@@ -34,3 +34,21 @@ def test_pretraining_alone_with_its_own_minutes(tmp_path):
 def test_pretraining_options_need_pretrain(tmp_path):
     done = run_bench("--out", str(tmp_path), "--no-scratch")
     assert done.returncode == 2 and "go with --pretrain" in done.stderr
+
+
+def test_augmented_copies_go_to_training_only():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_tasks
+    from omnibyte.data import Document
+
+    documents = [Document(f"images/{index:03d}.bmp", bytes([index]) * 8, str(index % 2)) for index in range(60)]
+    spec = {"augment": lambda data: data[::-1] + b"!"}
+    train, validation = bench_tasks.split_train(documents, spec)
+    plain_train, plain_validation = bench_tasks.split_train(documents, {})
+    assert validation.names == plain_validation.names and validation.num_documents >= 1
+    assert train.num_documents == 2 * plain_train.num_documents
+    copies = [train.document(i) for i in range(train.num_documents) if train.document(i).name.endswith("[augmented]")]
+    originals = {doc.name: doc for doc in (plain_train.document(i) for i in range(plain_train.num_documents))}
+    for copy in copies:
+        source = originals[copy.name.removesuffix("[augmented]")]
+        assert bytes(copy.data) == bytes(source.data)[::-1] + b"!" and copy.label == source.label

@@ -12,7 +12,7 @@ from PIL import Image
 
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
-from omnibyte.media import BMP_BYTES, WAV_BYTES, audio_to_wav, image_to_bmp, pixels_to_bmp
+from omnibyte.media import BMP_BYTES, WAV_BYTES, audio_to_wav, image_to_bmp, mirror_bmp, pixels_to_bmp
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -64,6 +64,16 @@ def test_any_image_becomes_a_32x32_24_bit_bmp():
     image = assert_bmp_32(image_to_bmp(png_bytes(grey, "L")))  # already 32x32: pixels kept
     assert np.array_equal(np.asarray(image), np.repeat(grey[..., None], 3, axis=2))
     assert np.array_equal(np.asarray(assert_bmp_32(pixels_to_bmp(grey))), np.asarray(image))
+
+
+def test_a_mirrored_bmp_holds_each_row_reversed():
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    original = pixels_to_bmp(pixels)
+    mirrored = mirror_bmp(original)
+    assert np.array_equal(np.asarray(assert_bmp_32(mirrored)), pixels[:, ::-1])
+    assert mirrored != original and mirror_bmp(mirrored) == original
+    with pytest.raises(OmnibyteError, match="not a BMP"):
+        mirror_bmp(b"BM not really")
 
 
 def test_audio_becomes_8khz_mono_8_bit_and_exactly_one_second():

@@ -56,6 +56,17 @@ def image_to_bmp(data_or_path: bytes | str | Path, size: int = IMAGE_SIZE) -> by
     return pixels_to_bmp(np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR)))
 
 
+def mirror_bmp(data: bytes) -> bytes:
+    """A BMP (as ``pixels_to_bmp`` writes them) mirrored left to right: the usual training-set
+    augmentation for images whose classes do not depend on the side (clothes, not digits)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise OmnibyteError(f"not a BMP Pillow can read ({' '.join(str(error).split())[:120]})") from None
+    return pixels_to_bmp(pixels[:, ::-1])
+
+
 def pixels_to_bmp(pixels: np.ndarray) -> bytes:
     """An ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB) uint8 array -> 24-bit BMP bytes."""
     image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).convert("RGB")
