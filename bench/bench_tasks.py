@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,7 +50,7 @@ from omnibyte.data.fashion_mnist import fashion_mnist_documents  # noqa: E402
 from omnibyte.data.fsdd import fsdd_documents  # noqa: E402
 from omnibyte.data.nottingham import nottingham_documents  # noqa: E402
 from omnibyte.devices import resolve_device  # noqa: E402
-from omnibyte.media import mirror_bmp  # noqa: E402
+from omnibyte.media import mirror_bmp, shift_bmp  # noqa: E402
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.models.multiscale.patch import bgpt_stages  # noqa: E402
 from omnibyte.models.serialization import load_model  # noqa: E402
@@ -57,12 +58,12 @@ from omnibyte.tasks import ClassifyTask, NextByteTask, Task  # noqa: E402
 from omnibyte.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 # task -> loader(data root, split), seq_len, model stages, batch size, lr, default minutes, target,
-# and optionally augment: file bytes -> one more training file (mirrored clothes; never for digits,
-# spoken or written, whose class a mirror image could change)
+# and optionally augment: (file bytes, its index) -> more training files (clothes mirrored and moved;
+# never mirrored digits, whose class a mirror image could change)
 TASKS: dict[str, dict[str, Any]] = {
     "fashion-mnist": dict(load=lambda root, split: fashion_mnist_documents(root / "fashion-mnist", split),
                           seq_len=3136, stages=bgpt_stages(16, 3136, 384, 6, 6, 6, 0, 128, 1, 4, 4),
-                          batch_size=64, lr=1e-3, minutes=3.5, target=0.92, augment=mirror_bmp),
+                          batch_size=64, lr=1e-3, minutes=3.5, target=0.92, augment=lambda data, index: mirrored_and_moved(data, index)),
     "fsdd": dict(load=lambda root, split: fsdd_documents(root / "fsdd" / "recordings", split),
                  seq_len=8192, stages=bgpt_stages(16, 8192, 384, 6, 6, 6, 0, 128, 1, 4, 4),
                  batch_size=32, lr=1e-3, minutes=2.5, target=0.97),
@@ -71,6 +72,16 @@ TASKS: dict[str, dict[str, Any]] = {
                        batch_size=32, lr=1e-3, minutes=0.75, target=None),
 }
 VALIDATION_FRACTION = 0.04
+MAX_SHIFT = 2  # Fashion-MNIST's 28x28 garments sit in 2 pixels of background on each side
+
+
+def mirrored_and_moved(bmp: bytes, index: int) -> list[bytes]:
+    """The image mirrored, and the image and its mirror each moved by up to ``MAX_SHIFT``
+    pixels (the shift drawn from the file's index, so every run makes the same files)."""
+    rng = np.random.default_rng(index)
+    mirrored = mirror_bmp(bmp)
+    moves = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, (2, 2))
+    return [mirrored, shift_bmp(bmp, *map(int, moves[0])), shift_bmp(mirrored, *map(int, moves[1]))]
 
 
 def new_model(spec: dict[str, Any]) -> torch.nn.Module:
@@ -98,13 +109,14 @@ def train(spec: dict[str, Any], model: torch.nn.Module, task: Task, train_corpus
 
 
 def split_train(documents: list[Document], spec: dict[str, Any]) -> tuple[ByteCorpus, ByteCorpus]:
-    """(train, validation); with the task's ``augment``, the training part (only) also holds an
-    augmented copy of each of its files, so validation never sees a copy of a training file."""
+    """(train, validation); with the task's ``augment``, the training part (only) also holds the
+    augmented copies of each of its files, so validation never sees a copy of a training file."""
     train, validation = ByteCorpus(documents).split(VALIDATION_FRACTION, by="documents")
     if spec.get("augment") is None:
         return train, validation
     originals = [train.document(index) for index in range(train.num_documents)]
-    extra = [Document(f"{doc.name}[augmented]", spec["augment"](bytes(doc.data)), doc.label) for doc in originals]
+    extra = [Document(f"{doc.name}[augmented {number}]", copy, doc.label) for index, doc in enumerate(originals)
+             for number, copy in enumerate(spec["augment"](bytes(doc.data), index))]
     return ByteCorpus(originals + extra), validation
 
 

@@ -42,13 +42,32 @@ def test_augmented_copies_go_to_training_only():
     from omnibyte.data import Document
 
     documents = [Document(f"images/{index:03d}.bmp", bytes([index]) * 8, str(index % 2)) for index in range(60)]
-    spec = {"augment": lambda data: data[::-1] + b"!"}
+    spec = {"augment": lambda data, index: [data[::-1] + b"!", data + bytes([index])]}
     train, validation = bench_tasks.split_train(documents, spec)
     plain_train, plain_validation = bench_tasks.split_train(documents, {})
     assert validation.names == plain_validation.names and validation.num_documents >= 1
-    assert train.num_documents == 2 * plain_train.num_documents
-    copies = [train.document(i) for i in range(train.num_documents) if train.document(i).name.endswith("[augmented]")]
-    originals = {doc.name: doc for doc in (plain_train.document(i) for i in range(plain_train.num_documents))}
-    for copy in copies:
-        source = originals[copy.name.removesuffix("[augmented]")]
-        assert bytes(copy.data) == bytes(source.data)[::-1] + b"!" and copy.label == source.label
+    assert train.num_documents == 3 * plain_train.num_documents
+    originals = [plain_train.document(i) for i in range(plain_train.num_documents)]
+    copies = {train.document(i).name: train.document(i) for i in range(train.num_documents)}
+    for index, source in enumerate(originals):
+        first, second = copies[f"{source.name}[augmented 0]"], copies[f"{source.name}[augmented 1]"]
+        assert bytes(first.data) == bytes(source.data)[::-1] + b"!" and first.label == source.label
+        assert bytes(second.data) == bytes(source.data) + bytes([index]) and second.label == source.label
+
+
+def test_fashion_mnist_copies_are_mirrored_and_moved():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import numpy as np
+    from bench_tasks import mirrored_and_moved
+    from PIL import Image
+    import io
+
+    from omnibyte.media import pixels_to_bmp
+
+    pixels = np.pad(np.random.default_rng(2).integers(1, 256, (28, 28), dtype=np.uint8), 2)
+    mirrored, moved, moved_mirror = (np.asarray(Image.open(io.BytesIO(data)))[..., 0]
+                                     for data in mirrored_and_moved(pixels_to_bmp(pixels), 7))
+    assert np.array_equal(mirrored, pixels[:, ::-1])
+    for image, source in ((moved, pixels), (moved_mirror, pixels[:, ::-1])):  # a garment moves whole
+        assert image.sum() == source.sum() and sorted(image[image > 0]) == sorted(source[source > 0])
+    assert mirrored_and_moved(pixels_to_bmp(pixels), 7) == mirrored_and_moved(pixels_to_bmp(pixels), 7)

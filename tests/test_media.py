@@ -12,7 +12,7 @@ from PIL import Image
 
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
-from omnibyte.media import BMP_BYTES, WAV_BYTES, audio_to_wav, image_to_bmp, mirror_bmp, pixels_to_bmp
+from omnibyte.media import BMP_BYTES, WAV_BYTES, audio_to_wav, image_to_bmp, mirror_bmp, pixels_to_bmp, shift_bmp
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -74,6 +74,16 @@ def test_a_mirrored_bmp_holds_each_row_reversed():
     assert mirrored != original and mirror_bmp(mirrored) == original
     with pytest.raises(OmnibyteError, match="not a BMP"):
         mirror_bmp(b"BM not really")
+
+
+def test_a_shifted_bmp_moves_the_picture_and_fills_the_edge():
+    pixels = np.random.default_rng(1).integers(1, 256, (32, 32, 3), dtype=np.uint8)
+    moved = np.asarray(assert_bmp_32(shift_bmp(pixels_to_bmp(pixels), 2, -1)))
+    assert np.array_equal(moved[:31, 2:], pixels[1:, :30])  # right 2, up 1
+    assert (moved[:, :2] == 0).all() and (moved[31] == 0).all()
+    assert shift_bmp(pixels_to_bmp(pixels), 0, 0) == pixels_to_bmp(pixels)
+    with pytest.raises(OmnibyteError, match="cannot shift"):
+        shift_bmp(pixels_to_bmp(pixels), 32, 0)
 
 
 def test_audio_becomes_8khz_mono_8_bit_and_exactly_one_second():

@@ -56,15 +56,31 @@ def image_to_bmp(data_or_path: bytes | str | Path, size: int = IMAGE_SIZE) -> by
     return pixels_to_bmp(np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR)))
 
 
+def _bmp_pixels(data: bytes) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise OmnibyteError(f"not a BMP Pillow can read ({' '.join(str(error).split())[:120]})") from None
+
+
 def mirror_bmp(data: bytes) -> bytes:
     """A BMP (as ``pixels_to_bmp`` writes them) mirrored left to right: the usual training-set
     augmentation for images whose classes do not depend on the side (clothes, not digits)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise OmnibyteError(f"not a BMP Pillow can read ({' '.join(str(error).split())[:120]})") from None
-    return pixels_to_bmp(pixels[:, ::-1])
+    return pixels_to_bmp(_bmp_pixels(data)[:, ::-1])
+
+
+def shift_bmp(data: bytes, right: int, down: int, fill: int = 0) -> bytes:
+    """A BMP with its picture moved ``right`` and ``down`` pixels (negative: left, up), the
+    uncovered edge filled with ``fill``: a translation for training-set augmentation."""
+    pixels = _bmp_pixels(data)
+    height, width = pixels.shape[:2]
+    if abs(right) >= width or abs(down) >= height:
+        raise OmnibyteError(f"cannot shift a {width}x{height} image by ({right}, {down}) pixels")
+    moved = np.full_like(pixels, fill)
+    moved[max(down, 0):height + min(down, 0), max(right, 0):width + min(right, 0)] = \
+        pixels[max(-down, 0):height + min(-down, 0), max(-right, 0):width + min(-right, 0)]
+    return pixels_to_bmp(moved)
 
 
 def pixels_to_bmp(pixels: np.ndarray) -> bytes:
