@@ -50,7 +50,7 @@ from omnibyte.data.fashion_mnist import fashion_mnist_documents  # noqa: E402
 from omnibyte.data.fsdd import fsdd_documents  # noqa: E402
 from omnibyte.data.nottingham import nottingham_documents  # noqa: E402
 from omnibyte.devices import resolve_device  # noqa: E402
-from omnibyte.media import mirror_bmp, shift_bmp  # noqa: E402
+from omnibyte.media import SILENCE, WAV_BYTES, delay_wav, mirror_bmp, shift_bmp  # noqa: E402
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.models.multiscale.patch import bgpt_stages  # noqa: E402
 from omnibyte.models.serialization import load_model  # noqa: E402
@@ -58,15 +58,15 @@ from omnibyte.tasks import ClassifyTask, NextByteTask, Task  # noqa: E402
 from omnibyte.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 # task -> loader(data root, split), seq_len, model stages, batch size, lr, default minutes, target,
-# and optionally augment: (file bytes, its index) -> more training files (clothes mirrored and moved;
-# never mirrored digits, whose class a mirror image could change)
+# and optionally augment: (file bytes, its index) -> more training files (clothes mirrored and moved,
+# spoken digits started later; never mirrored digits, whose class a mirror image could change)
 TASKS: dict[str, dict[str, Any]] = {
     "fashion-mnist": dict(load=lambda root, split: fashion_mnist_documents(root / "fashion-mnist", split),
                           seq_len=3136, stages=bgpt_stages(16, 3136, 384, 6, 6, 6, 0, 128, 1, 4, 4),
                           batch_size=64, lr=1e-3, minutes=3.5, target=0.92, augment=lambda data, index: mirrored_and_moved(data, index)),
     "fsdd": dict(load=lambda root, split: fsdd_documents(root / "fsdd" / "recordings", split),
                  seq_len=8192, stages=bgpt_stages(16, 8192, 384, 6, 6, 6, 0, 128, 1, 4, 4),
-                 batch_size=32, lr=1e-3, minutes=2.5, target=0.97),
+                 batch_size=32, lr=1e-3, minutes=2.5, target=0.97, augment=lambda data, index: delayed(data, index)),
     "nottingham": dict(load=lambda root, split: nottingham_documents(root / "nottingham" / "ABC_cleaned", split),
                        seq_len=1024, stages=bgpt_stages(8, 1024, 256, 4, 4, 4, 0, 128, 1, 4, 4),
                        batch_size=32, lr=1e-3, minutes=0.75, target=None),
@@ -82,6 +82,21 @@ def mirrored_and_moved(bmp: bytes, index: int) -> list[bytes]:
     mirrored = mirror_bmp(bmp)
     moves = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, (2, 2))
     return [mirrored, shift_bmp(bmp, *map(int, moves[0])), shift_bmp(mirrored, *map(int, moves[1]))]
+
+
+MAX_DELAY = 1200  # frames (0.15 s at 8 kHz)
+DELAYED_COPIES = 2
+
+
+def delayed(wav: bytes, index: int) -> list[bytes]:
+    """``DELAYED_COPIES`` copies of the recording started up to ``MAX_DELAY`` frames later, never
+    so late that sound falls off the end (only trailing silence is cut)."""
+    trailing_silence = (WAV_BYTES - len(wav.rstrip(bytes([SILENCE])))) if len(wav) == WAV_BYTES else 0
+    room = min(MAX_DELAY, trailing_silence)
+    if room == 0:
+        return []
+    rng = np.random.default_rng(index)
+    return [delay_wav(wav, int(frames)) for frames in rng.integers(1, room + 1, DELAYED_COPIES)]
 
 
 def new_model(spec: dict[str, Any]) -> torch.nn.Module:

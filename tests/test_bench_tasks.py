@@ -71,3 +71,21 @@ def test_fashion_mnist_copies_are_mirrored_and_moved():
     for image, source in ((moved, pixels), (moved_mirror, pixels[:, ::-1])):  # a garment moves whole
         assert image.sum() == source.sum() and sorted(image[image > 0]) == sorted(source[source > 0])
     assert mirrored_and_moved(pixels_to_bmp(pixels), 7) == mirrored_and_moved(pixels_to_bmp(pixels), 7)
+
+
+
+def test_spoken_digits_are_delayed_without_cutting_sound():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import numpy as np
+    from bench_tasks import MAX_DELAY, delayed
+
+    from omnibyte.media import SILENCE, samples_to_wav
+
+    sound = np.random.default_rng(4).uniform(-0.9, 0.9, 5000)
+    wav = samples_to_wav(sound)  # 3,000 frames of trailing silence
+    copies = delayed(wav, 5)
+    assert len(copies) == 2 and copies == delayed(wav, 5)
+    for copy in copies:
+        shift = len(copy) - len(copy[44:].lstrip(bytes([SILENCE]))) - 44
+        assert 1 <= shift <= MAX_DELAY and copy[44 + shift:44 + shift + 5000] == wav[44:44 + 5000]
+    assert delayed(samples_to_wav(np.full(8000, 0.5)), 5) == []  # no trailing silence: no room

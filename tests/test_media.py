@@ -12,7 +12,7 @@ from PIL import Image
 
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
-from omnibyte.media import BMP_BYTES, WAV_BYTES, audio_to_wav, image_to_bmp, mirror_bmp, pixels_to_bmp, shift_bmp
+from omnibyte.media import BMP_BYTES, WAV_BYTES, audio_to_wav, delay_wav, image_to_bmp, mirror_bmp, pixels_to_bmp, shift_bmp
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -100,6 +100,20 @@ def test_audio_becomes_8khz_mono_8_bit_and_exactly_one_second():
     params, samples = read_wav(data)
     assert len(data) == WAV_BYTES and params == (1, 1, 8000, 8000)
     assert np.array_equal(samples, np.frombuffer(source[44 : 44 + 8000], np.uint8))  # same format: unchanged
+
+
+def test_a_delayed_wav_starts_later_and_keeps_its_length():
+    rng = np.random.default_rng(3)
+    original = audio_to_wav(wav_bytes(rng.uniform(-0.9, 0.9, (8000, 1)), 8000, 1))
+    _, samples = read_wav(original)
+    params, delayed = read_wav(delay_wav(original, 300))
+    assert params == (1, 1, 8000, 8000) and len(delay_wav(original, 300)) == WAV_BYTES
+    assert (delayed[:300] == 128).all() and np.array_equal(delayed[300:], samples[:-300])
+    assert delay_wav(original, 0) == original
+    with pytest.raises(OmnibyteError, match="8-bit mono"):
+        delay_wav(wav_bytes(rng.uniform(-0.5, 0.5, (100, 1)), 8000, 2), 10)
+    with pytest.raises(OmnibyteError, match="cannot delay"):
+        delay_wav(original, 8001)
 
 
 def test_pcm_widths_give_the_same_audio():

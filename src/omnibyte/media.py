@@ -132,6 +132,25 @@ def samples_to_wav(samples: np.ndarray, rate: int = SAMPLE_RATE, frames: int = D
     return buffer.getvalue()
 
 
+def delay_wav(data: bytes, frames: int) -> bytes:
+    """A standardised WAV (8-bit mono, as ``audio_to_wav`` writes them) with ``frames`` of
+    silence put before the sound and as many cut from its end: the same length, the sound
+    starting later. A training-set augmentation for recordings that start at different times."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as source:
+            shape = (source.getnchannels(), source.getsampwidth())
+            rate, samples = source.getframerate(), source.readframes(source.getnframes())
+    except (wave.Error, EOFError) as error:
+        raise OmnibyteError(f"not a WAV file the wave module can read ({error})") from None
+    if shape != (1, 1):
+        raise OmnibyteError(f"delay_wav takes 8-bit mono WAV (as audio_to_wav writes), not {shape[0]} channels "
+                            f"of {8 * shape[1]} bits")
+    if not 0 <= frames <= len(samples):
+        raise OmnibyteError(f"cannot delay {len(samples)} frames by {frames}")
+    levels = np.frombuffer(bytes([SILENCE]) * frames + samples[:len(samples) - frames], np.uint8)
+    return samples_to_wav(levels.astype(np.float64) / 128.0 - 1.0, rate, len(levels))
+
+
 def audio_to_wav(data_or_path: bytes | str | Path) -> bytes:
     """A WAV file -> WAV at 8,000 Hz, mono, 8-bit unsigned, exactly 1 second."""
     data, name = _read(data_or_path)
