@@ -38,7 +38,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,11 +45,11 @@ from common import describe_environment, print_table, validate_times, write_json
 
 from omnibyte.apps.classify import evaluate_classifier, load_classifier  # noqa: E402
 from omnibyte.data import ByteCorpus, Document  # noqa: E402
+from omnibyte.data.augment import augmented, parse_augment  # noqa: E402
 from omnibyte.data.fashion_mnist import fashion_mnist_documents  # noqa: E402
 from omnibyte.data.fsdd import fsdd_documents  # noqa: E402
 from omnibyte.data.nottingham import nottingham_documents  # noqa: E402
 from omnibyte.devices import resolve_device  # noqa: E402
-from omnibyte.media import SILENCE, WAV_BYTES, delay_wav, mirror_bmp, shift_bmp  # noqa: E402
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.models.multiscale.patch import bgpt_stages  # noqa: E402
 from omnibyte.models.serialization import load_model  # noqa: E402
@@ -58,47 +57,20 @@ from omnibyte.tasks import ClassifyTask, NextByteTask, Task  # noqa: E402
 from omnibyte.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 # task -> loader(data root, split), seq_len, model stages, batch size, lr, default minutes, target,
-# and optionally augment: (file bytes, its index) -> more training files (clothes mirrored and moved,
-# spoken digits started later; never mirrored digits, whose class a mirror image could change)
+# and optionally augment: copies of each training file, as `omnibyte train --augment` makes them
+# (clothes mirrored and moved, spoken digits started later)
 TASKS: dict[str, dict[str, Any]] = {
     "fashion-mnist": dict(load=lambda root, split: fashion_mnist_documents(root / "fashion-mnist", split),
                           seq_len=3136, stages=bgpt_stages(16, 3136, 384, 6, 6, 6, 0, 128, 1, 4, 4),
-                          batch_size=64, lr=1e-3, minutes=3.5, target=0.92, augment=lambda data, index: mirrored_and_moved(data, index)),
+                          batch_size=64, lr=1e-3, minutes=3.5, target=0.92, augment="mirror,shift,mirror+shift"),
     "fsdd": dict(load=lambda root, split: fsdd_documents(root / "fsdd" / "recordings", split),
                  seq_len=8192, stages=bgpt_stages(16, 8192, 384, 6, 6, 6, 0, 128, 1, 4, 4),
-                 batch_size=32, lr=1e-3, minutes=2.5, target=0.97, augment=lambda data, index: delayed(data, index)),
+                 batch_size=32, lr=1e-3, minutes=2.5, target=0.97, augment="delay,delay"),
     "nottingham": dict(load=lambda root, split: nottingham_documents(root / "nottingham" / "ABC_cleaned", split),
                        seq_len=1024, stages=bgpt_stages(8, 1024, 256, 4, 4, 4, 0, 128, 1, 4, 4),
                        batch_size=32, lr=1e-3, minutes=0.75, target=None),
 }
 VALIDATION_FRACTION = 0.04
-MAX_SHIFT = 2  # Fashion-MNIST's 28x28 garments sit in 2 pixels of background on each side
-
-
-def mirrored_and_moved(bmp: bytes, index: int) -> list[bytes]:
-    """The image mirrored, and the image and its mirror each moved by up to ``MAX_SHIFT``
-    pixels (the shift drawn from the file's index, so every run makes the same files)."""
-    rng = np.random.default_rng(index)
-    mirrored = mirror_bmp(bmp)
-    moves = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, (2, 2))
-    return [mirrored, shift_bmp(bmp, *map(int, moves[0])), shift_bmp(mirrored, *map(int, moves[1]))]
-
-
-MAX_DELAY = 1200  # frames (0.15 s at 8 kHz)
-DELAYED_COPIES = 2
-
-
-def delayed(wav: bytes, index: int) -> list[bytes]:
-    """``DELAYED_COPIES`` copies of the recording started up to ``MAX_DELAY`` frames later, never
-    so late that sound falls off the end (only trailing silence is cut)."""
-    trailing_silence = (WAV_BYTES - len(wav.rstrip(bytes([SILENCE])))) if len(wav) == WAV_BYTES else 0
-    room = min(MAX_DELAY, trailing_silence)
-    if room == 0:
-        return []
-    rng = np.random.default_rng(index)
-    return [delay_wav(wav, int(frames)) for frames in rng.integers(1, room + 1, DELAYED_COPIES)]
-
-
 def new_model(spec: dict[str, Any]) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model("patch", "small", stages=spec["stages"])
@@ -124,15 +96,9 @@ def train(spec: dict[str, Any], model: torch.nn.Module, task: Task, train_corpus
 
 
 def split_train(documents: list[Document], spec: dict[str, Any]) -> tuple[ByteCorpus, ByteCorpus]:
-    """(train, validation); with the task's ``augment``, the training part (only) also holds the
-    augmented copies of each of its files, so validation never sees a copy of a training file."""
+    """(train, validation); the task's ``augment`` copies join the training part only."""
     train, validation = ByteCorpus(documents).split(VALIDATION_FRACTION, by="documents")
-    if spec.get("augment") is None:
-        return train, validation
-    originals = [train.document(index) for index in range(train.num_documents)]
-    extra = [Document(f"{doc.name}[augmented {number}]", copy, doc.label) for index, doc in enumerate(originals)
-             for number, copy in enumerate(spec["augment"](bytes(doc.data), index))]
-    return ByteCorpus(originals + extra), validation
+    return augmented(train, parse_augment(spec.get("augment") or "")), validation
 
 
 def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], test_docs: list[Document],
@@ -147,7 +113,7 @@ def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], te
     report = evaluate_classifier(best, classifier, test_docs, batch_size=spec["batch_size"])
     majority = Counter(document.label for document in test_docs).most_common(1)[0][1] / len(test_docs)
     return {"task": name, "start": "pre-trained" if init_from else "scratch", "train_files": train_corpus.num_documents,
-            "augmented": spec.get("augment") is not None, "test_files": report.files, "accuracy": report.accuracy,
+            "augment": spec.get("augment") or "", "test_files": report.files, "accuracy": report.accuracy,
             "majority_baseline": majority,
             "target": spec["target"], "met": None if spec["target"] is None else report.accuracy >= spec["target"],
             "minutes": minutes, **stats, "per_class": report.per_class(), "confusion": report.confusion.tolist(),
@@ -200,7 +166,7 @@ def main() -> None:
     started = time.perf_counter()
     for name in names:
         spec = {**TASKS[name], **({"batch_size": args.batch_size} if args.batch_size else {}),
-                **({"augment": None} if args.no_augment else {})}
+                **({"augment": ""} if args.no_augment else {})}
         minutes = args.minutes if args.minutes is not None else spec["minutes"]
         loading = time.perf_counter()
         train_docs, test_docs = spec["load"](args.data, "train"), spec["load"](args.data, "test")

@@ -26,6 +26,7 @@ from omnibyte.cli.common import (
     trained_steps,
 )
 from omnibyte.data import ByteCorpus
+from omnibyte.data.augment import augmented, parse_augment
 from omnibyte.devices import ATTENTION_BACKENDS
 from omnibyte.errors import OmnibyteError
 from omnibyte.models import ARCHITECTURES, make_config, model_class_for
@@ -35,6 +36,15 @@ from omnibyte.models.serialization import CONFIG_FILE, DEFAULT_TASK, load_model,
 from omnibyte.tasks import TASKS, Task, task_from_dict
 from omnibyte.train.parallel import CHECKPOINTING_MODES, PARALLEL_MODES, build_on_meta, shutdown
 from omnibyte.train.trainer import TrainConfig, Trainer
+
+def augment_option(text: str) -> str:
+    """--augment's value, checked (argparse shows the error as a one-line usage error)."""
+    try:
+        parse_augment(text)
+    except OmnibyteError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
 
 # options that map one-to-one onto TrainConfig fields: (field, type, metavar, help). Their
 # defaults are TrainConfig's (or the resumed run's), so ``None`` here means "not given".
@@ -57,6 +67,10 @@ TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("log_every", positive_int, "N", "log the training loss every N steps"),
     ("seed", seed_int, "S", "seed of the initial weights, data order and dropout"),
     ("time_limit", non_negative_real, "SECONDS", "stop cleanly after this much training; 0: no limit"),
+    ("augment", augment_option, "COPIES",
+     "also train on augmented copies of each training file (never of validation files): one copy per "
+     "comma-separated item, augmentations in one copy joined with +; mirror, shift (24-bit BMP), delay "
+     "(8-bit mono WAV); e.g. mirror,shift,mirror+shift for clothes, delay,delay for speech"),
 )
 # TrainConfig fields with options of their own; ``None`` (not given) keeps the saved/default value
 OTHER_CONFIG_OPTIONS = ("device", "compile", "tensorboard", "parallel", "activation_checkpointing", "loss_chunk",
@@ -206,10 +220,15 @@ def run(args: argparse.Namespace) -> int:
     model = train_model(args)
     corpus = task_class(args).read_corpus(args.data, exclude=[args.out])  # never its own checkpoints
     task = train_task(args, corpus, model, config.seed)
-    train_corpus, val_corpus = corpus.split(args.val_fraction)
+    # augmented copies are made of whole files: split by files then, never inside one
+    train_corpus, val_corpus = corpus.split(args.val_fraction, by="documents" if config.augment else "auto")
+    originals = train_corpus.num_documents
+    train_corpus = augmented(train_corpus, parse_augment(config.augment), config.seed)
     print(f"{model.arch} model, {model.num_parameters() / 1e6:.2f}M parameters; "
           f"data: {corpus.num_documents} files, {corpus.num_bytes:,} bytes "
           f"({train_corpus.num_bytes:,} train / {val_corpus.num_bytes:,} validation)"
+          + (f"; {train_corpus.num_documents - originals:,} augmented copies of the {originals:,} training files"
+             if train_corpus.num_documents > originals else "")
           + (f"; {corpus.skipped.summary()}" if corpus.skipped.total else ""))
     trainer = Trainer(model, train_corpus, config, args.out, val_corpus, task=task, progress=not args.no_progress)
     trainer.callbacks.append(show_validation)

@@ -122,6 +122,9 @@ class TrainConfig(BaseConfig):
     activation_checkpointing: str = "none"  # none, block, selective
     loss_chunk: int = 0  # positions per chunk of the 256-way head + cross-entropy (0: all at once)
     attention_backend: str = "auto"  # SDPA kernels for training: auto, flash, cudnn, efficient, math
+    # augmented copies of the training files (omnibyte.data.augment; "" for none): the caller makes
+    # them before training; recorded here so that --resume makes the same ones
+    augment: str = ""
 
     def validate(self) -> None:
         super().validate()
