@@ -71,6 +71,8 @@ TASKS: dict[str, dict[str, Any]] = {
                        batch_size=32, lr=1e-3, minutes=0.75, target=None),
 }
 VALIDATION_FRACTION = 0.04
+
+
 def new_model(spec: dict[str, Any]) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model("patch", "small", stages=spec["stages"])
@@ -150,7 +152,7 @@ def main() -> None:
                         help="smoke test: N train and N test files of each task only")
     parser.add_argument("--batch-size", type=int, default=None, help="override every task's batch size")
     parser.add_argument("--no-augment", action="store_true",
-                        help="train on the training files only (before s20: no mirrored Fashion-MNIST copies)")
+                        help="no augmented copies of the training files (the recipe before s20)")
     args = parser.parse_args()
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
     unknown = [name for name in names if name not in TASKS]

@@ -37,6 +37,7 @@ from omnibyte.tasks import TASKS, Task, task_from_dict
 from omnibyte.train.parallel import CHECKPOINTING_MODES, PARALLEL_MODES, build_on_meta, shutdown
 from omnibyte.train.trainer import TrainConfig, Trainer
 
+
 def augment_option(text: str) -> str:
     """--augment's value, checked (argparse shows the error as a one-line usage error)."""
     try:
