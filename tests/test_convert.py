@@ -17,6 +17,7 @@ from omnibyte.apps.convert import (
     conversion_task,
     convert_sources,
     cpu_report,
+    cpu_trace_report,
     evaluate_conversion,
 )
 from omnibyte.cli import main
@@ -27,6 +28,7 @@ from omnibyte.data.pairs import (
     decode_records,
     encode_records,
     escape_target,
+    kind_problem,
     read_target,
     read_pair_corpus,
     record_tokens,
@@ -276,3 +278,18 @@ def test_cpu_report_counts_bytes_and_states_by_program_length():
     assert parts["unchanged"] == {"bytes": 3 * 259, "byte_accuracy": (259 + 259 + 129) / (3 * 259)}
     assert parts["registers"] == {"bytes": 12, "byte_accuracy": 11 / 12}
     assert parts["memory"] == {"bytes": 3 * 256, "byte_accuracy": (256 + 256 + 126) / (3 * 256)}
+
+
+def test_cpu_trace_report_scores_the_final_state_where_the_format_puts_it():
+    start = bytes(cpusim.STATE_BYTES)
+    source = start + cpusim.assemble([("MOVI", 0, 5), ("MOVI", 1, 7)])
+    target = cpusim.run_trace(start, cpusim.split_source(source)[1])
+    record = PairRecord(source, target, "cpu", "cpu-trace")
+    wrong_effect = bytes([1, 0, 6]) + target[3:]  # the state after it is still right
+    one_effect_short = target[3:]  # the state starts 3 bytes early: read from the trace's place, it is wrong
+    report = cpu_trace_report([record] * 3, [target, wrong_effect, one_effect_short])
+    assert report["exact_state_rate"] == 2 / 3
+    assert math.isclose(report["effect_byte_accuracy"], (6 + 5 + byte_accuracy(target[3:9], target[:6]) * 6) / 18)
+    assert report["byte_accuracy"] < 1 and report["by_length"][2]["records"] == 3
+    assert PairRecord(source, target, "cpu", "cpu-trace").target_kind == "cpu-trace"
+    assert kind_problem("cpu-trace", target) is None and "not that" in kind_problem("cpu-trace", target[:-1])

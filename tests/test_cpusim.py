@@ -129,3 +129,45 @@ def test_datasets_cpu_writes_held_out_records(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(argv + ["--force"]) == 0
     assert (out / "train" / "records-00000.pairs").read_bytes() == first  # same seed, same records
+
+
+def test_a_trace_holds_what_each_instruction_wrote_then_the_final_state():
+    start = state([10, 250, 3, 0])
+    program = assemble([
+        ("MOVI", 3, 200),   # r3 = 200
+        ("ADD", 1, 3),      # r1 = 250 + 200 wraps to 194
+        ("STORE", 5, 1),    # m[5] = 194
+        ("MOV", 2, 2),      # r2 = r2: a write that changes nothing is still written
+        ("STORER", 0, 3),   # m[r0] = m[10] = 200
+        ("LOADR", 0, 0),    # r0 = m[r0] = m[10] = 200 (the store above)
+        ("HALT",),          # nothing from here on
+        ("MOVI", 0, 99),
+    ])
+    trace = cpusim.run_trace(start, program)
+    effects = [tuple(trace[i : i + cpusim.EFFECT_BYTES]) for i in range(0, 8 * cpusim.EFFECT_BYTES, cpusim.EFFECT_BYTES)]
+    assert effects == [(1, 3, 200), (1, 1, 194), (2, 5, 194), (1, 2, 3), (2, 10, 200), (1, 0, 200), (0, 0, 0), (0, 0, 0)]
+    assert trace[8 * cpusim.EFFECT_BYTES:] == run_program(start, program) == state([200, 194, 3, 200], {5: 194, 10: 200})
+    source = start + program
+    assert cpusim.final_state(source, trace) == run_program(start, program)
+    assert cpusim.trace_problem(source, trace) is None
+    assert "= 284 bytes, got 283" in cpusim.trace_problem(source, trace[:-1])
+    assert "starts with 0 (none), 1 (register) or 2 (memory)" in cpusim.trace_problem(source, b"\x03" + trace[1:])
+
+
+def test_trace_records_have_the_sources_of_plain_records():
+    plain = list(cpusim.generate_records(50, seed=5, min_length=1, max_length=6))
+    traced = list(cpusim.generate_records(50, seed=5, min_length=1, max_length=6, trace=True))
+    assert [source for source, _ in plain] == [source for source, _ in traced]
+    for (source, final), (_, trace) in zip(plain, traced):
+        assert cpusim.final_state(source, trace) == final
+        assert len(trace) == cpusim.program_length(source) * cpusim.EFFECT_BYTES + cpusim.STATE_BYTES
+
+
+def test_datasets_cpu_trace_writes_trace_targets(tmp_path, capsys):
+    out = tmp_path / "trace"
+    assert main(["datasets", "cpu", "--records", "6", "--test-records", "2", "--max-length", "3", "--trace",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "dataset.json").read_text())["trace"] is True
+    for record, _ in decode_records((out / "train" / "records-00000.pairs").read_bytes()):
+        assert (record.source_kind, record.target_kind) == ("cpu", "cpu-trace")
+        assert record.target == cpusim.run_trace(*cpusim.split_source(record.source))

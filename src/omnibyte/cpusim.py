@@ -39,6 +39,13 @@ An instruction is valid only as the table encodes it: a known opcode, register o
 
 A record's source is the initial state followed by the program; its target is the final
 state. Records come from a seed: the same seed and options give the same records.
+
+A *trace* target (``run_trace``) holds, before the final state, one ``EFFECT_BYTES`` = 3-byte
+effect per instruction of the program, in order: ``[1, register, value]`` for an instruction
+that wrote a register, ``[2, address, value]`` for one that wrote memory, ``[0, 0, 0]`` for
+HALT and every instruction after it. The model then writes what each instruction does before
+the final state, one instruction at a time, as bGPT's CPU data does (its simulator saves the
+state after every instruction); the direct target asks for the whole program's result at once.
 """
 from __future__ import annotations
 
@@ -189,6 +196,59 @@ def run_program(state: bytes, program: bytes) -> bytes:
     return registers.tobytes() + memory.tobytes()
 
 
+EFFECT_BYTES = 3
+NO_EFFECT, REGISTER_WRITE, MEMORY_WRITE = 0, 1, 2
+
+
+def _effect(before: np.ndarray, after: np.ndarray, operation: Operation, a: int, b: int) -> bytes:
+    """What one instruction wrote: the register or memory byte its table row names, with the
+    value it holds after (written even when the value did not change)."""
+    if operation.name in ("STORE", "STORER"):
+        address = a if operation.name == "STORE" else int(before[a])  # STORER's address is r[a] before
+        return bytes([MEMORY_WRITE, address, int(after[NUM_REGISTERS + address])])
+    return bytes([REGISTER_WRITE, a, int(after[a])])
+
+
+def run_trace(state: bytes, program: bytes) -> bytes:
+    """The trace target of ``program`` from ``state``: one effect per instruction (see the
+    module's docstring), then the final state (``run_program``'s)."""
+    check_program(program)
+    registers, memory = split_state(state)
+    effects = bytearray()
+    halted = False
+    for start in range(0, len(program), INSTRUCTION_BYTES):
+        opcode, a, b = program[start : start + INSTRUCTION_BYTES]
+        halted = halted or opcode == HALT
+        if halted:
+            effects += bytes([NO_EFFECT, 0, 0])
+            continue
+        before = np.concatenate([registers, memory])
+        BY_OPCODE[opcode].run(registers, memory, a, b)
+        effects += _effect(before, np.concatenate([registers, memory]), BY_OPCODE[opcode], a, b)
+    return bytes(effects) + registers.tobytes() + memory.tobytes()
+
+
+def trace_problem(source: bytes, target: bytes) -> str | None:
+    """Why ``target`` cannot be the trace target of ``source`` (wrong length, an effect of no
+    known kind); None when its shape fits. The values are not checked: that is the model's job."""
+    length = program_length(source)
+    expected = length * EFFECT_BYTES + STATE_BYTES
+    if len(target) != expected:
+        return (f"a trace of {length} instructions is {length} x {EFFECT_BYTES} effect bytes + a "
+                f"{STATE_BYTES}-byte state = {expected} bytes, got {len(target)}")
+    kinds = target[: length * EFFECT_BYTES : EFFECT_BYTES]
+    if any(kind not in (NO_EFFECT, REGISTER_WRITE, MEMORY_WRITE) for kind in kinds):
+        return "a trace effect starts with 0 (none), 1 (register) or 2 (memory)"
+    return None
+
+
+def final_state(source: bytes, trace: bytes) -> bytes:
+    """The final state inside a trace target of ``source`` (where the format puts it: after one
+    effect per instruction), or what is there of it when the trace is cut short."""
+    start = program_length(source) * EFFECT_BYTES
+    return bytes(trace[start : start + STATE_BYTES])
+
+
 def split_source(source: bytes) -> tuple[bytes, bytes]:
     """(initial state, program) of a record's source; ``InvalidProgram`` when it is neither."""
     if len(source) <= STATE_BYTES:
@@ -232,11 +292,12 @@ def check_lengths(min_length: int, max_length: int) -> None:
 
 
 def generate_records(count: int, seed: int, min_length: int = 1, max_length: int = 16,
-                     stream: int = 0) -> Iterator[tuple[bytes, bytes]]:
+                     stream: int = 0, trace: bool = False) -> Iterator[tuple[bytes, bytes]]:
     """``count`` (source, target) records: a random initial state (registers and memory
     uniform bytes) and program of a uniform length in ``[min_length, max_length]``; the
-    target is the simulated final state. ``stream`` picks an independent sequence for the
-    same seed (the dataset writer draws test records from stream 1)."""
+    target is the simulated final state (with ``trace``, the trace target: ``run_trace``).
+    ``stream`` picks an independent sequence for the same seed (the dataset writer draws test
+    records from stream 1); a seed gives the same sources with or without ``trace``."""
     check_lengths(min_length, max_length)
     if count < 0:
         raise OmnibyteError(f"record count must not be negative, got {count}")
@@ -244,4 +305,4 @@ def generate_records(count: int, seed: int, min_length: int = 1, max_length: int
     for _ in range(count):
         state = generator.integers(0, 256, STATE_BYTES, dtype=np.uint8).tobytes()
         program = random_program(generator, int(generator.integers(min_length, max_length + 1)))
-        yield state + program, run_program(state, program)
+        yield state + program, (run_trace if trace else run_program)(state, program)

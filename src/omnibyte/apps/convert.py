@@ -191,6 +191,20 @@ def cpu_report(records: Sequence[PairRecord], outputs: Sequence[bytes]) -> dict[
     }
 
 
+def cpu_trace_report(records: Sequence[PairRecord], outputs: Sequence[bytes]) -> dict[str, Any]:
+    """``cpu_report`` of the final states the traces end with (read where the format puts them:
+    a trace of the wrong length misplaces its state, and that counts against it), and the
+    per-byte accuracy of the effects before them."""
+    finals = [dataclasses.replace(record, target=cpusim.final_state(record.source, record.target),
+                                  target_kind="cpu-state") for record in records]
+    predicted = [cpusim.final_state(record.source, output) for record, output in zip(records, outputs)]
+    effect_bytes = [len(record.target) - cpusim.STATE_BYTES for record in records]
+    right = sum(byte_accuracy(output[:size], record.target[:size]) * size
+                for record, output, size in zip(records, outputs, effect_bytes))
+    return {**cpu_report(finals, predicted),
+            "effect_byte_accuracy": right / sum(effect_bytes) if sum(effect_bytes) else None}
+
+
 def cpu_accuracy_by_part(records: Sequence[PairRecord], outputs: Sequence[bytes]) -> dict[str, dict[str, Any]]:
     """Per-byte accuracy of the final state's registers and memory, and of the bytes the program
     left unchanged and those it changed: for each part, its byte count and the share right."""
@@ -250,4 +264,6 @@ def evaluate_conversion(model: ByteModel, task: ConvertTask, records: Sequence[P
         report.update(abc_report(records, outputs, abc2midi))
     elif task.target == "cpu-state":
         report.update(cpu_report(records, outputs))
+    elif task.target == "cpu-trace":
+        report.update(cpu_trace_report(records, outputs))
     return report, conversions

@@ -66,6 +66,9 @@ def add_parser(subparsers: Subparsers) -> None:
     cpu.add_argument("--min-length", type=program_length, default=1, metavar="N", help="fewest instructions")
     cpu.add_argument("--max-length", type=program_length, default=16, metavar="N", help="most instructions")
     cpu.add_argument("--seed", type=seed_int, default=0, help="seed of the records")
+    cpu.add_argument("--trace", action="store_true",
+                     help="targets are traces: what each instruction wrote, then the final state (bGPT's "
+                          "CPU data records the state after every instruction); default: the final state only")
     add_output_options(cpu)
     cpu.set_defaults(handler=run_cpu)
 
@@ -119,14 +122,14 @@ def run_cpu(args: argparse.Namespace) -> int:
     test_count = args.test_records if args.test_records is not None else max(args.records // 10, 1)
 
     def records(count: int, stream: int, prefix: str) -> list[PairRecord]:
-        pairs = cpusim.generate_records(count, args.seed, args.min_length, args.max_length, stream)
-        return [PairRecord(source, target, "cpu", "cpu-state", f"{prefix}{index}")
+        pairs = cpusim.generate_records(count, args.seed, args.min_length, args.max_length, stream, args.trace)
+        return [PairRecord(source, target, "cpu", "cpu-trace" if args.trace else "cpu-state", f"{prefix}{index}")
                 for index, (source, target) in enumerate(pairs)]
 
     train = records(args.records, 0, "train")
     test = unseen(records(test_count, 1, "test"), {record.source for record in train})
     description = {"dataset": "cpu", "seed": args.seed, "min_length": args.min_length,
-                   "max_length": args.max_length, "state_bytes": cpusim.STATE_BYTES}
+                   "max_length": args.max_length, "state_bytes": cpusim.STATE_BYTES, "trace": args.trace}
     manifest = write_pair_dataset(args.out, {"train": train, "test": test}, description,
                                   records_per_file=CPU_RECORDS_PER_FILE)
     return report(args.out, manifest)

@@ -101,6 +101,15 @@ def cpu_state_problem(data: bytes) -> str | None:
     return None
 
 
+def cpu_trace_problem(data: bytes) -> str | None:
+    effects = len(data) - cpusim.STATE_BYTES
+    if effects < 0 or effects % cpusim.EFFECT_BYTES:
+        return (f"a CPU trace is {cpusim.EFFECT_BYTES} bytes per instruction, then a {cpusim.STATE_BYTES}-byte "
+                f"state; {len(data)} bytes is not that")
+    source = bytes(cpusim.STATE_BYTES) + bytes([cpusim.HALT, 0, 0]) * (effects // cpusim.EFFECT_BYTES)
+    return cpusim.trace_problem(source, data)  # effects of known kinds (the source only gives the length)
+
+
 def any_bytes_problem(data: bytes) -> str | None:
     return None if data else "the input is empty"
 
@@ -118,6 +127,8 @@ KINDS: dict[str, Kind] = {
     "midi": Kind("MIDI", midi_problem, ".mid"),
     "cpu": Kind("CPU programs (a state, then instructions)", cpu_program_problem, ".bin"),
     "cpu-state": Kind("CPU states", cpu_state_problem, ".bin", size=cpusim.STATE_BYTES),
+    # ends with the end marker: its length depends on the program's
+    "cpu-trace": Kind("CPU traces (an effect per instruction, then the final state)", cpu_trace_problem, ".bin"),
     "bytes": Kind("bytes", any_bytes_problem, ".bin"),
 }
 
