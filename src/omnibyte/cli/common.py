@@ -115,13 +115,20 @@ non_negative_real = real_in(0.0)
 positive_real = real_in(0.0, include_low=False)
 
 
-def device_name(text: str) -> str:
-    """``--device``: checked at once against what this machine has (``resolve_device``)."""
-    try:
-        resolve_device(text)
-    except OmnibyteError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+def checked_by(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An option type that keeps the text once ``check(text)`` accepts it, and turns its
+    ``OmnibyteError`` into argparse's one-line usage error."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except OmnibyteError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+
+    return parse
+
+
+device_name = checked_by(resolve_device)  # ``--device``: checked at once against what this machine has
 
 
 # ---- outputs, checked before any work -----------------------------------------------------

@@ -13,6 +13,7 @@ from omnibyte.cli.common import (
     Subparsers,
     add_allow_large_option,
     check_run_folder,
+    checked_by,
     device_name,
     int_in,
     non_negative_int,
@@ -38,15 +39,6 @@ from omnibyte.train.parallel import CHECKPOINTING_MODES, PARALLEL_MODES, build_o
 from omnibyte.train.trainer import TrainConfig, Trainer
 
 
-def augment_option(text: str) -> str:
-    """--augment's value, checked (argparse shows the error as a one-line usage error)."""
-    try:
-        parse_augment(text)
-    except OmnibyteError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
 # options that map one-to-one onto TrainConfig fields: (field, type, metavar, help). Their
 # defaults are TrainConfig's (or the resumed run's), so ``None`` here means "not given".
 TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
@@ -68,7 +60,7 @@ TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("log_every", positive_int, "N", "log the training loss every N steps"),
     ("seed", seed_int, "S", "seed of the initial weights, data order and dropout"),
     ("time_limit", non_negative_real, "SECONDS", "stop cleanly after this much training; 0: no limit"),
-    ("augment", augment_option, "COPIES",
+    ("augment", checked_by(parse_augment), "COPIES",
      "also train on augmented copies of each training file (never of validation files): one copy per "
      "comma-separated item, augmentations in one copy joined with +; mirror, shift (24-bit BMP), delay "
      "(8-bit mono WAV); e.g. mirror,shift,mirror+shift for clothes, delay,delay for speech"),
