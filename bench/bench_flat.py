@@ -4,7 +4,7 @@ On the GPU machine (H100, bf16), all sections (about 4 minutes, most of it compi
     python bench/bench_flat.py --compile both --train-batch 4,8 --check --out bench/results/flat_h100.json
 CPU smoke test with tiny sizes:
     python bench/bench_flat.py --train-preset tiny --seq-len 256 --train-batch 2 --steps 2 \\
-        --warmup 1 --gen-presets tiny --gen-batches 1,4 --gen-bytes 32 --dtype fp32 \\
+        --warmup 1 --gen-presets tiny --gen-batches 1,4 --gen-bytes 32 --prompt-bytes 16,200 --dtype fp32 \\
         --kv-preset tiny --kv-context 1024 --kv-batches 1,4 --check --check-steps 32 --out /tmp/flat.json
 
 Sections (``--sections``, default all of train,gen,kv; ``--check`` adds a correctness check):
@@ -13,7 +13,8 @@ Sections (``--sections``, default all of train,gen,kv; ``--check`` adds a correc
   eager and/or ``torch.compile``. FLOPs follow ``model.flops_per_byte`` (PaLM convention:
   6 * matmul params + 12 * layers * hidden * context); ``mfu_causal`` also shows the MFU with
   the attention term halved, i.e. only the work a causal kernel does.
-* gen: decode bytes/s after a short prompt with bf16 weights, through ``model.decoder(...)``
+* gen: decode bytes/s after each ``--prompt-bytes`` prompt (default 16 and 4,096, at batch 1, 8
+  and 64: issue 13's grid) with bf16 weights, through ``model.decoder(...)``
   (eager, KV-cached) and ``model.decoder(..., fast=True)`` (CUDA graph of a static-shape step),
   sampling on the device without a host sync per byte; plus ``generate()`` end to end at batch 1
   (the graph capture included).
@@ -277,11 +278,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"training attention backend(s): auto,{','.join(SDPA_BACKENDS)}")
     parser.add_argument("--flash-impl", default=None, help="activate a flash impl first, e.g. FA3")
     parser.add_argument("--gen-presets", type=str_list, default=["small", "base"])
-    parser.add_argument("--gen-batches", type=int_list, default=[1, 64])
+    parser.add_argument("--gen-batches", type=int_list, default=[1, 8, 64])
     parser.add_argument("--gen-bytes", type=int, default=1024)
     parser.add_argument("--gen-methods", type=str_list, default=list(GEN_METHODS),
                         help=f"decoding paths to time: {','.join(GEN_METHODS)} (compiled: fast + torch.compile)")
-    parser.add_argument("--prompt-bytes", type=int, default=16)
+    parser.add_argument("--prompt-bytes", type=int_list, default=[16, 4096],
+                        help="comma list of prompt lengths (issue 13's grid: 16 and 4,096)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="generation/KV dtype")
     parser.add_argument("--kv-preset", default="base")
     parser.add_argument("--kv-context", type=int, default=8192)
@@ -338,12 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     if "gen" in args.sections:
         rows = []
         for preset in args.gen_presets:
-            print(f"generation {preset}", file=sys.stderr)
-            rows += measure_generation(preset, args.gen_batches, args.gen_bytes, args.prompt_bytes, dtype,
-                                       device, args.gen_methods)
-            free_memory()
-        print_table(rows, ["preset", "batch", "method", "bytes_per_s", "ms_per_step", "build_s", "error"],
-                    f"generation ({args.gen_bytes} bytes after {args.prompt_bytes}, {args.dtype})")
+            for prompt_bytes in args.prompt_bytes:
+                print(f"generation {preset}, prompt {prompt_bytes}", file=sys.stderr)
+                rows += [{**row, "prompt": prompt_bytes} for row in measure_generation(
+                    preset, args.gen_batches, args.gen_bytes, prompt_bytes, dtype, device, args.gen_methods)]
+                free_memory()
+        print_table(rows, ["preset", "prompt", "batch", "method", "bytes_per_s", "ms_per_step", "build_s", "error"],
+                    f"generation ({args.gen_bytes} bytes after each prompt, {args.dtype})")
         results["generation"] = rows
 
     if "kv" in args.sections:
