@@ -114,7 +114,7 @@ def add_parser(subparsers: Subparsers) -> None:
     for name, kind, metavar, text in TRAIN_OPTIONS:
         # the default shown is TrainConfig's; the value stays None so a resumed run keeps its own
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar,
-                            help=f"{text} (default: {getattr(defaults, name)})")
+                            help=f"{text} (default: {getattr(defaults, name) if getattr(defaults, name) != '' else 'none'})")
     parser.set_defaults(handler=run)
 
 
