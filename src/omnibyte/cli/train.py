@@ -113,8 +113,9 @@ def add_parser(subparsers: Subparsers) -> None:
                              "auto: PyTorch's choice (default: auto)")
     for name, kind, metavar, text in TRAIN_OPTIONS:
         # the default shown is TrainConfig's; the value stays None so a resumed run keeps its own
+        shown = getattr(defaults, name)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar,
-                            help=f"{text} (default: {getattr(defaults, name) if getattr(defaults, name) != '' else 'none'})")
+                            help=f"{text} (default: {shown if shown != '' else 'none'})")
     parser.set_defaults(handler=run)
 
 
