@@ -293,3 +293,5 @@ def test_cpu_trace_report_scores_the_final_state_where_the_format_puts_it():
     assert report["byte_accuracy"] < 1 and report["by_length"][2]["records"] == 3
     assert PairRecord(source, target, "cpu", "cpu-trace").target_kind == "cpu-trace"
     assert kind_problem("cpu-trace", target) is None and "not that" in kind_problem("cpu-trace", target[:-1])
+    with pytest.raises(OmnibyteError, match="a trace of 2 instructions is"):
+        PairRecord(source, target[3:], "cpu", "cpu-trace", "short")

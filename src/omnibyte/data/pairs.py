@@ -170,6 +170,10 @@ class PairRecord:
         if size is not None and len(self.target) != size:
             raise OmnibyteError(f"record {self.name or '(unnamed)'}: a {self.target_kind} target is {size} bytes, "
                                 f"got {len(self.target)}")
+        if self.target_kind == "cpu-trace" and self.source_kind == "cpu":  # its length follows the program's
+            problem = cpusim.trace_problem(self.source, self.target)
+            if problem:
+                raise OmnibyteError(f"record {self.name or '(unnamed)'}: {problem}")
 
     @property
     def direction(self) -> tuple[str, str]:
