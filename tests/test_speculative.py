@@ -254,7 +254,26 @@ def test_pace_goes_back_to_drafts_when_they_pay():
     blocks = 0
     while pace.plain_next():  # the text turns predictable: a round now emits 9 bytes in a tenth
         pace.plain_block_done(seconds=1.0, emitted=16)  # of a second, faster than a block
-        pace.round_done(seconds=0.1, emitted=9, accepted=8.0)
+        if not pace.plain_next():  # the probe round
+            pace.round_done(seconds=0.1, emitted=9, accepted=8.0)
         blocks += 1
-        assert blocks < 2  # one good round after a block is enough
+        assert blocks <= 2  # the lost probe above doubled the blocks before the next; one win is enough
     assert pace.round_seconds_per_byte < pace.step_seconds_per_byte
+    assert pace.blocks_between_probes == 1
+
+
+def test_pace_probes_less_often_while_drafts_keep_losing():
+    from omnibyte.models.speculative import MAX_BLOCKS_BETWEEN_PROBES, Pace
+
+    pace = Pace()
+    for _ in range(3):
+        pace.round_done(seconds=1.0, emitted=1, accepted=0.0)
+    stretches = []
+    for _ in range(7):
+        blocks = 0
+        while pace.plain_next():
+            pace.plain_block_done(seconds=1.0, emitted=16)
+            blocks += 1
+        stretches.append(blocks)
+        pace.round_done(seconds=1.0, emitted=1, accepted=0.0)  # every probe loses
+    assert stretches == [1, 2, 4, 8, 16, 16, 16] and MAX_BLOCKS_BETWEEN_PROBES == 16

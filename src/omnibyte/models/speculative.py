@@ -51,9 +51,13 @@ MAX_DRAFT = 8  # bytes proposed per round
 # bench/RESULTS.md, issue 13 s19), and it depends on the device and the model, so ``Pace``
 # measures both rates as it goes. Plain steps are first tried when rounds accept fewer than MIN_ACCEPTED_PER_ROUND
 # drafted bytes on average; from then on the faster way is taken, PLAIN_BLOCK steps at a time
-# (no host round trip between them), with one round of drafts after each block to follow the text.
+# (no host round trip between them), with one round of drafts (a probe) after each stretch of
+# blocks to follow the text.
 MIN_ACCEPTED_PER_ROUND = 1.0
 PLAIN_BLOCK = 16
+# a probe round that loses to plain steps doubles the plain blocks before the next probe, up to
+# this many (a probe costs about two plain steps: every block, 1/8 of the time; every 16, 1/128)
+MAX_BLOCKS_BETWEEN_PROBES = 16
 MEMORY = 0.75  # weight of the past in the running means: a few bad rounds do not switch
 CLOCK = time.perf_counter
 
@@ -136,7 +140,7 @@ def speculative_steps(
     with the prompts and returned ``first_logits`` [B, 256]; ``sample(logits [N, 256], noise
     [N, 256])`` is the plain sampler. A round in which no row has a draft is a plain ``step``.
     Where plain steps emit bytes faster than rounds of drafts (``Pace``), every row decodes
-    blocks of ``PLAIN_BLOCK`` plain steps, with one round of drafts between blocks."""
+    blocks of ``PLAIN_BLOCK`` plain steps, with a round of drafts after each stretch of blocks."""
     stats = stats if stats is not None else SpeculationStats()
     rows = len(prompts)
     if max_new_bytes == 0:
@@ -214,7 +218,9 @@ class Pace:
         self.round_seconds_per_byte: float | None = None
         self.step_seconds_per_byte: float | None = None
         self.accepted_per_round = 2 * MIN_ACCEPTED_PER_ROUND  # draft first; a few bad rounds try plain
-        self.probe = False  # after a plain block, one round of drafts
+        self.probe = False  # after plain blocks, one round of drafts
+        self.blocks_between_probes = 1  # doubled by every probe that loses, back to 1 when one wins
+        self.blocks_since_probe = 0
 
     @staticmethod
     def _mean(old: float | None, new: float) -> float:
@@ -229,16 +235,22 @@ class Pace:
 
     def round_done(self, seconds: float, emitted: int, accepted: float) -> None:
         per_byte = seconds / max(emitted, 1)
-        if self.probe and self.step_seconds_per_byte is not None and per_byte < self.step_seconds_per_byte:
+        won = self.step_seconds_per_byte is not None and per_byte < self.step_seconds_per_byte
+        if self.probe and won:
             self.round_seconds_per_byte = per_byte  # the probe beat plain steps: draft again at once
+            self.blocks_between_probes = 1
         else:
             self.round_seconds_per_byte = self._mean(self.round_seconds_per_byte, per_byte)
+            if self.probe:  # text where drafts keep losing: probe it less and less often
+                self.blocks_between_probes = min(2 * self.blocks_between_probes, MAX_BLOCKS_BETWEEN_PROBES)
         self.accepted_per_round = self._mean(self.accepted_per_round, accepted)
         self.probe = False
 
     def plain_block_done(self, seconds: float, emitted: int) -> None:
         self.step_seconds_per_byte = self._mean(self.step_seconds_per_byte, seconds / emitted)
-        self.probe = True
+        self.blocks_since_probe += 1
+        if self.blocks_since_probe >= self.blocks_between_probes:
+            self.probe, self.blocks_since_probe = True, 0
 
 
 def plain_block(decoder: VerifyingDecoder, pending: np.ndarray, produced: np.ndarray, count: int,
