@@ -293,5 +293,21 @@ def test_cpu_trace_report_scores_the_final_state_where_the_format_puts_it():
     assert report["byte_accuracy"] < 1 and report["by_length"][2]["records"] == 3
     assert PairRecord(source, target, "cpu", "cpu-trace").target_kind == "cpu-trace"
     assert kind_problem("cpu-trace", target) is None and "not that" in kind_problem("cpu-trace", target[:-1])
-    with pytest.raises(OmnibyteError, match="a trace of 2 instructions is"):
+    with pytest.raises(OmnibyteError, match="a cpu-trace target is 266 bytes, got 263"):
         PairRecord(source, target[3:], "cpu", "cpu-trace", "short")
+    with pytest.raises(OmnibyteError, match="the trace of a cpu source"):
+        PairRecord(b"abc", target, "bytes", "cpu-trace")
+
+
+def test_a_trace_target_is_sized_by_its_program_not_escaped():
+    start = bytes([0xFF]) * cpusim.STATE_BYTES  # every state byte is the escape byte
+    source = start + cpusim.assemble([("MOVI", 0, 0xFF), ("NOT", 1)])
+    target = cpusim.run_trace(start, cpusim.split_source(source)[1])
+    assert len(target) == 2 * cpusim.EFFECT_BYTES + cpusim.STATE_BYTES
+    tokens = record_tokens(source, target, "cpu-trace")
+    assert len(tokens) == 1 + len(source) + 1 + len(target)  # no doubled FF, no end marker
+    assert bytes(tokens[len(source) + 2 :].tolist()) == target
+    assert read_target(target + b"\xff\x00 more", "cpu-trace", source) == (target, True)
+    assert read_target(target[:-1], "cpu-trace", source) == (target[:-1], False)
+    with pytest.raises(OmnibyteError, match="follows from its source"):
+        read_target(target, "cpu-trace")

@@ -103,7 +103,7 @@ def _convert_rows(model: ByteModel, sources: list[bytes], max_new_bytes: int | N
         rows[row, : len(prompt)] = prompt
     decoder = model.decoder(len(prompts), longest + budget, fast=fast)
     logits = decoder.prefill(torch.from_numpy(rows).to(device), [len(prompt) for prompt in prompts])
-    readers = [TargetReader(target_kind) for _ in prompts]
+    readers = [TargetReader(target_kind, source) for source in sources]
     pending: list[torch.Tensor] = []
     for step in range(budget):
         next_bytes = logits.argmax(dim=-1)

@@ -120,6 +120,11 @@ class Kind:
     problem: Callable[[bytes], str | None]  # why bytes are not of this kind (None: they are)
     suffix: str  # file name suffix of an output of this kind
     size: int | None = None  # bytes of every target of this kind (None: any length, end marker)
+    size_for: Callable[[bytes], int] | None = None  # or: a target's bytes, from its record's source
+
+
+def trace_size(source: bytes) -> int:
+    return cpusim.program_length(source) * cpusim.EFFECT_BYTES + cpusim.STATE_BYTES
 
 
 KINDS: dict[str, Kind] = {
@@ -127,8 +132,9 @@ KINDS: dict[str, Kind] = {
     "midi": Kind("MIDI", midi_problem, ".mid"),
     "cpu": Kind("CPU programs (a state, then instructions)", cpu_program_problem, ".bin"),
     "cpu-state": Kind("CPU states", cpu_state_problem, ".bin", size=cpusim.STATE_BYTES),
-    # ends with the end marker: its length depends on the program's
-    "cpu-trace": Kind("CPU traces (an effect per instruction, then the final state)", cpu_trace_problem, ".bin"),
+    # its size follows from the program's length: not escaped, so a copied state stays aligned
+    "cpu-trace": Kind("CPU traces (an effect per instruction, then the final state)", cpu_trace_problem, ".bin",
+                      size_for=trace_size),
     "bytes": Kind("bytes", any_bytes_problem, ".bin"),
 }
 
@@ -142,6 +148,17 @@ def check_kind_name(kind: object, role: str = "kind") -> str:
     if not isinstance(kind, str) or kind not in KINDS:
         raise UnknownKind(f"unknown {role} {kind!r} (known kinds: {', '.join(KINDS)})")
     return kind
+
+
+def target_size(kind: str, source: bytes | None = None) -> int | None:
+    """Bytes of a target of ``kind`` for ``source``: fixed for some kinds, from the source for
+    others (``size_for``; a source is then needed), None where an end marker ends it."""
+    found = KINDS[check_kind_name(kind)]
+    if found.size_for is None:
+        return found.size
+    if source is None:
+        raise OmnibyteError(f"the size of a {kind} target follows from its source; none was given")
+    return found.size_for(bytes(source))
 
 
 def kind_problem(kind: str, data: bytes) -> str | None:
@@ -166,14 +183,17 @@ class PairRecord:
         check_kind_name(self.target_kind, "target kind")
         if not self.source:
             raise OmnibyteError(f"record {self.name or '(unnamed)'} has an empty source")
-        size = KINDS[self.target_kind].size
+        name = self.name or "(unnamed)"
+        if self.target_kind == "cpu-trace" and self.source_kind != "cpu":
+            raise OmnibyteError(f"record {name}: a cpu-trace target is the trace of a cpu source, "
+                                f"not of {self.source_kind}")
+        size = target_size(self.target_kind, self.source)
         if size is not None and len(self.target) != size:
-            raise OmnibyteError(f"record {self.name or '(unnamed)'}: a {self.target_kind} target is {size} bytes, "
-                                f"got {len(self.target)}")
-        if self.target_kind == "cpu-trace" and self.source_kind == "cpu":  # its length follows the program's
+            raise OmnibyteError(f"record {name}: a {self.target_kind} target is {size} bytes, got {len(self.target)}")
+        if self.target_kind == "cpu-trace":
             problem = cpusim.trace_problem(self.source, self.target)
             if problem:
-                raise OmnibyteError(f"record {self.name or '(unnamed)'}: {problem}")
+                raise OmnibyteError(f"record {name}: {problem}")
 
     @property
     def direction(self) -> tuple[str, str]:
@@ -282,10 +302,11 @@ def escape_target(target: bytes) -> bytes:
     return bytes(target).replace(bytes([ESCAPE]), bytes([ESCAPE, ESCAPE])) + END_MARKER
 
 
-def target_stream(target: bytes, kind: str = "bytes") -> bytes:
-    """What the model predicts after the separator: a target of a fixed-size kind as it is
-    (its size says where it ends), any other target escaped and ended by ``FF 00``."""
-    size = KINDS[check_kind_name(kind)].size
+def target_stream(target: bytes, kind: str = "bytes", source: bytes | None = None) -> bytes:
+    """What the model predicts after the separator: a target of a sized kind as it is (its
+    size, fixed or from ``source``, says where it ends), any other target escaped and ended by
+    ``FF 00``."""
+    size = target_size(kind, source)
     if size is None:
         return escape_target(target)
     if len(target) != size:
@@ -300,16 +321,16 @@ def prompt_tokens(source: bytes) -> list[int]:
 
 def record_tokens(source: bytes, target: bytes, target_kind: str = "bytes") -> np.ndarray:
     """The whole record as model tokens (``int64``): the prompt, then the target stream."""
-    return np.array(prompt_tokens(source) + list(target_stream(target, target_kind)), dtype=np.int64)
+    return np.array(prompt_tokens(source) + list(target_stream(target, target_kind, source)), dtype=np.int64)
 
 
 class TargetReader:
     """Turns predicted bytes back into the target: undoes the escaping and stops at the end
-    marker, or, for a fixed-size kind, after its size. ``feed`` returns True once the target
-    is complete (or malformed)."""
+    marker, or, for a sized kind, after its size (from ``source`` for a kind whose size
+    follows from it). ``feed`` returns True once the target is complete (or malformed)."""
 
-    def __init__(self, kind: str = "bytes") -> None:
-        self.size = KINDS[check_kind_name(kind)].size
+    def __init__(self, kind: str = "bytes", source: bytes | None = None) -> None:
+        self.size = target_size(kind, source)
         self.output = bytearray()
         self.finished = False
         self.error: str | None = None
@@ -337,9 +358,9 @@ class TargetReader:
         return self.finished
 
 
-def read_target(predicted: bytes, kind: str = "bytes") -> tuple[bytes, bool]:
+def read_target(predicted: bytes, kind: str = "bytes", source: bytes | None = None) -> tuple[bytes, bool]:
     """(target, whether it is complete) from predicted bytes."""
-    reader = TargetReader(kind)
+    reader = TargetReader(kind, source)
     for byte in predicted:
         if reader.feed(byte):
             break
