@@ -311,3 +311,24 @@ def test_a_trace_target_is_sized_by_its_program_not_escaped():
     assert read_target(target[:-1], "cpu-trace", source) == (target[:-1], False)
     with pytest.raises(OmnibyteError, match="follows from its source"):
         read_target(target, "cpu-trace")
+
+
+def test_a_trace_model_converts_a_program_into_a_trace_of_its_size(tmp_path, capsys, one_thread):
+    """The CLI end to end on trace records: an (untrained) model's output is exactly the size the
+    program's length gives, with no end marker needed; evaluation reports the final state."""
+    assert main(["datasets", "cpu", "--records", "8", "--test-records", "2", "--max-length", "2", "--trace",
+                 "--out", str(tmp_path / "pairs")]) == 0
+    assert main(["train", "--task", "convert", str(tmp_path / "pairs" / "train"), "--out", str(tmp_path / "run"),
+                 "--seq-len", "576", "--steps", "1", "--batch-size", "2", "--eval-every", "0", "--no-progress",
+                 "--device", "cpu"]) == 0
+    source = bytes(cpusim.STATE_BYTES) + cpusim.assemble([("MOVI", 0, 1), ("NOT", 1), ("HALT",)])
+    (tmp_path / "program.bin").write_bytes(source)
+    capsys.readouterr()
+    assert main(["convert", "--model", str(tmp_path / "run"), str(tmp_path / "program.bin"), "-o",
+                 str(tmp_path / "trace.bin"), "--device", "cpu"]) == 0
+    assert len((tmp_path / "trace.bin").read_bytes()) == 3 * cpusim.EFFECT_BYTES + cpusim.STATE_BYTES
+    model, task = omnibyte.load_model(tmp_path / "run"), conversion_task(tmp_path / "run")
+    record = PairRecord(source, cpusim.run_trace(*cpusim.split_source(source)), "cpu", "cpu-trace")
+    report, _ = evaluate_conversion(model, task, [record], batch_size=1)
+    assert report["finished_rate"] == 1.0 and 0.0 <= report["byte_accuracy"] <= 1.0
+    assert "effect_byte_accuracy" in report and report["by_length"][3]["records"] == 1
