@@ -98,15 +98,23 @@ def train(spec: dict[str, Any], model: torch.nn.Module, task: Task, train_corpus
 
 
 def split_train(documents: list[Document], spec: dict[str, Any]) -> tuple[ByteCorpus, ByteCorpus]:
-    """(train, validation); the task's ``augment`` copies join the training part only."""
+    """(train, validation); the task's ``augment`` copies join the training part only. Made once
+    per task: every model of the task trains on the same split and copies."""
     train, validation = ByteCorpus(documents).split(VALIDATION_FRACTION, by="documents")
     return augmented(train, parse_augment(spec.get("augment") or "")), validation
 
 
-def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], test_docs: list[Document],
-                 out: Path, minutes: float, device: str, init_from: Path | None = None) -> dict[str, Any]:
-    """Train a classifier (from scratch, or from the model in ``init_from``) and score it on test."""
-    train_corpus, val_corpus = split_train(train_docs, spec)
+def unlabelled(corpus: ByteCorpus) -> ByteCorpus:
+    documents = (corpus.document(index) for index in range(corpus.num_documents))
+    return ByteCorpus([Document(document.name, document.data) for document in documents])
+
+
+def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], split: tuple[ByteCorpus, ByteCorpus],
+                 test_docs: list[Document], out: Path, minutes: float, device: str,
+                 init_from: Path | None = None) -> dict[str, Any]:
+    """Train a classifier (from scratch, or from the model in ``init_from``) on ``split`` and
+    score it on test."""
+    train_corpus, val_corpus = split
     model = load_model(init_from) if init_from is not None else new_model(spec)
     torch.manual_seed(0)
     task = ClassifyTask.for_data(ByteCorpus(train_docs), model)  # the classes of all training files
@@ -122,11 +130,11 @@ def classify_row(name: str, spec: dict[str, Any], train_docs: list[Document], te
             "labels": report.labels, "parameters": sum(p.numel() for p in best.parameters())}
 
 
-def pretrain(spec: dict[str, Any], train_docs: list[Document], out: Path, minutes: float, device: str) -> dict:
-    """Next-byte pre-training on the task's own training files (no labels)."""
-    train_corpus, val_corpus = split_train([Document(d.name, d.data) for d in train_docs], spec)
-    stats = train(spec, new_model(spec), NextByteTask(), train_corpus, val_corpus, out, minutes, device)
-    return stats
+def pretrain(spec: dict[str, Any], split: tuple[ByteCorpus, ByteCorpus], out: Path, minutes: float,
+             device: str) -> dict:
+    """Next-byte pre-training on the task's own training split (its labels left out)."""
+    train_corpus, val_corpus = (unlabelled(corpus) for corpus in split)
+    return train(spec, new_model(spec), NextByteTask(), train_corpus, val_corpus, out, minutes, device)
 
 
 def main() -> None:
@@ -176,15 +184,16 @@ def main() -> None:
             train_docs, test_docs = (docs[:: max(len(docs) // args.limit_files, 1)][: args.limit_files]
                                      for docs in (train_docs, test_docs))
             test_docs = [doc for doc in test_docs if doc.label in {d.label for d in train_docs}]
+        split = split_train(train_docs, spec)
         print(f"{name}: {len(train_docs):,} train / {len(test_docs):,} test files "
-              f"({time.perf_counter() - loading:.1f} s to load)", flush=True)
+              f"({time.perf_counter() - loading:.1f} s to load and split)", flush=True)
         if not args.no_scratch:
-            rows.append(classify_row(name, spec, train_docs, test_docs, args.work / name, minutes, device))
+            rows.append(classify_row(name, spec, train_docs, split, test_docs, args.work / name, minutes, device))
             print(f"{name}: accuracy {rows[-1]['accuracy']:.4f} after {rows[-1]['steps']} steps", flush=True)
         if args.pretrain:
             pretrain_minutes = args.pretrain_minutes if args.pretrain_minutes is not None else minutes
-            stats = pretrain(spec, train_docs, args.work / f"{name}-pretrain", pretrain_minutes, device)
-            row = classify_row(name, spec, train_docs, test_docs, args.work / f"{name}-finetune", minutes,
+            stats = pretrain(spec, split, args.work / f"{name}-pretrain", pretrain_minutes, device)
+            row = classify_row(name, spec, train_docs, split, test_docs, args.work / f"{name}-finetune", minutes,
                                device, init_from=args.work / f"{name}-pretrain")
             row["pretrain"] = {**stats, "minutes": pretrain_minutes}
             rows.append(row)

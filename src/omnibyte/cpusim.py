@@ -236,8 +236,15 @@ def trace_problem(source: bytes, target: bytes) -> str | None:
     if len(target) != expected:
         return (f"a trace of {length} instructions is {length} x {EFFECT_BYTES} effect bytes + a "
                 f"{STATE_BYTES}-byte state = {expected} bytes, got {len(target)}")
-    kinds = target[: length * EFFECT_BYTES : EFFECT_BYTES]
-    if any(kind not in (NO_EFFECT, REGISTER_WRITE, MEMORY_WRITE) for kind in kinds):
+    return effects_problem(target[: length * EFFECT_BYTES])
+
+
+def effects_problem(effects: bytes) -> str | None:
+    """Why ``effects`` (a trace without its final state) are not whole effects of known kinds."""
+    if len(effects) % EFFECT_BYTES:
+        return (f"a trace holds {EFFECT_BYTES} bytes per instruction, then the state; "
+                f"{len(effects)} effect bytes is not that")
+    if any(kind not in (NO_EFFECT, REGISTER_WRITE, MEMORY_WRITE) for kind in effects[::EFFECT_BYTES]):
         return "a trace effect starts with 0 (none), 1 (register) or 2 (memory)"
     return None
 

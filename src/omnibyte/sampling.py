@@ -37,6 +37,11 @@ def row_uniforms(seeds: torch.Tensor, steps: torch.Tensor, width: int) -> torch.
     return (bits.float() + 0.5) / float(1 << 24)
 
 
+def gumbel(uniforms: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniforms in (0, 1)."""
+    return -torch.log(-torch.log(uniforms))
+
+
 class GumbelNoise:
     """Per-row Gumbel noise for sampling step after step, computed ``block`` steps at a time
     (a few dozen small kernels per block instead of per byte)."""
@@ -50,7 +55,7 @@ class GumbelNoise:
         if self.table is None or not self.first <= step < self.first + self.block:
             self.first = step - step % self.block
             steps = torch.arange(self.first, self.first + self.block)
-            self.table = -torch.log(-torch.log(row_uniforms(self.seeds, steps, self.width)))
+            self.table = gumbel(row_uniforms(self.seeds, steps, self.width))
         return self.table[:, step - self.first]
 
     def at(self, steps: np.ndarray) -> torch.Tensor:
@@ -61,8 +66,7 @@ class GumbelNoise:
         steps = np.asarray(steps, dtype=np.int64)
         first = int(steps.min()) - int(steps.min()) % self.block
         if int(steps.max()) >= first + self.block:  # straddles two blocks: hash them directly
-            uniforms = row_uniforms(self.seeds, torch.from_numpy(steps).to(self.seeds.device), self.width)
-            return -torch.log(-torch.log(uniforms))
+            return gumbel(row_uniforms(self.seeds, torch.from_numpy(steps).to(self.seeds.device), self.width))
         self(first)  # the table of this block
         rows = torch.arange(steps.shape[0], device=self.seeds.device).unsqueeze(1)
         return self.table[rows, torch.from_numpy(steps - first).to(self.seeds.device)]
@@ -109,6 +113,6 @@ def sample_next(
     if temperature <= 0:
         return logits.argmax(dim=-1)
     if noise is None:
-        noise = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-10, 1 - 1e-7)))
+        noise = gumbel(torch.rand_like(logits).clamp(1e-10, 1 - 1e-7))
     logits = filter_logits(logits / temperature, top_k, top_p)
     return (logits + noise).argmax(dim=-1)
