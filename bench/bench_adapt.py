@@ -1,11 +1,14 @@
 """Compression with and without online adaptation (``--adapt``), from a trained model and from
 scratch, against xz -9e, brotli -q 11, bzip2 -9 (and zstd -19), on one input the models never saw;
-plus, with ``--speed-grid``, CPU speed over batch shapes and thread counts (A/B in one run).
+plus, with ``--speed-grid``, CPU speed over batch shapes and thread counts (A/B in one run), and,
+with ``--layouts`` and ``--model``, that model's size and speed at each chunk layout (no adapting).
 
     python bench/bench_adapt.py --out bench/results/adapt_cpu                       # CPU, tiny from scratch
     python bench/bench_adapt.py --model runs/text --preset small --device cuda --limit-bytes 2500000 \\
         --input some_unseen_prose.txt --out bench/results/adapt_h200
     python bench/bench_adapt.py --speed-grid --limit-bytes 65536 --out bench/results/compress_cpu_speed
+    python bench/bench_adapt.py --model runs/tiny --layouts default,512x128,256x256 --input UNSEEN \
+        --limit-bytes 65536 --out bench/results/cpu_layouts
 
 Every omnibyte row is a full round trip (compress, then decompress, checked equal), both timed.
 KB/s is 1,000 original bytes per second of wall time. On a shared machine timings are noisy:
@@ -75,13 +78,14 @@ def row(codec: str, model: str, adapt: str, chunk, rows, threads, data: bytes, s
 
 
 def omnibyte_row(data: bytes, model, label: str, device, adapt, chunk=None, rows=None, seq_len=None,
-                 note: str = "") -> dict[str, Any]:
+                 note: str = "", numerics: str = "auto") -> dict[str, Any]:
     from omnibyte.apps import compress as codec
     from omnibyte.apps.container import unpack
 
     synchronize(device)
     start = time.perf_counter()
-    blob = codec.compress(data, model, chunk, rows, adapt=adapt, device=device, train_seq_len=seq_len)
+    blob = codec.compress(data, model, chunk, rows, adapt=adapt, device=device, train_seq_len=seq_len,
+                          numerics=numerics)
     synchronize(device)
     middle = time.perf_counter()
     restored = codec.decompress(blob, None if not isinstance(model, torch.nn.Module) else model)
@@ -126,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=None, help="default: omnibyte's default layout")
     parser.add_argument("--batch-size", type=int, default=None, help="default: omnibyte's default layout")
     parser.add_argument("--speed-grid", action="store_true", help="CPU speed over batch shapes and threads")
+    parser.add_argument("--layouts", default="",
+                        help="with --model: comma-separated CHUNKxROWS layouts (or 'default') to code with, "
+                             "without adapting, e.g. default,512x128")
+    parser.add_argument("--numerics", default="auto", choices=["auto", "float", "integer"],
+                        help="the coding numerics of the --layouts rows")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each --layouts row; the fastest counts")
     parser.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md)")
     args = parser.parse_args(argv)
 
@@ -139,9 +149,24 @@ def main(argv: list[str] | None = None) -> int:
     data = args.input.read_bytes() if args.input else default_input()
     data = data[: args.limit_bytes] if args.limit_bytes else data
     print(f"input: {len(data):,} bytes ({args.input or 'repo docs'}), device {device}", file=sys.stderr)
+    if args.layouts and not args.model:
+        parser.error("--layouts needs --model")
     rows = [] if args.speed_grid else classic_rows(data)
     if args.speed_grid:
         rows += speed_grid(data, device)
+    elif args.layouts:
+        model = load_model(args.model, device)
+        from omnibyte.cli.compress import trained_seq_len
+
+        for layout in args.layouts.split(","):
+            chunk, batch = (None, None) if layout == "default" else map(int, layout.split("x"))
+            runs = [omnibyte_row(data, model, str(args.model), device, None, chunk, batch,
+                                 seq_len=trained_seq_len(args.model), numerics=args.numerics,
+                                 note=f"{layout}, {args.numerics} numerics, best of {args.repeats}")
+                    for _ in range(args.repeats)]
+            rows.append({**runs[0], **{key: max(run[key] for run in runs)
+                                       for key in ("compress_KBps", "decompress_KBps")}})
+            print_table(rows[-1:], COLUMNS)
     else:
         lrs = [float(value) for value in args.lrs.split(",") if value] or [None]
         if args.model:
