@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_environment, print_table, synchronize, write_json  # noqa: E402
 
 from omnibyte.models import BOS, ByteModel, build_model  # noqa: E402
+from omnibyte.models import speculative as speculation  # noqa: E402
 from omnibyte.models.speculative import SpeculationStats  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -117,6 +118,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the fastest counts")
     parser.add_argument("--prompt-file", default=None,
                         help="held-out text: adds prompts of kind 'file' taken from it")
+    parser.add_argument("--host-rounds", action="store_true",
+                        help="with --fast: also time speculation with the host's rounds (and Pace) "
+                             "against the default rounds on the device")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args()
 
@@ -135,15 +139,23 @@ def main() -> None:
                 plain, plain_seconds, _ = timed_generate(model, prompts, args, temperature, False)
                 fast, spec_seconds, stats = timed_generate(model, prompts, args, temperature, True)
                 emitted = batch * args.gen_bytes
-                rows.append(dict(
+                row = dict(
                     text=kind, batch=batch, temperature=temperature,
                     plain_bytes_per_s=emitted / plain_seconds, spec_bytes_per_s=emitted / spec_seconds,
                     speedup=plain_seconds / spec_seconds, acceptance=stats.acceptance_rate,
                     row_bytes_per_call=stats.bytes_per_call / batch, drafted=stats.drafted, accepted=stats.accepted,
                     same_bytes=fast == plain,
-                ))
+                )
+                if args.host_rounds:
+                    speculation.ROUNDS_ON_DEVICE = False
+                    host, host_seconds, _ = timed_generate(model, prompts, args, temperature, True)
+                    speculation.ROUNDS_ON_DEVICE = True
+                    row.update(host_rounds_bytes_per_s=emitted / host_seconds, host_same_bytes=host == plain)
+                rows.append(row)
     columns = ["text", "batch", "temperature", "plain_bytes_per_s", "spec_bytes_per_s", "speedup",
                "acceptance", "row_bytes_per_call", "same_bytes"]
+    if args.host_rounds:
+        columns += ["host_rounds_bytes_per_s", "host_same_bytes"]
     print_table(rows, columns, title=f"speculative decoding, {args.model or args.preset}, {args.dtype}, "
                                      f"{args.device}{' fast' if args.fast else ''}{' compiled' if args.compile else ''}, prompt {args.prompt_bytes} B, "
                                      f"{args.gen_bytes} new bytes")

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from omnibyte.models import build_model
-from omnibyte.models.speculative import SpeculationStats, accepted_lengths, draft_from_context
+from omnibyte.models.speculative import (
+    DeviceRounds, SpeculationStats, accepted_lengths, device_drafts, draft_bytes, draft_from_context,
+)
 from helpers import one_thread, random_tokens, train_briefly  # noqa: F401 (one_thread is a fixture)
 
 FOX = b"the quick brown fox jumps over the lazy dog. "
@@ -35,6 +37,31 @@ def test_no_draft_without_an_earlier_occurrence():
     assert draft_from_context(b"a") == b""
     assert draft_from_context(b"abcdefg") == b""
     assert draft_from_context(b"abab", max_draft=0) == b""
+
+
+def _device_draft(texts: list[bytes], max_ngram: int, max_draft: int) -> list[bytes]:
+    """Each text's draft from ``device_drafts`` (texts padded with junk past their lengths)."""
+    width = max(len(text) for text in texts) + 3
+    padded = torch.full((len(texts), width), 7, dtype=torch.long)
+    for row, text in enumerate(texts):
+        padded[row, : len(text)] = torch.tensor(list(text), dtype=torch.long)
+    lengths = torch.tensor([len(text) for text in texts])
+    source, found = device_drafts(padded, lengths, max_ngram)
+    drafts = draft_bytes(padded, lengths, source, max_draft)
+    return [bytes(drafts[row].tolist()) if found[row] else b"" for row in range(len(texts))]
+
+
+def test_device_drafts_equal_the_host_drafter():
+    """The tensor drafter against ``draft_from_context`` on short, periodic and random texts of
+    a small alphabet (many partial matches), all rows of one batch with different lengths."""
+    rng = np.random.default_rng(0)
+    texts = [b"dog1 dog!! xdog", b"hello world. hello", b"cabY abZ cab", b"xabcabc", b"aaaa", b"a", b"ab",
+             b"abcdefg", b"abab"]
+    texts += [bytes(rng.integers(97, 97 + alphabet, size, dtype=np.uint8))
+              for alphabet in (2, 3, 5) for size in (2, 3, 7, 30, 90)]
+    for max_ngram in (1, 2, 4):
+        expected = [draft_from_context(text, max_ngram, 6) for text in texts]
+        assert _device_draft(texts, max_ngram, 6) == expected
 
 
 def test_accepted_lengths_stop_at_the_first_mismatch_and_at_the_draft_end():
@@ -152,9 +179,10 @@ def test_speculative_stream_yields_the_generated_bytes(trained):
     assert len(pieces) < 50  # some pieces hold several verified bytes
 
 
-def test_speculative_with_top_k_and_top_p_and_edge_lengths(trained):
-    for max_new_bytes in (0, 1, 2, 9):
-        options = dict(temperature=0.8, top_k=20, top_p=0.9, seed=5)
+@pytest.mark.parametrize("fast", [False, True])
+def test_speculative_with_top_k_and_top_p_and_edge_lengths(trained, fast):
+    for max_new_bytes in (0, 1, 2, 9, 10):
+        options = dict(temperature=0.8, top_k=20, top_p=0.9, seed=5, fast=fast)
         assert trained.generate([FOX, b"x"], max_new_bytes, speculative=True, **options) == \
             trained.generate([FOX, b"x"], max_new_bytes, **options)
 
@@ -177,6 +205,34 @@ def test_speculative_on_a_fast_decoder_equals_plain(trained, temperature):
     fast = trained.generate(prompts, 60, temperature=temperature, seed=3, fast=True, speculative=True, stats=stats)
     assert fast == trained.generate(prompts, 60, temperature=temperature, seed=3)
     assert stats.accepted > 0 and stats.calls < 60
+
+
+def test_device_rounds_leave_the_decoder_where_plain_decoding_would(trained):
+    """After rounds on the device the host's lengths are read back, and the cache holds exactly
+    the text plain decoding would have fed (all but the last byte): the next step's logits
+    agree with those of an eager decoder prefilled with that text."""
+    prompts = [FOX, b"ab"]
+    max_new_bytes = 33
+    expected = trained.generate(prompts, max_new_bytes, temperature=0.0)
+
+    def greedy(logits, noise):
+        return logits.float().argmax(dim=-1)
+
+    with trained._prefilled(prompts, max_new_bytes, 0, True) as (decoder, logits, noise):
+        rounds = DeviceRounds(decoder, prompts, greedy(logits, None), max_new_bytes, greedy, noise.seeds)
+        stats = SpeculationStats()
+        pieces = [b"".join(parts) for parts in zip(*rounds.run(stats))]
+        assert pieces == expected
+        assert list(decoder.lengths) == [1 + len(prompt) + max_new_bytes - 1 for prompt in prompts]
+        assert stats.emitted == 2 * max_new_bytes and stats.accepted > 0 and stats.calls < max_new_bytes
+        fed = [prompt + piece[:-1] for prompt, piece in zip(prompts, pieces)]
+        tokens = torch.full((2, 1 + max(len(text) for text in fed)), 256, dtype=torch.long)  # BOS first
+        for row, text in enumerate(fed):
+            tokens[row, 1: 1 + len(text)] = torch.tensor(list(text))
+        reference = trained.decoder(2, 128)
+        reference.prefill(tokens, [1 + len(text) for text in fed])
+        last = torch.tensor([piece[-1] for piece in pieces])
+        torch.testing.assert_close(decoder.step(last), reference.step(last), atol=1e-4, rtol=1e-4)
 
 
 def test_fast_verify_piece_equals_the_eager_extend(trained):
@@ -210,11 +266,11 @@ class TickingClock:
         return self.now
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_plain_blocks_while_drafts_are_rejected_give_the_same_bytes(fast, monkeypatch):
-    """An untrained model at temperature 1 rejects nearly every draft: speculation tries blocks
-    of plain steps, finds them faster (the clock says so) and keeps to them, with one round of
-    drafts between blocks; the bytes stay the same."""
+def test_plain_blocks_while_drafts_are_rejected_give_the_same_bytes(monkeypatch):
+    """An untrained model at temperature 1 rejects nearly every draft: speculation on the host
+    (an eager decoder: a fast one runs ``DeviceRounds``) tries blocks of plain steps, finds them
+    faster (the clock says so) and keeps to them, with one round of drafts between blocks; the
+    bytes stay the same."""
     from omnibyte.models import speculative
     from omnibyte.models.speculative import PLAIN_BLOCK
 
@@ -222,7 +278,7 @@ def test_plain_blocks_while_drafts_are_rejected_give_the_same_bytes(fast, monkey
     model = tiny()
     prompts = [FOX * 2, FOX[5:] * 2]
     stats = SpeculationStats()
-    speculative = model.generate(prompts, 120, temperature=1.0, seed=9, speculative=True, stats=stats, fast=fast)
+    speculative = model.generate(prompts, 120, temperature=1.0, seed=9, speculative=True, stats=stats)
     assert speculative == model.generate(prompts, 120, temperature=1.0, seed=9)
     assert stats.plain_steps >= 4 * PLAIN_BLOCK  # it did fall back, and stayed with it
     assert stats.drafted > 0 and stats.emitted == 240

@@ -35,7 +35,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -54,7 +54,8 @@ from omnibyte.models.validation import (
     check_range,
     field_path,
 )
-from omnibyte.models.speculative import SpeculationStats, speculative_steps
+from omnibyte.models import speculative as speculation
+from omnibyte.models.speculative import DeviceRounds, SpeculationStats, speculative_steps
 from omnibyte.sampling import GumbelNoise, sample_next
 
 BOS = 256
@@ -478,6 +479,11 @@ class ByteModel(nn.Module):
         without ``supports_speculation``, one byte per row per step from the plain loop."""
         sample = _sampler(temperature, top_k, top_p)
         with self._prefilled(prompts, max_new_bytes, seed, fast, compile) as (decoder, logits, noise):
+            if fast and decoder.supports_device_rounds and speculation.ROUNDS_ON_DEVICE and max_new_bytes > 0:
+                # whole rounds on the device: no host work between two verify calls
+                first = sample(logits, noise(0))
+                yield from DeviceRounds(decoder, prompts, first, max_new_bytes, sample, noise.seeds).run(stats)
+                return
             if decoder.supports_speculation:
                 yield from speculative_steps(decoder, prompts, logits, max_new_bytes, sample, noise, stats)
                 return
@@ -572,9 +578,19 @@ class Decoder:
     [B, T, 256] (undefined past a row's length), and ``rewind(counts)`` drops the last
     ``counts[b]`` tokens of row ``b`` (the cache forgets them; their slots are overwritten by
     the next append).
+
+    Where ``supports_device_rounds`` is true as well, whole rounds of speculation (draft, verify,
+    accept) run on the device with no host round trip between them
+    (``speculative.DeviceRounds``), built from three more calls: ``verify_on_device(tokens [B,
+    W], valid [B, W])`` appends the valid tokens and returns the logits after every one of them
+    [B, W, 256], and ``rewind_on_device(counts [B])`` drops tokens, both on device tensors only
+    and so capturable in a CUDA graph; the host's ``lengths`` are then stale until
+    ``sync_lengths()``. ``add_piece(name, piece, prepare)`` and ``run_piece(name)`` compile and
+    capture a caller's piece the way the decoder's own steps are.
     """
 
     supports_speculation: ClassVar[bool] = False
+    supports_device_rounds: ClassVar[bool] = False
 
     def __init__(self, batch_size: int, capacity: int, device: torch.device):
         if batch_size < 1:
@@ -653,6 +669,26 @@ class Decoder:
         self._check_room(counts)
         valid = torch.arange(width, device=self.device).unsqueeze(0) < torch.from_numpy(counts).to(self.device).unsqueeze(1)
         return counts, valid
+
+    @torch.no_grad()
+    def sync_lengths(self) -> None:
+        """Read each row's length back from the device after device rounds (one sync)."""
+        self.lengths = self._device_lengths().to("cpu").numpy().astype(np.int64)
+
+    def verify_on_device(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not run rounds on the device")
+
+    def rewind_on_device(self, counts: torch.Tensor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not run rounds on the device")
+
+    def add_piece(self, name: str, piece: Callable[[], Any], prepare: Callable[[], None]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not run rounds on the device")
+
+    def run_piece(self, name: str) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not run rounds on the device")
+
+    def _device_lengths(self) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not run rounds on the device")
 
     def _check_room(self, counts: np.ndarray) -> None:
         if (self.lengths + counts > self.capacity).any():

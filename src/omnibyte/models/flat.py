@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -162,6 +162,7 @@ class FlatDecoder(Decoder):
     about what a plain step does; wider calls run eagerly."""
 
     supports_speculation = True
+    supports_device_rounds = True
 
     def __init__(
         self,
@@ -255,8 +256,24 @@ class FlatDecoder(Decoder):
         self.steps.add("verify", self._static_verify, prepare=lambda: self.cache.lengths.copy_(lengths))
 
     def _static_verify(self) -> torch.Tensor:
-        model = self.model
-        return model.head(model.transformer(model.embed(self.verify_tokens), self.cache, self.verify_valid))
+        return self.verify_on_device(self.verify_tokens, self.verify_valid)
 
     def _rewind(self, counts: np.ndarray) -> None:
         self.cache.rewind(torch.from_numpy(counts).to(self.device))
+
+    # ---- rounds of speculation on the device (``speculative.DeviceRounds``) ----------------
+    def verify_on_device(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        return model.head(model.transformer(model.embed(tokens), self.cache, valid))
+
+    def rewind_on_device(self, counts: torch.Tensor) -> None:
+        self.cache.rewind(counts)
+
+    def add_piece(self, name: str, piece: Callable[[], Any], prepare: Callable[[], None]) -> None:
+        self.steps.add(name, piece, prepare)
+
+    def run_piece(self, name: str) -> Any:
+        return self.steps.run(name)
+
+    def _device_lengths(self) -> torch.Tensor:
+        return self.cache.lengths

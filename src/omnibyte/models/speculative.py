@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
-from omnibyte.sampling import GumbelNoise
+from omnibyte.sampling import GumbelNoise, gumbel, row_uniforms
 
 
 class VerifyingDecoder(Protocol):
@@ -265,3 +265,152 @@ def plain_block(decoder: VerifyingDecoder, pending: np.ndarray, produced: np.nda
         tokens = sample(decoder.step(tokens), block_noise[:, offset])
         sampled.append(tokens)
     return torch.stack(sampled, dim=1).to("cpu", torch.uint8).numpy()
+
+
+# ---- whole rounds on the device -------------------------------------------------------------
+# A fast decoder that supports them runs its rounds on the device (``DeviceRounds``); benches set
+# this False to time the host's rounds (``speculative_steps``, with ``Pace``) against them.
+ROUNDS_ON_DEVICE = True
+# Rounds replayed between two reads of the rows' progress: few enough that a stream's bytes come
+# out every few milliseconds, many enough that the host's read (a sync) is rare.
+MAX_ROUNDS_PER_READ = 64
+
+
+def device_drafts(text: torch.Tensor, lengths: torch.Tensor, max_ngram: int = MAX_NGRAM
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``draft_from_context`` for every row at once, in tensor operations (capturable in a CUDA
+    graph): ``text`` [B, W] holds row ``b``'s bytes in its first ``lengths[b]`` columns. Returns
+    where each row's draft starts copying (``source`` [B], the column after the most recent
+    earlier occurrence of its longest suffix of at most ``max_ngram`` bytes that occurs) and
+    whether one occurs (``found`` [B]). The draft's byte ``j`` is ``text[source + j % (lengths -
+    source)]`` (``draft_bytes``): the overlapping copy of ``draft_from_context``."""
+    rows, width = text.shape
+    columns = torch.arange(width, device=text.device).unsqueeze(0)  # [1, W]: the end of an occurrence
+    last = (lengths - 1).unsqueeze(1)  # [B, 1]: the column of each row's last byte
+    matches = torch.ones(rows, width, dtype=torch.bool, device=text.device)
+    best_end = torch.full((rows,), -1, dtype=torch.long, device=text.device)
+    for offset in range(max_ngram):  # n = offset + 1 bytes of suffix
+        suffix_byte = text.gather(1, (last - offset).clamp_min(0))  # [B, 1]
+        shifted = torch.nn.functional.pad(text, (offset, 0), value=-1)[:, :width]  # text[e - offset]
+        matches = matches & (shifted == suffix_byte)
+        # an occurrence ends before the last byte, starts at column >= 0, and n < the row's length
+        allowed = (columns >= offset) & (columns < last) & (last > offset)
+        end = torch.where(matches & allowed, columns, -1).amax(dim=1)
+        best_end = torch.where(end >= 0, end, best_end)  # a longer suffix that occurs wins
+    return best_end + 1, best_end >= 0
+
+
+def draft_bytes(text: torch.Tensor, lengths: torch.Tensor, source: torch.Tensor, width: int) -> torch.Tensor:
+    """The ``width`` bytes each row's draft copies from ``source`` [B] on ([B, width]), running
+    on past the row's end by repeating its last ``lengths - source`` bytes."""
+    period = (lengths - source).clamp_min(1).unsqueeze(1)
+    columns = source.unsqueeze(1) + torch.arange(width, device=text.device).unsqueeze(0) % period
+    return text.gather(1, columns.clamp(0, text.shape[1] - 1))
+
+
+class DeviceRounds:
+    """Speculative decoding with every round on the device: each row drafts from its own text
+    (``device_drafts``), the decoder verifies the pending byte and the draft in one call, the
+    bytes are sampled with each row's own noise and the accepted drafts kept, all in one piece
+    that a fast decoder captures as one CUDA graph. The host replays it round after round and
+    only reads the rows' progress now and then, so the host's work no longer sits between two
+    rounds (it did in ``speculative_steps``: 0.6-0.8 ms a round on the H200, more than the
+    verify call). The bytes are those ``speculative_steps`` emits, that is plain decoding's:
+    the same drafter, the same acceptance rule and the same noise of each row's own steps."""
+
+    def __init__(self, decoder, prompts: list[bytes], first: torch.Tensor, max_new_bytes: int,
+                 sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], seeds: torch.Tensor,
+                 max_ngram: int = MAX_NGRAM, max_draft: int = MAX_DRAFT):
+        device = decoder.device
+        rows, longest = len(prompts), max(len(prompt) for prompt in prompts)
+        self.decoder, self.sample, self.seeds = decoder, sample, seeds
+        self.max_new_bytes, self.max_ngram, self.max_draft = max_new_bytes, max_ngram, max_draft
+        width = max_draft + 1  # the pending byte and the draft
+        self.columns = torch.arange(width, device=device).unsqueeze(0)
+        # texts (prompt + bytes so far) and the bytes out, each with a last column that takes the
+        # writes of bytes not kept (a write of static shape, as in the cache)
+        self.text_sink = longest + max_new_bytes + width
+        self.text = torch.zeros(rows, self.text_sink + 1, dtype=torch.long, device=device)
+        texts = np.zeros((rows, longest), np.int64)
+        for row, prompt in enumerate(prompts):
+            texts[row, : len(prompt)] = np.frombuffer(prompt, np.uint8)
+        self.text[:, :longest] = torch.from_numpy(texts).to(device)
+        self.text_lengths = torch.tensor([len(prompt) for prompt in prompts], dtype=torch.long, device=device)
+        self.out_sink = max_new_bytes + width
+        self.out = torch.zeros(rows, self.out_sink + 1, dtype=torch.long, device=device)
+        self.produced = torch.zeros(rows, dtype=torch.long, device=device)
+        self.pending = torch.zeros(rows, dtype=torch.long, device=device)
+        self.drafted = torch.zeros(rows, dtype=torch.long, device=device)
+        self.accepted = torch.zeros(rows, dtype=torch.long, device=device)
+        self._keep(first.long(), torch.ones(rows, dtype=torch.long, device=device))
+        self.pending.copy_(first.long())
+        state = [self.text, self.text_lengths, self.out, self.produced, self.pending, self.drafted,
+                 self.accepted, decoder._device_lengths()]
+        saved = [tensor.clone() for tensor in state]
+
+        def restore() -> None:  # capturing runs the round: put everything back as it was
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
+
+        decoder.add_piece("round", self._round, restore)
+
+    def _keep(self, new: torch.Tensor, counts: torch.Tensor) -> None:
+        """Append each row's first ``counts[b]`` bytes of ``new`` [B, W] to its text and output."""
+        new = new if new.dim() == 2 else new.unsqueeze(1)
+        kept = self.columns[:, : new.shape[1]] < counts.unsqueeze(1)
+        self.text.scatter_(1, torch.where(kept, self.text_lengths.unsqueeze(1) + self.columns[:, : new.shape[1]],
+                                          self.text_sink), new)
+        self.out.scatter_(1, torch.where(kept, self.produced.unsqueeze(1) + self.columns[:, : new.shape[1]],
+                                         self.out_sink), new)
+        self.text_lengths.add_(counts)
+        self.produced.add_(counts)
+
+    def _round(self) -> None:
+        """One round of every row that still has bytes to make; finished rows append nothing."""
+        active = self.produced < self.max_new_bytes
+        # drafts + the correction fit in what is left (as in speculative_steps)
+        room = (self.max_new_bytes - self.produced - 1).clamp(0, self.max_draft)
+        source, found = device_drafts(self.text, self.text_lengths, self.max_ngram)
+        drafts = draft_bytes(self.text, self.text_lengths, source, self.max_draft)
+        draft_lengths = torch.where(found & active, room, 0)
+        counts = torch.where(active, draft_lengths + 1, 0)
+        tokens = torch.cat([self.pending.unsqueeze(1), drafts], dim=1)
+        logits = self.decoder.verify_on_device(tokens, self.columns < counts.unsqueeze(1))
+        noise = gumbel(row_uniforms(self.seeds, self.produced.unsqueeze(1) + self.columns, logits.shape[-1]))
+        sampled = self.sample(logits.reshape(-1, logits.shape[-1]), noise.reshape(-1, logits.shape[-1]))
+        sampled = sampled.view(tokens.shape)
+        matches = (drafts == sampled[:, : self.max_draft]) & (self.columns[:, : self.max_draft] < draft_lengths.unsqueeze(1))
+        accepted = matches.long().cumprod(dim=1).sum(dim=1)
+        self.decoder.rewind_on_device(draft_lengths - accepted)
+        self.drafted.add_(draft_lengths)
+        self.accepted.add_(accepted)
+        self.pending.copy_(torch.where(active, sampled.gather(1, accepted.unsqueeze(1)).squeeze(1), self.pending))
+        self._keep(sampled, torch.where(active, accepted + 1, 0))
+
+    def run(self, stats: SpeculationStats | None = None) -> Iterator[list[bytes]]:
+        """Yield the new bytes of every row at each read of the progress until every row holds
+        ``max_new_bytes`` (rows advance by different amounts; a finished row yields ``b""``)."""
+        rows = self.out.shape[0]
+        shown = np.zeros(rows, np.int64)
+        rounds = 0
+        while True:
+            produced = self.produced.to("cpu").numpy().copy()  # on the CPU, .numpy() would alias the tensor
+            start = int(shown.min())
+            news = self.out[:, start: int(produced.max())].to("cpu", torch.uint8).numpy()
+            yield [news[row, shown[row] - start: produced[row] - start].tobytes() for row in range(rows)]
+            shown = produced
+            if (produced >= self.max_new_bytes).all():
+                break
+            # no row emits more than max_draft + 1 bytes a round, so while this many rounds run the
+            # slowest row still has bytes to make: no round is spent on finished rows alone
+            remaining = int((self.max_new_bytes - produced).max())
+            count = min(MAX_ROUNDS_PER_READ, -(-remaining // (self.max_draft + 1)))
+            for _ in range(count):
+                self.decoder.run_piece("round")
+            rounds += count
+        self.decoder.sync_lengths()
+        if stats is not None:
+            stats.calls += rounds
+            stats.drafted += int(self.drafted.sum())
+            stats.accepted += int(self.accepted.sum())
+            stats.emitted += int(self.produced.sum())
