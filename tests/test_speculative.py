@@ -207,32 +207,48 @@ def test_speculative_on_a_fast_decoder_equals_plain(trained, temperature):
     assert stats.accepted > 0 and stats.calls < 60
 
 
+def _device_rounds(model, prompts, max_new_bytes, temperature, stats, top_k=None, top_p=None, seed=0):
+    """``DeviceRounds`` on a fast decoder (eager on the CPU) at any temperature, as ``generate``
+    runs it where it takes them: the samples, and the decoder it leaves."""
+    from omnibyte.models.base import _sampler
+
+    sample = _sampler(temperature, top_k, top_p)
+    with model._prefilled(prompts, max_new_bytes, seed, True) as (decoder, logits, noise):
+        rounds = DeviceRounds(decoder, prompts, sample(logits, noise(0)), max_new_bytes, sample, noise.seeds,
+                              noisy=temperature > 0)
+        return [b"".join(parts) for parts in zip(*rounds.run(stats))], decoder
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.0, None, None), (1.0, None, None), (0.8, 20, 0.9)])
+def test_device_rounds_sample_what_plain_decoding_samples(trained, temperature, top_k, top_p):
+    """Rounds on the device at any temperature (``generate`` takes them compiled when sampling):
+    the same bytes as plain decoding, ragged rows, drafts accepted."""
+    prompts = [FOX * 2, b"", bytes(range(200, 230))]
+    stats = SpeculationStats()
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=3)
+    samples, _ = _device_rounds(trained, prompts, 60, stats=stats, **options)
+    assert samples == trained.generate(prompts, 60, **options)
+    assert stats.accepted > 0 and stats.calls < 60 and stats.emitted == 3 * 60
+
+
 def test_device_rounds_leave_the_decoder_where_plain_decoding_would(trained):
     """After rounds on the device the host's lengths are read back, and the cache holds exactly
     the text plain decoding would have fed (all but the last byte): the next step's logits
     agree with those of an eager decoder prefilled with that text."""
     prompts = [FOX, b"ab"]
     max_new_bytes = 33
-    expected = trained.generate(prompts, max_new_bytes, temperature=0.0)
-
-    def greedy(logits, noise):
-        return logits.float().argmax(dim=-1)
-
-    with trained._prefilled(prompts, max_new_bytes, 0, True) as (decoder, logits, noise):
-        rounds = DeviceRounds(decoder, prompts, greedy(logits, None), max_new_bytes, greedy, noise.seeds)
-        stats = SpeculationStats()
-        pieces = [b"".join(parts) for parts in zip(*rounds.run(stats))]
-        assert pieces == expected
-        assert list(decoder.lengths) == [1 + len(prompt) + max_new_bytes - 1 for prompt in prompts]
-        assert stats.emitted == 2 * max_new_bytes and stats.accepted > 0 and stats.calls < max_new_bytes
-        fed = [prompt + piece[:-1] for prompt, piece in zip(prompts, pieces)]
-        tokens = torch.full((2, 1 + max(len(text) for text in fed)), 256, dtype=torch.long)  # BOS first
-        for row, text in enumerate(fed):
-            tokens[row, 1: 1 + len(text)] = torch.tensor(list(text))
-        reference = trained.decoder(2, 128)
-        reference.prefill(tokens, [1 + len(text) for text in fed])
-        last = torch.tensor([piece[-1] for piece in pieces])
-        torch.testing.assert_close(decoder.step(last), reference.step(last), atol=1e-4, rtol=1e-4)
+    stats = SpeculationStats()
+    pieces, decoder = _device_rounds(trained, prompts, max_new_bytes, 0.0, stats)
+    assert pieces == trained.generate(prompts, max_new_bytes, temperature=0.0)
+    assert list(decoder.lengths) == [1 + len(prompt) + max_new_bytes - 1 for prompt in prompts]
+    fed = [prompt + piece[:-1] for prompt, piece in zip(prompts, pieces)]
+    tokens = torch.full((2, 1 + max(len(text) for text in fed)), 256, dtype=torch.long)  # BOS first
+    for row, text in enumerate(fed):
+        tokens[row, 1: 1 + len(text)] = torch.tensor(list(text))
+    reference = trained.decoder(2, 128)
+    reference.prefill(tokens, [1 + len(text) for text in fed])
+    last = torch.tensor([piece[-1] for piece in pieces])
+    torch.testing.assert_close(decoder.step(last), reference.step(last), atol=1e-4, rtol=1e-4)
 
 
 def test_fast_verify_piece_equals_the_eager_extend(trained):
@@ -266,11 +282,12 @@ class TickingClock:
         return self.now
 
 
-def test_plain_blocks_while_drafts_are_rejected_give_the_same_bytes(monkeypatch):
+@pytest.mark.parametrize("fast", [False, True])
+def test_plain_blocks_while_drafts_are_rejected_give_the_same_bytes(fast, monkeypatch):
     """An untrained model at temperature 1 rejects nearly every draft: speculation on the host
-    (an eager decoder: a fast one runs ``DeviceRounds``) tries blocks of plain steps, finds them
-    faster (the clock says so) and keeps to them, with one round of drafts between blocks; the
-    bytes stay the same."""
+    (uncompiled sampling runs its rounds there, fast or not) tries blocks of plain steps, finds
+    them faster (the clock says so) and keeps to them, with one round of drafts between blocks;
+    the bytes stay the same."""
     from omnibyte.models import speculative
     from omnibyte.models.speculative import PLAIN_BLOCK
 
@@ -278,7 +295,7 @@ def test_plain_blocks_while_drafts_are_rejected_give_the_same_bytes(monkeypatch)
     model = tiny()
     prompts = [FOX * 2, FOX[5:] * 2]
     stats = SpeculationStats()
-    speculative = model.generate(prompts, 120, temperature=1.0, seed=9, speculative=True, stats=stats)
+    speculative = model.generate(prompts, 120, temperature=1.0, seed=9, speculative=True, stats=stats, fast=fast)
     assert speculative == model.generate(prompts, 120, temperature=1.0, seed=9)
     assert stats.plain_steps >= 4 * PLAIN_BLOCK  # it did fall back, and stayed with it
     assert stats.drafted > 0 and stats.emitted == 240

@@ -479,10 +479,10 @@ class ByteModel(nn.Module):
         without ``supports_speculation``, one byte per row per step from the plain loop."""
         sample = _sampler(temperature, top_k, top_p)
         with self._prefilled(prompts, max_new_bytes, seed, fast, compile) as (decoder, logits, noise):
-            if fast and decoder.supports_device_rounds and speculation.ROUNDS_ON_DEVICE and max_new_bytes > 0:
-                # whole rounds on the device: no host work between two verify calls
+            if speculation.rounds_on_device(decoder, fast, compile, temperature) and max_new_bytes > 0:
                 first = sample(logits, noise(0))
-                yield from DeviceRounds(decoder, prompts, first, max_new_bytes, sample, noise.seeds).run(stats)
+                rounds = DeviceRounds(decoder, prompts, first, max_new_bytes, sample, noise.seeds, temperature > 0)
+                yield from rounds.run(stats)
                 return
             if decoder.supports_speculation:
                 yield from speculative_steps(decoder, prompts, logits, max_new_bytes, sample, noise, stats)

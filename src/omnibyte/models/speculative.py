@@ -268,12 +268,26 @@ def plain_block(decoder: VerifyingDecoder, pending: np.ndarray, produced: np.nda
 
 
 # ---- whole rounds on the device -------------------------------------------------------------
-# A fast decoder that supports them runs its rounds on the device (``DeviceRounds``); benches set
-# this False to time the host's rounds (``speculative_steps``, with ``Pace``) against them.
+# A fast decoder that supports them runs its rounds on the device (``DeviceRounds``, see
+# ``rounds_on_device``); benches set this False to time the host's rounds (``speculative_steps``,
+# with ``Pace``) against them.
 ROUNDS_ON_DEVICE = True
 # Rounds replayed between two reads of the rows' progress: few enough that a stream's bytes come
 # out every few milliseconds, many enough that the host's read (a sync) is rare.
 MAX_ROUNDS_PER_READ = 64
+
+
+def rounds_on_device(decoder, fast: bool, compile: bool, temperature: float) -> bool:
+    """Whether speculation runs its rounds on the device (``DeviceRounds``) rather than on the
+    host (``speculative_steps``). Uncompiled, a device round adds about a hundred small kernels
+    (drafting, noise, acceptance) to the verify call: with greedy decoding's many accepted drafts
+    that still beats the host's rounds (H200, ``small``: 4,164 against 3,635 bytes/s), but when
+    sampling, where few drafts are accepted, the host's ``Pace`` falls back to plain steps and
+    wins (1,733 against 1,425). Compiled, those kernels fuse and device rounds win at both
+    temperatures (7,720 and 3,130 bytes/s against plain steps' 2,521 and 2,507): bench/RESULTS.md,
+    issue 13, s21."""
+    return (ROUNDS_ON_DEVICE and fast and getattr(decoder, "supports_device_rounds", False)
+            and (compile or temperature <= 0))
 
 
 def device_drafts(text: torch.Tensor, lengths: torch.Tensor, max_ngram: int = MAX_NGRAM
@@ -319,11 +333,12 @@ class DeviceRounds:
     the same drafter, the same acceptance rule and the same noise of each row's own steps."""
 
     def __init__(self, decoder, prompts: list[bytes], first: torch.Tensor, max_new_bytes: int,
-                 sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], seeds: torch.Tensor,
-                 max_ngram: int = MAX_NGRAM, max_draft: int = MAX_DRAFT):
+                 sample: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], seeds: torch.Tensor,
+                 noisy: bool = True, max_ngram: int = MAX_NGRAM, max_draft: int = MAX_DRAFT):
         device = decoder.device
         rows, longest = len(prompts), max(len(prompt) for prompt in prompts)
-        self.decoder, self.sample, self.seeds = decoder, sample, seeds
+        # ``noisy``: the sampler reads the noise (greedy decoding does not: no noise is made)
+        self.decoder, self.sample, self.seeds, self.noisy = decoder, sample, seeds, noisy
         self.max_new_bytes, self.max_ngram, self.max_draft = max_new_bytes, max_ngram, max_draft
         width = max_draft + 1  # the pending byte and the draft
         self.columns = torch.arange(width, device=device).unsqueeze(0)
@@ -376,9 +391,10 @@ class DeviceRounds:
         counts = torch.where(active, draft_lengths + 1, 0)
         tokens = torch.cat([self.pending.unsqueeze(1), drafts], dim=1)
         logits = self.decoder.verify_on_device(tokens, self.columns < counts.unsqueeze(1))
-        noise = gumbel(row_uniforms(self.seeds, self.produced.unsqueeze(1) + self.columns, logits.shape[-1]))
-        sampled = self.sample(logits.reshape(-1, logits.shape[-1]), noise.reshape(-1, logits.shape[-1]))
-        sampled = sampled.view(tokens.shape)
+        vocab = logits.shape[-1]
+        noise = gumbel(row_uniforms(self.seeds, self.produced.unsqueeze(1) + self.columns, vocab)).view(-1, vocab) \
+            if self.noisy else None
+        sampled = self.sample(logits.reshape(-1, vocab), noise).view(tokens.shape)
         matches = (drafts == sampled[:, : self.max_draft]) & (self.columns[:, : self.max_draft] < draft_lengths.unsqueeze(1))
         accepted = matches.long().cumprod(dim=1).sum(dim=1)
         self.decoder.rewind_on_device(draft_lengths - accepted)
