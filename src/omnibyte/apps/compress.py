@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from omnibyte.apps import container
-from omnibyte.apps.container import AdaptSettings, CodingSettings, Container, FreshModel
+from omnibyte.apps.container import AdaptSettings, CodingSettings, Container, FreshModel, MixSettings
+from omnibyte.apps.mixing import ContextMixer
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import BOS, NUM_BYTES, ByteModel
 from omnibyte.models.integer import IntegerFlatModel, integer_model
@@ -132,12 +133,14 @@ class _BatchStepper:
     the coding copy of the model) is only made when a group first needs it, so a stream whose
     chunks are all raw decodes without running the model."""
 
-    def __init__(self, model: ByteModel, settings: CodingSettings, max_len: int, adapter: "_Adapter | None" = None):
+    def __init__(self, model: ByteModel, settings: CodingSettings, max_len: int, adapter: "_Adapter | None" = None,
+                 mix: MixSettings | None = None, input_bytes: int = 0):
         self.model, self.settings, self.max_len = model, settings, max_len
         self.rows = settings.batch_size
         self.device = model.device
         self.decoder = None
         self.adapter = adapter
+        self.mixer = ContextMixer(mix, self.rows, input_bytes, self.device) if mix is not None else None
 
     def restart(self) -> None:
         if self.decoder is None:
@@ -147,6 +150,8 @@ class _BatchStepper:
             self.decoder = coder.decoder(self.rows, self.max_len, fast=fast)
         else:
             self.decoder.reset()
+        if self.mixer is not None:
+            self.mixer.start_group()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.decoder.step(tokens)
@@ -154,15 +159,17 @@ class _BatchStepper:
 
 @contextlib.contextmanager
 def _stepping(model: ByteModel, settings: CodingSettings, max_len: int,
-              adapt: AdaptSettings | None = None) -> Iterator[_BatchStepper]:
+              adapt: AdaptSettings | None = None, mix: MixSettings | None = None,
+              input_bytes: int = 0) -> Iterator[_BatchStepper]:
     """The stepper both directions code with, under the coding numerics, ``model`` in eval mode
-    (never changed: adaptation trains a copy)."""
+    (never changed: adaptation trains a copy), mixing with context counts when ``mix`` (tables
+    sized for ``input_bytes``)."""
     was_training = model.training
     model.eval()
     try:
         with numerics(settings), _no_grad(adapt is not None), coding_threads(settings.device):
             adapter = _Adapter(model, settings, adapt) if adapt else None
-            yield _BatchStepper(model, settings, max_len, adapter)
+            yield _BatchStepper(model, settings, max_len, adapter, mix, input_bytes)
     finally:
         model.train(was_training)
 
@@ -371,8 +378,12 @@ def _run_group(
     for t in range(steps):
         logits = step(tokens)  # an integer model's decoder returns the frequencies themselves
         active = int(np.searchsorted(descending, -t, side="left"))  # rows with length > t
+        if step.mixer is not None:  # every row, so that no shape depends on ``active``
+            logits = step.mixer.mix(logits)
         weights = logits[:active] if step.settings.integer else quantized_frequencies(logits[:active])
         tokens = code_step(t, active, weights)
+        if step.mixer is not None:
+            step.mixer.update(tokens, active)
         done += active
         if progress is not None:
             progress(active, bits())
@@ -755,6 +766,7 @@ def compress_members(
     train_seq_len: int | None = None,
     numerics: str = "auto",
     builtin: str | None = None,
+    mix: MixSettings | bool | None = None,
 ) -> bytes:
     """Compress several byte strings into one container; each is coded independently (own chunks,
     each from BOS), only the header and the batch are shared. ``decompress_members`` inverts it.
@@ -776,7 +788,12 @@ def compress_members(
     ``numerics="integer"`` (flat models): the probabilities come from an integer copy of the
     model (``omnibyte.models.integer``; ``model`` may be that ``IntegerFlatModel`` already),
     bit-identical on any CPU or GPU, so the stream decodes on any device; it does not adapt.
-    ``"auto"`` (the default) is integer for the built-in model when it does not adapt, else float."""
+    ``"auto"`` (the default) is integer for the built-in model when it does not adapt, else float.
+
+    ``mix`` (``MixSettings``, True for the defaults, False for none): the model's probabilities
+    are mixed with counts of the input's own contexts (``omnibyte.apps.mixing``). None (the
+    default): with adaptation, which it belongs to (both learn from the bytes already coded); it
+    needs float numerics."""
     _check_interval_coding()
     if model is None:
         directory = require_builtin_model_dir()
@@ -795,6 +812,7 @@ def compress_members(
         adapt = None
     elif adapt is not None and adapt.problem():
         raise OmnibyteError(f"bad adaptation setting: {adapt.problem()}")
+    mix = _mix_settings(mix, adapt, integer)
     if integer:  # the integer model is what codes, and what the fingerprint identifies
         model = model if isinstance(model, IntegerFlatModel) else integer_model(model)
         fingerprint = model.fingerprint()
@@ -809,7 +827,7 @@ def compress_members(
     streams: list[bytes] = []
     done_bits = 0
     groups = plan.groups(rows)
-    with _stepping(model, settings, plan.longest, adapt) as stepper:
+    with _stepping(model, settings, plan.longest, adapt, mix, len(data)) as stepper:
         for index, group in enumerate(groups):
             lengths = _padded(plan.lengths[group], rows)
             steps = int(lengths[0])
@@ -843,7 +861,21 @@ def compress_members(
         fingerprint=fingerprint or model_fingerprint(model), settings=settings,
         member_sizes=tuple(sizes), original_digest=container.digest(members), streams=tuple(streams),
         raw_bitmap=np.packbits(raw, bitorder="little").tobytes(), raw_data=raw_data, adapt=adapt, fresh=fresh,
-        builtin=builtin))
+        builtin=builtin, mix=mix))
+
+
+def _mix_settings(mix: MixSettings | bool | None, adapt: AdaptSettings | None, integer: bool) -> MixSettings | None:
+    """The context mixing a stream codes with (``compress_members`` says which); one-line refusals."""
+    if mix is None:
+        mix = adapt is not None and not integer
+    if mix is False:
+        return None
+    if integer:
+        raise OmnibyteError("integer numerics do not mix with context counts: drop the mixing, or use float numerics")
+    mix = MixSettings() if mix is True else mix
+    if mix.problem():
+        raise OmnibyteError(f"bad context mixing setting: {mix.problem()}")
+    return mix
 
 
 def resolve_numerics(numerics: str, builtin: str | None, adapt) -> str:
@@ -986,13 +1018,14 @@ def decompress_members(
     # version 2 stepped a decoder of chunk_size tokens; version 3 one of the longest chunk's
     max_len = settings.chunk_size if header.version == 2 else plan.longest
     groups = plan.groups(rows)
-    with _stepping(model, settings, max_len, header.adapt) as stepper:
+    mixing = header.mix is not None
+    with _stepping(model, settings, max_len, header.adapt, header.mix, header.original_size) as stepper:
         for index, (group, stream) in enumerate(zip(groups, header.streams)):
             lengths = _padded(plan.lengths[group], rows)
             coded_rows = np.flatnonzero(~_padded(raw[group], rows, True) & (lengths > 0))
             is_raw = _padded(raw[group], rows, False)
             adapting = stepper.adapter is not None
-            if not len(coded_rows):  # all raw: no model needed (but an adapting one learns from them)
+            if not len(coded_rows) and not mixing:  # all raw: no model needed (but an adapting one learns)
                 if adapting:
                     matrix = _group_matrix(out, plan, group, rows, int(lengths[0]), which=is_raw)
                     _GroupUpdates(stepper.adapter, matrix, lengths, index == len(groups) - 1).finish()
@@ -1000,7 +1033,9 @@ def decompress_members(
                     progress(int(lengths.sum()), None)
                 continue
             coded_lengths = lengths[coded_rows]  # descending, like the rows
-            steps = int(coded_lengths[0])  # the raw rows' later steps are not needed
+            # the raw rows' later steps are not needed, unless mixing: its counts and weights
+            # learn from every step the encoder made, which steps to the longest row
+            steps = int(lengths[0]) if mixing or not len(coded_rows) else int(coded_lengths[0])
             # adapting, the updates need every row's bytes up to the group's longest row
             matrix = _group_matrix(out, plan, group, rows, int(lengths[0]) if adapting else steps, which=is_raw)
             device_rows = torch.from_numpy(coded_rows).to(stepper.device)
@@ -1008,8 +1043,9 @@ def decompress_members(
 
             def decode_step(t: int, active: int, weights: torch.Tensor) -> torch.Tensor:
                 coding = int(np.searchsorted(-coded_lengths, -t, side="left"))  # coded rows with length > t
-                frequencies = weights[device_rows[:coding]].cpu().numpy()
-                matrix[t, coded_rows[:coding]] = decoder.decode(frequencies)
+                if coding:  # mixing steps on past the coded rows (their bytes are all known)
+                    frequencies = weights[device_rows[:coding]].cpu().numpy()
+                    matrix[t, coded_rows[:coding]] = decoder.decode(frequencies)
                 return torch.from_numpy(matrix[t].astype(np.int64)).to(stepper.device)
 
             updates = _GroupUpdates(stepper.adapter, matrix, lengths, index == len(groups) - 1)

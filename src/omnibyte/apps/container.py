@@ -14,6 +14,7 @@ Layout (version 4, all integers little-endian; spec in docs/compression.md)::
                          bit 3: integer numerics (``omnibyte.models.integer``: device and
                          dtype are ignored, dtype is 0)
                          bit 4: the model is a built-in one (a name section follows)
+                         bit 5: context mixing (a mix section follows; float numerics only)
     chunk_size       4   u32, bytes per chunk (each chunk starts from BOS)
     batch_size       4   u32, rows stepped together (the batch shape), 1..65,536
     original_size    8   u64, bytes of all members together
@@ -24,6 +25,8 @@ Layout (version 4, all integers little-endian; spec in docs/compression.md)::
                          (UTF-8 JSON: format, arch, config) -- what the decoder rebuilds
     [name section]       (flag bit 4) varint length + the built-in model's name (ASCII, e.g.
                          ``general``): decompress loads it; the fingerprint must still match
+    [mix section]        (flag bit 5) u8 orders (bit k - 1 set: contexts of the last k bytes,
+                         k = 1..8), f64 lr, model_weight, count_weight (``apps.mixing``)
     num_members      varint, then one varint size per member      -- the chunk table
     num_streams      varint, then one varint byte length per stream -- the stream table
     raw_bitmap       ceil(chunks / 8) bytes: bit k (LSB first) set = chunk k is stored raw
@@ -67,8 +70,9 @@ FLAG_FAST, FLAG_ADAPT, FLAG_FRESH, FLAG_INTEGER = 0b0001, 0b0010, 0b0100, 0b1000
 # bits 3 (integer numerics) and 4 (a built-in model's name) came later within version 4: they
 # change no other field, and a build that predates them refuses such a stream by its unknown flag bit
 FLAG_BUILTIN = 0b10000
+FLAG_MIX = 0b100000  # bit 5 (context mixing) came later still, in the same way
 KNOWN_FLAGS = {2: FLAG_FAST, 3: FLAG_FAST,
-               4: FLAG_FAST | FLAG_ADAPT | FLAG_FRESH | FLAG_INTEGER | FLAG_BUILTIN}  # by version
+               4: FLAG_FAST | FLAG_ADAPT | FLAG_FRESH | FLAG_INTEGER | FLAG_BUILTIN | FLAG_MIX}  # by version
 MAX_NAME_BYTES = 64  # a built-in model's name
 NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 OPTIMIZERS = ("adam",)  # the adapt section's optimizer byte
@@ -87,6 +91,8 @@ _FIXED = struct.Struct("<16sBBBBIIQ8s")
 _CRC = struct.Struct("<I")
 _ADAPT = struct.Struct("<BIddddd")  # optimizer, block, lr, beta1, beta2, eps, clip
 _SEED = struct.Struct("<Q")
+_MIX = struct.Struct("<Bddd")  # orders bitmask, lr, model_weight, count_weight
+MAX_MIX_ORDER = 8
 # magic, version, the fixed fields and both CRCs: every container has these 57 bytes
 FIXED_OVERHEAD = len(MAGIC) + 1 + _FIXED.size + 2 * _CRC.size
 
@@ -135,6 +141,32 @@ class AdaptSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MixSettings:
+    """Context mixing (``omnibyte.apps.mixing``): the model's log-probabilities and those of byte
+    counts of the input's own contexts of each of ``orders`` bytes (and of order 0), weighted by
+    weights that start at ``model_weight`` (the model) and ``count_weight`` (each count table)
+    and learn at ``lr``."""
+
+    orders: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+    lr: float = 0.02
+    model_weight: float = 1.0
+    count_weight: float = 0.3
+
+    def problem(self) -> str | None:
+        """What is out of range (named as the header field), or None."""
+        if not self.orders or list(self.orders) != sorted(set(self.orders)) \
+                or not all(1 <= order <= MAX_MIX_ORDER for order in self.orders):
+            return f"orders = {self.orders!r} (increasing, each in 1..{MAX_MIX_ORDER})"
+        for name, value in (("lr", self.lr), ("model_weight", self.model_weight), ("count_weight", self.count_weight)):
+            if not (math.isfinite(value) and 0 <= value <= 16) or (name == "lr" and value == 0):
+                return f"{name} = {value!r}"
+        return None
+
+    def orders_mask(self) -> int:
+        return sum(1 << (order - 1) for order in self.orders)
+
+
+@dataclasses.dataclass(frozen=True)
 class FreshModel:
     """A model built from scratch: its config document (JSON: format, arch, config) and the
     seed its initial weights come from (``omnibyte.models.registry.seeded``)."""
@@ -158,6 +190,7 @@ class Container:
     adapt: AdaptSettings | None = None  # version 4: online adaptation
     fresh: FreshModel | None = None  # version 4: the model was built from scratch
     builtin: str | None = None  # version 4: the name of the built-in model it was made with
+    mix: MixSettings | None = None  # version 4: context mixing
 
     @property
     def original_size(self) -> int:
@@ -258,13 +291,15 @@ def pack(container: Container) -> bytes:
     header.append(container.version)
     if container.version < 4 and (container.adapt or container.fresh or container.builtin):
         raise ValueError("adaptation, from-scratch and built-in models need container version 4")
-    if container.version < 4 and settings.integer:
-        raise ValueError("integer numerics need container version 4")
+    if container.version < 4 and (settings.integer or container.mix):
+        raise ValueError("integer numerics and context mixing need container version 4")
+    if container.mix and (settings.integer or container.mix.problem()):
+        raise ValueError(f"bad context mixing {container.mix!r} (float numerics only)")
     if container.builtin is not None and (container.fresh or name_problem(container.builtin)):
         raise ValueError(f"bad built-in model name {container.builtin!r}")
     flags = ((FLAG_FAST if settings.fast else 0) | (FLAG_ADAPT if container.adapt else 0)
              | (FLAG_FRESH if container.fresh else 0) | (FLAG_INTEGER if settings.integer else 0)
-             | (FLAG_BUILTIN if container.builtin else 0))
+             | (FLAG_BUILTIN if container.builtin else 0) | (FLAG_MIX if container.mix else 0))
     header += _FIXED.pack(
         container.fingerprint[:FINGERPRINT_BYTES], DEVICES.index(settings.device),
         DTYPES.index(settings.dtype), settings.precision, flags, settings.chunk_size,
@@ -278,6 +313,9 @@ def pack(container: Container) -> bytes:
         header += _SEED.pack(container.fresh.seed) + varint(len(document)) + document
     if container.builtin:
         header += varint(len(container.builtin)) + container.builtin.encode()
+    if container.mix:
+        mix = container.mix
+        header += _MIX.pack(mix.orders_mask(), mix.lr, mix.model_weight, mix.count_weight)
     for table in (container.member_sizes, [len(s) for s in container.streams]):
         header += varint(len(table)) + b"".join(varint(value) for value in table)
     if container.version >= 3:
@@ -324,11 +362,11 @@ def _check_coding_mode(device: int, dtype: int, precision: int, flags: int, chun
     known = KNOWN_FLAGS[version]
     if flags & ~known:
         meaning = ("only bit 0, fast decoder, is defined" if known == FLAG_FAST else
-                   "bits 0 fast decoder, 1 adaptation, 2 from-scratch model, 3 integer numerics "
-                   "and 4 built-in model are defined")
+                   "bits 0 fast decoder, 1 adaptation, 2 from-scratch model, 3 integer numerics, "
+                   "4 built-in model and 5 context mixing are defined")
         raise OmnibyteError(f"unsupported coding mode: header field flags = {flags:#04x} has unknown bits "
                             f"{flags & ~known:#04x} in version {version} ({meaning})")
-    if flags & FLAG_INTEGER and (dtype != 0 or flags & (FLAG_FAST | FLAG_ADAPT | FLAG_FRESH)):
+    if flags & FLAG_INTEGER and (dtype != 0 or flags & (FLAG_FAST | FLAG_ADAPT | FLAG_FRESH | FLAG_MIX)):
         raise OmnibyteError(f"unsupported coding mode: integer numerics (flag bit 3) with dtype = {dtype} and "
                             f"flags = {flags:#04x} (the encoder writes dtype 0 and no other flag with it)")
     if chunk_size < 1:
@@ -390,6 +428,12 @@ def unpack(blob: bytes) -> Container:
                                 f"name; at most {min(MAX_NAME_BYTES, len(blob) - offset):,})")
         builtin = blob[offset : offset + length].decode("latin-1")
         offset += length
+    mix_fields = None
+    if version >= 4 and flags & FLAG_MIX:
+        if len(blob) < offset + _MIX.size:
+            raise OmnibyteError("truncated stream (header ends inside the mix section)")
+        mix_fields = _MIX.unpack_from(blob, offset)
+        offset += _MIX.size
     member_sizes, offset = _read_list(blob, offset, "member table")
     stream_sizes, offset = _read_list(blob, offset, "stream table")
     # the chunk count is arithmetic on the member table (at most one entry per blob byte)
@@ -408,6 +452,7 @@ def unpack(blob: bytes) -> Container:
     _check_coding_mode(device, dtype, precision, flags, chunk_size, batch_size, version)
     adapt = _adapt_settings(adapt_fields) if adapt_fields else None
     fresh = _fresh_model(*fresh_fields) if fresh_fields else None
+    mix = _mix_settings(mix_fields) if mix_fields else None
     if builtin is not None and (fresh is not None or name_problem(builtin)):
         raise OmnibyteError(f"corrupted stream (name section {builtin[:MAX_NAME_BYTES]!r} "
                             + ("next to a from-scratch model)" if fresh is not None else "is not a model name)"))
@@ -453,7 +498,17 @@ def unpack(blob: bytes) -> Container:
                               bool(flags & FLAG_FAST), bool(flags & FLAG_INTEGER))
     return Container(fingerprint, settings, tuple(member_sizes), original_digest, tuple(streams),
                      raw_bitmap=raw_bitmap, raw_data=blob[offset:payload_end], version=version,
-                     adapt=adapt, fresh=fresh, builtin=builtin)
+                     adapt=adapt, fresh=fresh, builtin=builtin, mix=mix)
+
+
+def _mix_settings(fields: tuple) -> MixSettings:
+    mask, lr, model_weight, count_weight = fields
+    orders = tuple(order for order in range(1, MAX_MIX_ORDER + 1) if mask >> (order - 1) & 1)
+    mix = MixSettings(orders, lr, model_weight, count_weight)
+    problem = mix.problem()
+    if problem:
+        raise OmnibyteError(f"corrupted stream (mix field {problem})")
+    return mix
 
 
 def name_problem(name: str) -> str | None:
