@@ -464,6 +464,8 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["compress", "{W}/text.txt", *M, "--adapt", "--adapt-block", "0"], "--adapt-block"),
     (["compress", "{W}/text.txt", *M, "--adapt-lr", "0.001"], "--adapt-lr sets up --adapt: add --adapt"),
     (["compress", "{W}/text.txt", *M, "--adapt-always"], "--adapt-always sets up --adapt: add --adapt"),
+    (["compress", "{W}/text.txt", *M, "--no-mix"], "--no-mix sets up --adapt: add --adapt"),
+    (["compress", "{W}/text.txt", *M, "--mix"], "--mix sets up --adapt: add --adapt"),
     (["compress", "{W}/text.txt", "--model", "none"], "--model none needs --preset"),
     (["compress", "{W}/text.txt", "--model", "none", "--preset", "enormous"], "unknown preset 'enormous'"),
     (["compress", "{W}/text.txt", "--model", "none", "--preset", "tiny", "--arch", "gpt"],

@@ -311,10 +311,16 @@ def test_cli_from_scratch_decodes_without_a_model(tmp_path, capsys):
     assert main(["compress", str(source), "--model", "none", "--preset", "tiny", "--seed", "5",
                  "--adapt-block", "32", "--device", "cpu", "-q"]) == 0
     header = container.unpack((tmp_path / "notes.txt.omb").read_bytes())
-    assert header.fresh.seed == 5 and header.adapt.block == 32
+    assert header.fresh.seed == 5 and header.adapt.block == 32 and header.mix == container.MixSettings()
     source.rename(tmp_path / "original.txt")
     assert main(["decompress", str(tmp_path / "notes.txt.omb"), "-q"]) == 0
     assert source.read_bytes() == (tmp_path / "original.txt").read_bytes()
+    # --no-mix: adaptation alone (no mix section), and the mixed stream was the smaller
+    assert main(["compress", str(source), "--model", "none", "--preset", "tiny", "--seed", "5", "--no-mix",
+                 "--adapt-block", "32", "--device", "cpu", "-q", "-o", str(tmp_path / "plain.omb")]) == 0
+    unmixed = (tmp_path / "plain.omb").read_bytes()
+    assert container.unpack(unmixed).mix is None
+    assert len((tmp_path / "notes.txt.omb").read_bytes()) < len(unmixed)
 
 
 def test_cli_adapt_with_a_trained_model(tmp_path, text_model):
@@ -330,3 +336,10 @@ def test_cli_adapt_with_a_trained_model(tmp_path, text_model):
                  "--model", str(model_dir), "-q"]) == 0
     assert (tmp_path / "b.txt").read_bytes() == source.read_bytes()
     assert main(["decompress", str(tmp_path / "a.txt.omb"), "-o", str(tmp_path / "c.txt"), "-q"]) == 2
+    assert header.mix is None  # a trained model adapts without mixing unless asked
+    assert main(["compress", str(source), "--model", str(model_dir), "--adapt", "--adapt-always", "--mix",
+                 "--device", "cpu", "-q", "-o", str(tmp_path / "mixed.omb")]) == 0
+    assert container.unpack((tmp_path / "mixed.omb").read_bytes()).mix is not None
+    assert main(["decompress", str(tmp_path / "mixed.omb"), "-o", str(tmp_path / "d.txt"),
+                 "--model", str(model_dir), "-q"]) == 0
+    assert (tmp_path / "d.txt").read_bytes() == source.read_bytes()

@@ -76,10 +76,17 @@ def _mixed_blob(data: bytes = TEXT, **options) -> bytes:
     return compress(data, scratch_model(), chunk_size=128, batch_size=2, **options)
 
 
-def test_the_mix_section_round_trips_and_is_the_default_with_adaptation():
+def test_the_mix_section_round_trips_and_is_the_default_from_scratch_only():
     header = container.unpack(_mixed_blob())
     assert header.mix == MixSettings()
     assert container.unpack(_mixed_blob(mix=False)).mix is None
+    from omnibyte.models import build_model
+
+    trained = build_model("flat", "tiny").eval()
+    adapted = container.unpack(compress(TEXT, trained, chunk_size=128, batch_size=2, adapt=True))
+    assert adapted.adapt is not None and adapted.mix is None
+    mixed = compress(TEXT, trained, chunk_size=128, batch_size=2, adapt=True, mix=True)
+    assert container.unpack(mixed).mix == MixSettings() and decompress_members(mixed, trained) == [TEXT]
     custom = MixSettings(orders=(2, 5), lr=0.01, model_weight=0.5, count_weight=0.1)
     assert container.unpack(_mixed_blob(mix=custom)).mix == custom
 

@@ -791,9 +791,10 @@ def compress_members(
     ``"auto"`` (the default) is integer for the built-in model when it does not adapt, else float.
 
     ``mix`` (``MixSettings``, True for the defaults, False for none): the model's probabilities
-    are mixed with counts of the input's own contexts (``omnibyte.apps.mixing``). None (the
-    default): with adaptation, which it belongs to (both learn from the bytes already coded); it
-    needs float numerics."""
+    are mixed with counts of the input's own contexts (``omnibyte.apps.mixing``); it needs float
+    numerics. None (the default): for a model from scratch, which learns from nothing and
+    needs the counts most; not for a trained one, whose held-out prose it made larger
+    (bench/RESULTS.md, issue 14 s21)."""
     _check_interval_coding()
     if model is None:
         directory = require_builtin_model_dir()
@@ -812,7 +813,7 @@ def compress_members(
         adapt = None
     elif adapt is not None and adapt.problem():
         raise OmnibyteError(f"bad adaptation setting: {adapt.problem()}")
-    mix = _mix_settings(mix, adapt, integer)
+    mix = _mix_settings(mix, fresh is not None, integer)
     if integer:  # the integer model is what codes, and what the fingerprint identifies
         model = model if isinstance(model, IntegerFlatModel) else integer_model(model)
         fingerprint = model.fingerprint()
@@ -864,10 +865,10 @@ def compress_members(
         builtin=builtin, mix=mix))
 
 
-def _mix_settings(mix: MixSettings | bool | None, adapt: AdaptSettings | None, integer: bool) -> MixSettings | None:
+def _mix_settings(mix: MixSettings | bool | None, fresh: bool, integer: bool) -> MixSettings | None:
     """The context mixing a stream codes with (``compress_members`` says which); one-line refusals."""
     if mix is None:
-        mix = adapt is not None and not integer
+        mix = fresh
     if mix is False:
         return None
     if integer:
@@ -919,7 +920,7 @@ def compress_adapted_or_plain(data: bytes, model: ByteModel | None, adapt: Adapt
     if isinstance(model, FreshModel):
         raise OmnibyteError("a model from scratch always adapts: call compress()")
     progress = options.pop("progress", None)
-    plain_options = dict(options)
+    plain_options = dict(options, mix=False)  # plain: neither adapting nor mixing
     builtin = options.get("builtin") or (BUILTIN_NAME if model is None else None)
     if resolve_numerics(options.get("numerics", "auto"), builtin, None) == "integer":
         plain_options["dtype"] = "auto"  # without adapting, the built-in model codes in integers: no dtype

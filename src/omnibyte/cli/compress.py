@@ -72,9 +72,10 @@ def add_parser(subparsers: Subparsers) -> None:
                                  f"{DEFAULT_ADAPT_LR['scratch']:g} from scratch)")
     compress_parser.add_argument("--adapt-block", type=int_in(1, 1 << 24), default=None, metavar="BYTES",
                                  help=f"bytes of every row between two updates (default: {DEFAULT_ADAPT_BLOCK})")
-    compress_parser.add_argument("--no-mix", action="store_true",
-                                 help="with --adapt: adapt the model only, without mixing its probabilities with "
-                                      "counts of the input's own contexts (mixed by default: docs/compression.md)")
+    compress_parser.add_argument("--mix", action=argparse.BooleanOptionalAction, default=None,
+                                 help="with --adapt: mix the model's probabilities with counts of the input's own "
+                                      "contexts (default: on with --model none, off with a trained model; "
+                                      "docs/compression.md)")
     compress_parser.add_argument("--arch", default=None, metavar="NAME",
                                  help="with --model none: the architecture to build (default: flat)")
     compress_parser.add_argument("--preset", default=None, metavar="NAME",
@@ -249,9 +250,11 @@ def scratch_options(args: argparse.Namespace):
 def adapt_options(args: argparse.Namespace, scratch: bool):
     """The adaptation schedule (None without --adapt); a model from scratch always adapts."""
     if not (args.adapt or scratch):
-        for option in ("adapt_lr", "adapt_block", "adapt_always", "no_mix"):
+        for option in ("adapt_lr", "adapt_block", "adapt_always"):
             if getattr(args, option) not in (None, False):
                 raise OmnibyteError(f"--{option.replace('_', '-')} sets up --adapt: add --adapt")
+        if args.mix is not None:
+            raise OmnibyteError(f"--{'' if args.mix else 'no-'}mix sets up --adapt: add --adapt")
         return None
     return adapt_settings(args.adapt_lr, args.adapt_block, scratch=scratch)
 
@@ -313,7 +316,7 @@ def run_compress(args: argparse.Namespace) -> int:
     for name, target in pairs:
         data = stdin if name == STDIO else read_input(name)
         options = dict(chunk_size=args.chunk_size, batch_size=args.batch_size, dtype=dtype, train_seq_len=seq_len,
-                       device=device, builtin=builtin, mix=False if args.no_mix else None)
+                       device=device, builtin=builtin, mix=args.mix)
         start = time.perf_counter()
         kept = ""
         if both_ways:  # the plain stream first, then the adapted one; the smaller is kept
