@@ -9,7 +9,11 @@ For each preset and decoding path it measures, with bf16 weights after a short p
 * from ``torch.profiler`` over replayed steps: kernels per step and GPU kernel time per step,
   by kind, plus the top kernels (``--out`` folder, ``profile_<preset>_<path>.txt``).
 
-    python bench/bench_decode_profile.py --presets small,base --out runs/decode_profile
+With ``--rounds``, the same for one round of speculation on the device (``DeviceRounds``: the
+drafting, the 9-wide verify call, greedy acceptance), after a repetitive 256-byte prompt:
+``round_replay_ms`` and the round's kernels (``profile_<preset>_<path>_round.txt``).
+
+    python bench/bench_decode_profile.py --presets small,base --out runs/decode_profile [--rounds]
 """
 from __future__ import annotations
 
@@ -96,6 +100,37 @@ def measure(preset: str, path: str, args, device: torch.device, out: Path) -> di
     return row
 
 
+ROUND_PROMPT = (b"the quick brown fox jumps over the lazy dog. " * 8)[:256]
+
+
+def measure_round(preset: str, path: str, args, device: torch.device, out: Path) -> dict:
+    """One greedy round of speculation on the device, replayed: its time and its kernels."""
+    from omnibyte.models.speculative import MAX_DRAFT, DeviceRounds  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = build_model("flat", preset).to(device=device, dtype=torch.bfloat16).eval()
+    replays = 64  # warm-up, timing and profile together: at most this many rounds run
+    new_bytes = (MAX_DRAFT + 1) * (replays + 8)
+    decoder = model.decoder(1, len(ROUND_PROMPT) + 1 + new_bytes, **PATHS[path])
+    tokens = torch.tensor([[BOS, *ROUND_PROMPT]], device=device)
+
+    def greedy(logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return logits.float().argmax(dim=-1)
+
+    started = time.perf_counter()
+    rounds = DeviceRounds(decoder, [ROUND_PROMPT], greedy(decoder.prefill(tokens), None), new_bytes, greedy,
+                          torch.zeros(1, dtype=torch.long, device=device), noisy=False)
+    row = {"preset": preset, "path": f"{path} round", "build_s": time.perf_counter() - started}
+    graph = decoder.steps.graphs.get("round")
+    replay = graph.replay if graph is not None else (lambda: decoder.run_piece("round"))
+    replay()  # warm
+    row["graph_replay_ms"] = timed_ms(replay, 32, device)
+    if graph is not None and device.type == "cuda":
+        row.update(profile_replays(replay, 20, out, f"{preset}_{path}_round"))
+    row["bytes_per_round"] = float(rounds.produced.sum()) / (1 + 1 + 32 + 20)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="small,base")
@@ -103,6 +138,7 @@ def main() -> None:
     parser.add_argument("--prompt-bytes", type=int, default=16)
     parser.add_argument("--new-bytes", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", action="store_true", help="also one round of speculation on the device")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -110,13 +146,14 @@ def main() -> None:
     rows = []
     for preset in args.presets.split(","):
         for path in args.paths.split(","):
-            try:
-                rows.append(measure(preset, path, args, device, args.out))
-            except Exception as error:  # noqa: BLE001 - report it, measure the rest
-                rows.append({"preset": preset, "path": path, "error": f"{type(error).__name__}: {error}"})
-            print(rows[-1], flush=True)
+            for what in [measure, measure_round] if args.rounds else [measure]:
+                try:
+                    rows.append(what(preset, path, args, device, args.out))
+                except Exception as error:  # noqa: BLE001 - report it, measure the rest
+                    rows.append({"preset": preset, "path": path, "error": f"{type(error).__name__}: {error}"})
+                print(rows[-1], flush=True)
     columns = ["preset", "path", "build_s", "graph_replay_ms", "step_call_ms", "host_issue_ms", "generate_ms",
-               "generate_bytes_per_s", "kernels_per_step", "kernel_us_per_step", "median_kernel_us"]
+               "generate_bytes_per_s", "kernels_per_step", "kernel_us_per_step", "median_kernel_us", "bytes_per_round"]
     print_table(rows, columns, title="batch-1 decoding: where a step's time goes")
     write_json(args.out / "decode_profile.json", {"environment": describe_environment(device),
                                                   "command": " ".join(sys.argv), "rows": rows})

@@ -298,19 +298,22 @@ def device_drafts(text: torch.Tensor, lengths: torch.Tensor, max_ngram: int = MA
     earlier occurrence of its longest suffix of at most ``max_ngram`` bytes that occurs) and
     whether one occurs (``found`` [B]). The draft's byte ``j`` is ``text[source + j % (lengths -
     source)]`` (``draft_bytes``): the overlapping copy of ``draft_from_context``."""
-    rows, width = text.shape
-    columns = torch.arange(width, device=text.device).unsqueeze(0)  # [1, W]: the end of an occurrence
-    last = (lengths - 1).unsqueeze(1)  # [B, 1]: the column of each row's last byte
-    matches = torch.ones(rows, width, dtype=torch.bool, device=text.device)
-    best_end = torch.full((rows,), -1, dtype=torch.long, device=text.device)
-    for offset in range(max_ngram):  # n = offset + 1 bytes of suffix
-        suffix_byte = text.gather(1, (last - offset).clamp_min(0))  # [B, 1]
-        shifted = torch.nn.functional.pad(text, (offset, 0), value=-1)[:, :width]  # text[e - offset]
-        matches = matches & (shifted == suffix_byte)
-        # an occurrence ends before the last byte, starts at column >= 0, and n < the row's length
-        allowed = (columns >= offset) & (columns < last) & (last > offset)
-        end = torch.where(matches & allowed, columns, -1).amax(dim=1)
-        best_end = torch.where(end >= 0, end, best_end)  # a longer suffix that occurs wins
+    width = text.shape[1]
+    offsets = torch.arange(max_ngram, device=text.device)  # k: the byte k before the last
+    last = (lengths - 1).view(-1, 1, 1)  # the column of each row's last byte
+    suffix = text.gather(1, (last.view(-1, 1) - offsets).clamp_min(0))  # [B, N]: text[last - k]
+    # before[b, e, k] = text[b, e - k] (-1 before the start): all suffix lengths in one pass
+    before = torch.nn.functional.pad(text, (max_ngram - 1, 0), value=-1).unfold(1, max_ngram, 1).flip(-1)
+    # matches[b, e, k]: the k + 1 bytes ending at column e equal the row's last k + 1 bytes
+    matches = (before == suffix.unsqueeze(1)).to(torch.uint8).cumprod(dim=2).bool()
+    columns = torch.arange(width, device=text.device).view(1, -1, 1)
+    # an occurrence ends before the last byte, starts at column >= 0, and n < the row's length
+    allowed = (columns >= offsets) & (columns < last) & (last > offsets)
+    ends = torch.where(matches & allowed, columns, -1).amax(dim=1)  # [B, N]: the latest end per length
+    # a suffix that occurs has shorter suffixes that occur too: the found lengths are a prefix
+    found = ends >= 0
+    longest = (found.sum(dim=1, keepdim=True) - 1).clamp_min(0)
+    best_end = torch.where(found[:, 0], ends.gather(1, longest).squeeze(1), -1)
     return best_end + 1, best_end >= 0
 
 
