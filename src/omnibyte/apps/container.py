@@ -25,8 +25,8 @@ Layout (version 4, all integers little-endian; spec in docs/compression.md)::
                          (UTF-8 JSON: format, arch, config) -- what the decoder rebuilds
     [name section]       (flag bit 4) varint length + the built-in model's name (ASCII, e.g.
                          ``general``): decompress loads it; the fingerprint must still match
-    [mix section]        (flag bit 5) u8 orders (bit k - 1 set: contexts of the last k bytes,
-                         k = 1..8), f64 lr, model_weight, count_weight (``apps.mixing``)
+    [mix section]        (flag bit 5) u16 orders (bit k - 1 set: contexts of the last k bytes,
+                         k = 1..16), f64 lr, model_weight, count_weight (``apps.mixing``)
     num_members      varint, then one varint size per member      -- the chunk table
     num_streams      varint, then one varint byte length per stream -- the stream table
     raw_bitmap       ceil(chunks / 8) bytes: bit k (LSB first) set = chunk k is stored raw
@@ -91,8 +91,8 @@ _FIXED = struct.Struct("<16sBBBBIIQ8s")
 _CRC = struct.Struct("<I")
 _ADAPT = struct.Struct("<BIddddd")  # optimizer, block, lr, beta1, beta2, eps, clip
 _SEED = struct.Struct("<Q")
-_MIX = struct.Struct("<Bddd")  # orders bitmask, lr, model_weight, count_weight
-MAX_MIX_ORDER = 8
+_MIX = struct.Struct("<Hddd")  # orders bitmask, lr, model_weight, count_weight
+MAX_MIX_ORDER = 16
 # magic, version, the fixed fields and both CRCs: every container has these 57 bytes
 FIXED_OVERHEAD = len(MAGIC) + 1 + _FIXED.size + 2 * _CRC.size
 
@@ -147,7 +147,7 @@ class MixSettings:
     weights that start at ``model_weight`` (the model) and ``count_weight`` (each count table)
     and learn at ``lr``."""
 
-    orders: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+    orders: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)
     lr: float = 0.02
     model_weight: float = 1.0
     count_weight: float = 0.3
