@@ -586,7 +586,8 @@ class Decoder:
     [B, W, 256], and ``rewind_on_device(counts [B])`` drops tokens, both on device tensors only
     and so capturable in a CUDA graph; the host's ``lengths`` are then stale until
     ``sync_lengths()``. ``add_piece(name, piece, prepare)`` and ``run_piece(name)`` compile and
-    capture a caller's piece the way the decoder's own steps are.
+    capture a caller's piece the way the decoder's own steps are (``prepare`` restores the
+    caller's state before each warm-up call and the capture; the decoder restores its own).
     """
 
     supports_speculation: ClassVar[bool] = False

@@ -270,7 +270,13 @@ class FlatDecoder(Decoder):
         self.cache.rewind(counts)
 
     def add_piece(self, name: str, piece: Callable[[], Any], prepare: Callable[[], None]) -> None:
-        self.steps.add(name, piece, prepare)
+        lengths = self.cache.lengths.clone()  # warm-ups and the capture run the piece: undo its appends
+
+        def restore() -> None:
+            self.cache.lengths.copy_(lengths)
+            prepare()
+
+        self.steps.add(name, piece, restore)
 
     def run_piece(self, name: str) -> Any:
         return self.steps.run(name)

@@ -283,9 +283,9 @@ def rounds_on_device(decoder, fast: bool, compile: bool, temperature: float) -> 
     (drafting, noise, acceptance) to the verify call: with greedy decoding's many accepted drafts
     that still beats the host's rounds (H200, ``small``: 4,164 against 3,635 bytes/s), but when
     sampling, where few drafts are accepted, the host's ``Pace`` falls back to plain steps and
-    wins (1,733 against 1,425). Compiled, those kernels fuse and device rounds win at both
-    temperatures (7,720 and 3,130 bytes/s against plain steps' 2,521 and 2,507): bench/RESULTS.md,
-    issue 13, s21."""
+    wins (1,733 against 1,425). Compiled, those kernels fuse (a round's graph then costs what a
+    plain step's does: 0.346 against 0.340 ms) and device rounds win at both temperatures (7,720
+    and 3,130 bytes/s against plain steps' 2,521 and 2,507): bench/RESULTS.md, issue 13, s21."""
     return (ROUNDS_ON_DEVICE and fast and getattr(decoder, "supports_device_rounds", False)
             and (compile or temperature <= 0))
 
@@ -362,11 +362,10 @@ class DeviceRounds:
         self.accepted = torch.zeros(rows, dtype=torch.long, device=device)
         self._keep(first.long(), torch.ones(rows, dtype=torch.long, device=device))
         self.pending.copy_(first.long())
-        state = [self.text, self.text_lengths, self.out, self.produced, self.pending, self.drafted,
-                 self.accepted, decoder._device_lengths()]
+        state = [self.text, self.text_lengths, self.out, self.produced, self.pending, self.drafted, self.accepted]
         saved = [tensor.clone() for tensor in state]
 
-        def restore() -> None:  # capturing runs the round: put everything back as it was
+        def restore() -> None:  # capturing runs the round: put everything back (the decoder restores its own)
             for tensor, value in zip(state, saved):
                 tensor.copy_(value)
 
