@@ -139,3 +139,24 @@ def test_raw_rows_longer_than_every_coded_row_round_trip():
     assert header.mix is not None
     assert header.raw_flags().tolist() == [True, False, True, True, False, False]
     assert decompress_members(blob) == members
+
+
+def test_rolled_hashes_are_those_of_the_contexts_themselves():
+    """After any bytes, each order's rolled hash equals the hash of its last k bytes computed
+    from scratch (the formula of ``start_group``'s placeholders), and rows whose last k bytes
+    agree share order k's slot."""
+    from omnibyte.apps import mixing
+
+    settings = MixSettings()
+    mixer = ContextMixer(settings, rows=2, input_bytes=4096, device=CPU)
+    texts = [b"abcdefghijkl the cat!", b"ABCDEFGHIJKL the cat!"]  # the last 9 bytes agree
+    for step in range(len(texts[0])):
+        mixer.mix(torch.zeros(2, 256))
+        mixer.update(torch.tensor([texts[0][step], texts[1][step]]), active=2)
+    for row, text in enumerate(texts):
+        for index, order in enumerate(settings.orders):
+            context = ([256] * order + list(text))[-order:]
+            expected = sum((value + 1) * pow(mixing._BASE, i, 1 << 32) for i, value in enumerate(reversed(context)))
+            assert int(mixer.hashes[row, index]) == expected & mixing._MASK32
+    same = [order <= 9 for order in settings.orders]
+    assert (mixer.slots[0] == mixer.slots[1]).tolist() == same

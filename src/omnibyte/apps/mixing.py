@@ -33,7 +33,12 @@ ORDER_ZERO_PRIOR = 0.4  # pseudo-count of every byte in the order-0 table
 CONTEXT_PRIOR = 0.4
 MIN_TABLE_BITS, MAX_TABLE_BITS = 10, 16
 _MASK32 = 0xFFFFFFFF
-_HASH_MULTIPLIER = 0x7FEB352D  # below 2**31: a 32-bit key times it stays below 2**63 in int64
+# a context's hash is sum_i (byte_i + 1) * BASE**i mod 2**32 over its bytes, newest first, rolled
+# on by one multiply-add per step; both constants are below 2**31, so every product of a 32-bit
+# value with one of them stays below 2**63 in int64
+_BASE = 0x01000193
+_SLOT_MULTIPLIER = 0x7FEB352D
+_ORDER_SALT = 0x2545F491  # keeps the orders' slots apart
 
 
 def table_bits(input_bytes: int) -> int:
@@ -45,7 +50,8 @@ def table_bits(input_bytes: int) -> int:
 
 
 class ContextMixer:
-    """Mixes one group's next-byte logits ([rows, 256]) with the counts of its contexts.
+    """Mixes the next-byte logits of a stream's rows ([rows, 256]) with the counts of their
+    contexts.
 
     ``mix(logits)`` returns the mixed logits of every row; ``update(symbols, active)`` then
     learns from the bytes coded at that step (``symbols`` [rows]; only the first ``active``
@@ -53,8 +59,14 @@ class ContextMixer:
 
     def __init__(self, settings: MixSettings, rows: int, input_bytes: int, device: torch.device):
         self.settings, self.rows, self.device = settings, rows, device
-        self.orders = torch.tensor(settings.orders, dtype=torch.long, device=device)
         self.longest = max(settings.orders)
+        # per order: BASE**(k - 1) (the weight of the byte that leaves the context next), where
+        # that byte sits in ``history``, and the order's salt
+        self.leaving_weight = torch.tensor([pow(_BASE, order - 1, 1 << 32) for order in settings.orders],
+                                           dtype=torch.long, device=device)
+        self.leaving_column = torch.tensor([self.longest - order for order in settings.orders], device=device)
+        self.salts = torch.tensor([order * _ORDER_SALT & _MASK32 for order in settings.orders], device=device)
+        self.ranks = torch.arange(1, len(settings.orders) + 1, device=device)
         self.bits = table_bits(input_bytes)
         self.inputs = len(settings.orders) + 2  # the model, order 0, each order
         self.confidences = len(settings.orders) + 1  # no context seen, or the longest seen
@@ -72,19 +84,24 @@ class ContextMixer:
     def start_group(self) -> None:
         """Every row begins a new chunk: no context yet (the counts and weights carry on)."""
         self.history.fill_(256)  # before a chunk's first byte: a value no byte has
+        # the hash of k such values, newest first
+        start = [sum(257 * pow(_BASE, i, 1 << 32) for i in range(order)) & _MASK32 for order in self.settings.orders]
+        self.hashes = torch.tensor(start, dtype=torch.long, device=self.device).expand(self.rows, -1).clone()
         self.slots = self._slots()
 
     def _slots(self) -> torch.Tensor:
-        """Each row's slot in each order's table [rows, orders]: a hash of its last ``k`` bytes
-        (the most recent last in ``history``) and of ``k``."""
-        slots = []
-        for order in self.settings.orders:
-            key = torch.full((self.rows,), order, dtype=torch.long, device=self.device)
-            for back in range(1, order + 1):
-                key = (((key * 257 + self.history[:, -back] + 1) & _MASK32) * _HASH_MULTIPLIER) & _MASK32
-                key = key ^ (key >> 15)
-            slots.append(key >> (32 - self.bits))  # the top bits of a multiplicative hash mix best
-        return torch.stack(slots, dim=1)
+        """Each row's slot in each order's table [rows, orders], from its contexts' hashes: the
+        top bits of a multiplicative hash, which mix best."""
+        return (((self.hashes ^ self.salts) * _SLOT_MULTIPLIER) & _MASK32) >> (32 - self.bits)
+
+    def _roll(self, symbols: torch.Tensor) -> None:
+        """Every order's context moves on by ``symbols`` [rows]: the oldest byte leaves the hash,
+        the new one enters it (a few tensor operations for all orders at once)."""
+        leaving = self.history[:, self.leaving_column] + 1  # [rows, orders]
+        self.hashes = (self.hashes - leaving * self.leaving_weight) & _MASK32
+        self.hashes = (self.hashes * _BASE + symbols.unsqueeze(1) + 1) & _MASK32
+        self.history = torch.cat([self.history[:, 1:], symbols.unsqueeze(1)], dim=1)
+        self.slots = self._slots()
 
     @staticmethod
     def _log_estimate(counts: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
@@ -103,8 +120,7 @@ class ContextMixer:
         zero = self._log_estimate(self.order_zero, torch.tensor([ORDER_ZERO_PRIOR], device=self.device))
         estimates = torch.cat([model.unsqueeze(1), zero.expand(self.rows, 1, 256), orders], dim=1)
         # the confidence: 1 + the index of the longest order whose context was seen, 0 for none
-        ranks = torch.arange(1, len(self.settings.orders) + 1, device=self.device)
-        confidence = (seen * ranks).amax(dim=1)
+        confidence = (seen * self.ranks).amax(dim=1)
         weights = self.weights[confidence]  # [rows, inputs]
         mixed = (weights.unsqueeze(-1) * estimates).sum(dim=1)
         self.saved = (estimates, mixed, confidence)
@@ -131,5 +147,4 @@ class ContextMixer:
                                 symbols.unsqueeze(1).expand(-1, len(self.settings.orders))),
                                count.unsqueeze(1).expand(-1, len(self.settings.orders)), accumulate=True)
         self.order_zero.index_put_((symbols,), count, accumulate=True)
-        self.history = torch.cat([self.history[:, 1:], symbols.unsqueeze(1)], dim=1)
-        self.slots = self._slots()
+        self._roll(symbols)
