@@ -252,8 +252,7 @@ class FlatDecoder(Decoder):
         warm-up calls write past every row's length, which the restored lengths then ignore."""
         self.verify_tokens = torch.zeros(self.batch_size, VERIFY_WIDTH, dtype=torch.long, device=self.device)
         self.verify_valid = torch.zeros(self.batch_size, VERIFY_WIDTH, dtype=torch.bool, device=self.device)
-        lengths = self.cache.lengths.clone()
-        self.steps.add("verify", self._static_verify, prepare=lambda: self.cache.lengths.copy_(lengths))
+        self.add_piece("verify", self._static_verify, prepare=lambda: None)
 
     def _static_verify(self) -> torch.Tensor:
         return self.verify_on_device(self.verify_tokens, self.verify_valid)
