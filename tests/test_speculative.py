@@ -179,6 +179,13 @@ def test_speculative_stream_yields_the_generated_bytes(trained):
     assert len(pieces) < 50  # some pieces hold several verified bytes
 
 
+def test_a_stream_from_rounds_on_the_device_yields_the_generated_bytes(trained):
+    """Greedy on a fast decoder: rounds on the device, read back in pieces of several rounds."""
+    pieces = list(trained.stream(FOX, 200, temperature=0.0, fast=True, speculative=True))
+    assert b"".join(pieces) == trained.generate(FOX, 200, temperature=0.0)
+    assert 1 < len(pieces) < 200
+
+
 @pytest.mark.parametrize("fast", [False, True])
 def test_speculative_with_top_k_and_top_p_and_edge_lengths(trained, fast):
     for max_new_bytes in (0, 1, 2, 9, 10):
