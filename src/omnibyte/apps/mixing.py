@@ -29,7 +29,8 @@ from omnibyte.apps.container import MixSettings
 
 ORDER_ZERO_PRIOR = 0.4  # pseudo-count of every byte in the order-0 table
 # a context seen n times adds PRIOR / (1 + n) to every byte: an unseen context predicts uniformly,
-# and the prior fades as the context's own counts grow (the prototype of bench/RESULTS.md, s21)
+# and the prior fades as the context's own counts grow (0.4, as the order-0 prior: picked in an
+# ad-hoc prototype, not swept by a bench)
 CONTEXT_PRIOR = 0.4
 MIN_TABLE_BITS, MAX_TABLE_BITS = 10, 16
 _MASK32 = 0xFFFFFFFF
@@ -72,12 +73,12 @@ class ContextMixer:
         self.confidences = len(settings.orders) + 1  # no context seen, or the longest seen
         self.tables = torch.zeros(len(settings.orders), 1 << self.bits, 256, dtype=torch.int32, device=device)
         self.order_zero = torch.zeros(256, dtype=torch.int32, device=device)
-        self.weights = torch.zeros(self.confidences, self.inputs, dtype=torch.float32, device=device)
+        self.weights = torch.full((self.confidences, self.inputs), settings.count_weight, device=device)
+        self.weights[:, 0] = settings.model_weight
+        self.order_zero_prior = torch.tensor([ORDER_ZERO_PRIOR], device=device)
         self.history = torch.zeros(rows, self.longest, dtype=torch.long, device=device)
         self.row_index = torch.arange(rows, device=device)
         self.table_index = torch.arange(len(settings.orders), device=device)
-        self.weights.fill_(settings.count_weight)
-        self.weights[:, 0] = settings.model_weight
         self.saved: tuple[torch.Tensor, ...] | None = None
         self.start_group()
 
@@ -104,20 +105,19 @@ class ContextMixer:
         self.slots = self._slots()
 
     @staticmethod
-    def _log_estimate(counts: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        """log of (count + prior) / (total + 256 prior), counts [..., 256], prior [..., 1]."""
-        counts = counts.float()
-        return torch.log(counts + prior) - torch.log(counts.sum(-1, keepdim=True) + 256 * prior)
+    def _log_estimate(counts: torch.Tensor, totals: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """log of (count + prior) / (total + 256 prior): counts [..., 256], totals and prior [..., 1]."""
+        return torch.log(counts.float() + prior) - torch.log(totals.float() + 256 * prior)
 
     def mix(self, logits: torch.Tensor) -> torch.Tensor:
         """The mixed logits [rows, 256] of this step (every row, so the shapes never depend on
         how many rows are still coding)."""
         model = torch.log_softmax(logits.float(), dim=-1)
         counts = self.tables[self.table_index.unsqueeze(0), self.slots]  # [rows, orders, 256]
-        seen = counts.sum(-1) > 0  # [rows, orders]
-        prior = CONTEXT_PRIOR / (1 + counts.sum(-1, keepdim=True).float())
-        orders = self._log_estimate(counts, prior)
-        zero = self._log_estimate(self.order_zero, torch.tensor([ORDER_ZERO_PRIOR], device=self.device))
+        totals = counts.sum(-1, keepdim=True)  # [rows, orders, 1]
+        seen = totals.squeeze(-1) > 0
+        orders = self._log_estimate(counts, totals, CONTEXT_PRIOR / (1 + totals.float()))
+        zero = self._log_estimate(self.order_zero, self.order_zero.sum(-1, keepdim=True), self.order_zero_prior)
         estimates = torch.cat([model.unsqueeze(1), zero.expand(self.rows, 1, 256), orders], dim=1)
         # the confidence: 1 + the index of the longest order whose context was seen, 0 for none
         confidence = (seen * self.ranks).amax(dim=1)

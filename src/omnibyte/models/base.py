@@ -481,7 +481,7 @@ class ByteModel(nn.Module):
         with self._prefilled(prompts, max_new_bytes, seed, fast, compile) as (decoder, logits, noise):
             if speculation.rounds_on_device(decoder, fast, compile, temperature) and max_new_bytes > 0:
                 first = sample(logits, noise(0))
-                rounds = DeviceRounds(decoder, prompts, first, max_new_bytes, sample, noise.seeds, temperature > 0)
+                rounds = DeviceRounds(decoder, prompts, first, max_new_bytes, sample, noise.seeds, noisy=temperature > 0)
                 yield from rounds.run(stats)
                 return
             if decoder.supports_speculation:
